@@ -1,0 +1,40 @@
+//! Pre-LN Transformer block (the authors' baseline, SPEC §3.5):
+//! `X1 = X + MHA(LN₁(X))`, `X' = X1 + FFN(LN₂(X1))`.
+//! Parameter names: `norm1`, `attn.{q,k,v,o}_proj`, `norm2`, `ffn.fc1`, `ffn.fc2`.
+
+use candle_core::{Module, ModuleT, Tensor};
+use candle_nn::VarBuilder;
+
+use super::BlockDims;
+use crate::attention::SelfAttention;
+use crate::error::Result;
+use crate::layers::{Dropout, DropoutRng, FeedForward, LayerNorm};
+
+/// Pre-LN Transformer block.
+#[derive(Clone, Debug)]
+pub struct TransformerBlock {
+    norm1: LayerNorm,
+    attn: SelfAttention,
+    norm2: LayerNorm,
+    ffn: FeedForward,
+}
+
+impl TransformerBlock {
+    /// Builds the block under `vb`.
+    pub fn new(dims: &BlockDims, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
+        dims.check()?;
+        let d = dims.d_model;
+        Ok(Self {
+            norm1: LayerNorm::new(d, vb.pp("norm1"))?,
+            attn: SelfAttention::new(d, dims.num_heads, Dropout::new(dims.attention_dropout, rng.clone()), vb.pp("attn"))?,
+            norm2: LayerNorm::new(d, vb.pp("norm2"))?,
+            ffn: FeedForward::new(d, dims.ffn_dim, Dropout::new(dims.dropout, rng.clone()), vb.pp("ffn"))?,
+        })
+    }
+
+    /// `x [B, L, d]`, optional key mask `[B, L]` → `[B, L, d]`.
+    pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        let x1 = (x + self.attn.forward_t(&self.norm1.forward(x)?, mask, train)?)?;
+        Ok((&x1 + self.ffn.forward_t(&self.norm2.forward(&x1)?, train)?)?)
+    }
+}

@@ -1,0 +1,412 @@
+//! Validated, serde-serialisable configuration of blocks, encoders and heads.
+//!
+//! Every option of SPEC §3 is a field here; the named published combinations are in
+//! [`crate::preset`]. A config is checked with [`ModelConfig::validate`] (called by every
+//! constructor), which names the offending field in a typed [`Error::Config`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The filter applied along time to the keys and values of the packing attention (SPEC §3.2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FilterConfig {
+    /// No filtering (kernel 1): ConvLuna without its filter, or plain Luna.
+    Identity,
+    /// A short convolution along time, no bias. With `per_channel = false` one kernel per
+    /// head shared by that head's channels (the authors' grouped conv, weight `[h, k]`);
+    /// with `per_channel = true` one kernel per model channel (depthwise, weight `[d, k]`).
+    /// Stride 1 uses "same" zero padding (left = ⌊(k−1)/2⌋); stride > 1 uses none.
+    Conv {
+        /// Kernel length k ≥ 1.
+        kernel: usize,
+        /// Stride s ≥ 1.
+        stride: usize,
+        /// Depthwise (one kernel per channel) instead of one kernel per head.
+        #[serde(default)]
+        per_channel: bool,
+    },
+    /// Per-channel max over windows of `kernel`, no padding (even with stride 1).
+    MaxPool {
+        /// Window length k ≥ 1.
+        kernel: usize,
+        /// Stride s ≥ 1.
+        stride: usize,
+    },
+}
+
+impl FilterConfig {
+    /// The authors' default filter: per-head conv, k = 4, s = 1.
+    pub fn authors_conv() -> Self {
+        FilterConfig::Conv { kernel: 4, stride: 1, per_channel: false }
+    }
+}
+
+/// Which projections the pack and unpack attentions use (SPEC §3.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Projections {
+    /// W_q, W_k, W_o shared by pack and unpack, no value projection (ConvLuna, authors).
+    SharedNoValue,
+    /// W_q, W_k, W_v, W_o shared by pack and unpack (the authors' Luna baseline).
+    Shared,
+    /// Separate pack (q, k, v; no output) and unpack (q, k, v, o) projections (Ma et al.).
+    Separate,
+}
+
+/// How attention logits are scaled before the softmax.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Scale {
+    /// No scaling (s = 1).
+    None,
+    /// The usual 1/√d_h.
+    InvSqrtHeadDim,
+    /// A fixed log-temperature: logits · exp(−τ).
+    FixedTemperature {
+        /// τ.
+        tau: f64,
+    },
+    /// A learnable scalar log-temperature τ per layer: logits · exp(−τ), τ starts at `init`.
+    LearnedTemperature {
+        /// Initial τ (the paper uses 0).
+        init: f64,
+    },
+}
+
+/// Options of the Luna family of blocks, ConvLuna included (SPEC §3.1–3.4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LunaConfig {
+    /// Memory length m ≥ 1.
+    pub memory_len: usize,
+    /// Projection sharing.
+    pub projections: Projections,
+    /// Scale of the packing logits.
+    pub pack_scale: Scale,
+    /// Scale of the unpacking logits.
+    pub unpack_scale: Scale,
+    /// Filter of the packing keys and values.
+    pub filter: FilterConfig,
+    /// Exclude padding from packing (SPEC §3.4). `false` reproduces the authors' code.
+    pub mask_padding: bool,
+    /// Dropout on Y_x and Y_p before the residual additions (Ma et al.); the authors have none.
+    #[serde(default)]
+    pub residual_dropout: bool,
+    /// Standard deviation of the learned initial memory; `None` means 1 (authors),
+    /// Ma et al. use d^−½.
+    #[serde(default)]
+    pub memory_init_std: Option<f64>,
+}
+
+/// Which block family the encoder stacks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "snake_case")]
+pub enum BlockConfig {
+    /// ConvLuna or Luna (post-LN, with memory).
+    Luna(LunaConfig),
+    /// The pre-LN softmax Transformer block (SPEC §3.5).
+    Transformer,
+}
+
+impl BlockConfig {
+    /// The Luna options, if this is a Luna-family block.
+    pub fn luna(&self) -> Option<&LunaConfig> {
+        match self {
+            BlockConfig::Luna(c) => Some(c),
+            BlockConfig::Transformer => None,
+        }
+    }
+}
+
+/// What the encoder reads.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum InputConfig {
+    /// Token ids in `[0, vocab_size)`, id 0 is padding.
+    Tokens {
+        /// Vocabulary size including the padding id 0.
+        vocab_size: usize,
+    },
+    /// Raw grey pixel values 0..255, normalised as (x/255 − mean)/std then embedded by value·w + b.
+    Pixels {
+        /// Mean of x/255.
+        mean: f64,
+        /// Standard deviation of x/255.
+        std: f64,
+    },
+}
+
+/// Position information added to the embeddings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Positions {
+    /// Learned absolute positions initialised to zero (authors).
+    Learned,
+    /// Fixed sinusoidal positions.
+    Sinusoidal,
+    /// No positions.
+    None,
+}
+
+/// Encoder configuration (SPEC §4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EncoderConfig {
+    /// Input kind.
+    pub input: InputConfig,
+    /// Longest input (without CLS) the encoder accepts.
+    pub max_len: usize,
+    /// Model width d.
+    pub d_model: usize,
+    /// Number of heads h; must divide d.
+    pub num_heads: usize,
+    /// FFN width f.
+    pub ffn_dim: usize,
+    /// Number of blocks.
+    pub num_layers: usize,
+    /// Dropout in the FFN (and on Y_x, Y_p with residual dropout).
+    pub dropout: f64,
+    /// Dropout on attention weights.
+    pub attention_dropout: f64,
+    /// Positions.
+    pub positions: Positions,
+    /// Prepend a learned CLS vector (after positions are added).
+    pub cls: bool,
+    /// Block family and its options.
+    pub block: BlockConfig,
+}
+
+/// How the classifier pools the encoder output into one vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// The CLS position (needs `cls = true`).
+    Cls,
+    /// Mean over valid (unmasked) tokens, CLS excluded.
+    Mean,
+    /// Mean of the final memory (Luna family only).
+    Memory,
+}
+
+/// How the two-document head combines the pooled vectors u and v.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairFeatures {
+    /// [u; v] (authors).
+    Concat,
+    /// [u, v, u⊙v, u−v] (LRA paper).
+    Interaction,
+}
+
+/// Classifier head configuration (SPEC §4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeadConfig {
+    /// Number of classes.
+    pub num_classes: usize,
+    /// Hidden width of the MLP (the paper uses the FFN width).
+    pub hidden_dim: usize,
+    /// Pooling.
+    pub pooling: Pooling,
+    /// Image tasks add one more Linear(f→f) GELU.
+    #[serde(default)]
+    pub extra_layer: bool,
+    /// `Some` for two-document (retrieval) tasks.
+    #[serde(default)]
+    pub pair: Option<PairFeatures>,
+}
+
+/// A whole model: encoder plus head. Serialises to the JSON written beside checkpoints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// The encoder.
+    pub encoder: EncoderConfig,
+    /// The head.
+    pub head: HeadConfig,
+}
+
+fn check_prob(field: &str, p: f64) -> Result<()> {
+    if !(0.0..1.0).contains(&p) || !p.is_finite() {
+        return Err(Error::config(field, format!("must be in [0, 1), got {p}")));
+    }
+    Ok(())
+}
+
+fn check_scale(field: &str, s: &Scale) -> Result<()> {
+    match *s {
+        Scale::FixedTemperature { tau } | Scale::LearnedTemperature { init: tau } if !tau.is_finite() => {
+            Err(Error::config(field, format!("temperature must be finite, got {tau}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl FilterConfig {
+    /// Checks kernel and stride; `max_len` is the longest sequence the filter will see.
+    pub fn validate(&self, field: &str, max_len: usize) -> Result<()> {
+        let (kernel, stride, shortens) = match *self {
+            FilterConfig::Identity => return Ok(()),
+            FilterConfig::Conv { kernel, stride, .. } => (kernel, stride, stride > 1),
+            FilterConfig::MaxPool { kernel, stride } => (kernel, stride, true),
+        };
+        if kernel == 0 {
+            return Err(Error::config(format!("{field}.kernel"), "must be at least 1"));
+        }
+        if stride == 0 {
+            return Err(Error::config(format!("{field}.stride"), "must be at least 1"));
+        }
+        if stride > max_len {
+            return Err(Error::config(
+                format!("{field}.stride"),
+                format!("{stride} is larger than the input length {max_len}"),
+            ));
+        }
+        if shortens && kernel > max_len {
+            return Err(Error::config(
+                format!("{field}.kernel"),
+                format!("{kernel} is larger than the input length {max_len}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Length of the filtered sequence for an input of length `len`.
+    pub fn output_len(&self, len: usize) -> Result<usize> {
+        match *self {
+            FilterConfig::Identity => Ok(len),
+            FilterConfig::Conv { stride: 1, .. } => Ok(len),
+            FilterConfig::Conv { kernel, stride, .. } | FilterConfig::MaxPool { kernel, stride } => {
+                if len < kernel {
+                    Err(Error::SequenceTooShort { len, kernel, stride })
+                } else {
+                    Ok((len - kernel) / stride + 1)
+                }
+            }
+        }
+    }
+}
+
+impl LunaConfig {
+    /// Checks the Luna options for sequences up to `max_len` (CLS included).
+    pub fn validate(&self, max_len: usize) -> Result<()> {
+        if self.memory_len == 0 {
+            return Err(Error::config("block.memory_len", "must be at least 1"));
+        }
+        check_scale("block.pack_scale", &self.pack_scale)?;
+        check_scale("block.unpack_scale", &self.unpack_scale)?;
+        if let Some(std) = self.memory_init_std {
+            if !(std.is_finite() && std > 0.0) {
+                return Err(Error::config("block.memory_init_std", format!("must be positive, got {std}")));
+            }
+        }
+        self.filter.validate("block.filter", max_len)
+    }
+}
+
+impl EncoderConfig {
+    /// Head dimension d / h.
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.num_heads.max(1)
+    }
+
+    /// Sequence length seen by the blocks (CLS included).
+    pub fn seq_len(&self) -> usize {
+        self.max_len + usize::from(self.cls)
+    }
+
+    /// Checks every field; the error names the field and the reason.
+    pub fn validate(&self) -> Result<()> {
+        if self.d_model == 0 {
+            return Err(Error::config("encoder.d_model", "must be at least 1"));
+        }
+        if self.num_heads == 0 {
+            return Err(Error::config("encoder.num_heads", "must be at least 1"));
+        }
+        if self.d_model % self.num_heads != 0 {
+            return Err(Error::config(
+                "encoder.d_model",
+                format!("{} is not divisible by num_heads = {}", self.d_model, self.num_heads),
+            ));
+        }
+        if self.ffn_dim == 0 {
+            return Err(Error::config("encoder.ffn_dim", "must be at least 1"));
+        }
+        if self.num_layers == 0 {
+            return Err(Error::config("encoder.num_layers", "must be at least 1"));
+        }
+        if self.max_len == 0 {
+            return Err(Error::config("encoder.max_len", "must be at least 1"));
+        }
+        check_prob("encoder.dropout", self.dropout)?;
+        check_prob("encoder.attention_dropout", self.attention_dropout)?;
+        match self.input {
+            InputConfig::Tokens { vocab_size } if vocab_size < 2 => {
+                return Err(Error::config(
+                    "encoder.input.vocab_size",
+                    format!("must be at least 2 (id 0 is padding), got {vocab_size}"),
+                ))
+            }
+            InputConfig::Pixels { mean, std } => {
+                if !mean.is_finite() {
+                    return Err(Error::config("encoder.input.mean", "must be finite"));
+                }
+                if !(std.is_finite() && std > 0.0) {
+                    return Err(Error::config("encoder.input.std", format!("must be positive, got {std}")));
+                }
+            }
+            _ => {}
+        }
+        if self.positions == Positions::Sinusoidal && self.d_model % 2 != 0 {
+            return Err(Error::config("encoder.positions", "sinusoidal positions need an even d_model"));
+        }
+        if let BlockConfig::Luna(l) = &self.block {
+            l.validate(self.seq_len()).map_err(|e| match e {
+                Error::Config { field, reason } => Error::Config { field: format!("encoder.{field}"), reason },
+                e => e,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl HeadConfig {
+    /// Checks the head against its encoder.
+    pub fn validate(&self, enc: &EncoderConfig) -> Result<()> {
+        if self.num_classes < 2 {
+            return Err(Error::config("head.num_classes", format!("must be at least 2, got {}", self.num_classes)));
+        }
+        if self.hidden_dim == 0 {
+            return Err(Error::config("head.hidden_dim", "must be at least 1"));
+        }
+        match self.pooling {
+            Pooling::Cls if !enc.cls => {
+                Err(Error::config("head.pooling", "`cls` pooling needs `encoder.cls = true`"))
+            }
+            Pooling::Memory if enc.block.luna().is_none() => {
+                Err(Error::config("head.pooling", "`memory` pooling needs a Luna-family block"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Checks encoder and head.
+    pub fn validate(&self) -> Result<()> {
+        self.encoder.validate()?;
+        self.head.validate(&self.encoder)
+    }
+
+    /// The config as pretty JSON.
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string_pretty(self).map_err(|e| Error::format("<config>", e.to_string()))
+    }
+
+    /// Parses and validates a JSON config.
+    pub fn from_json(s: &str) -> Result<Self> {
+        let c: Self = serde_json::from_str(s).map_err(|e| {
+            Error::format("<config>", format!("line {} column {}: {e}", e.line(), e.column()))
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+}

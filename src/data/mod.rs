@@ -1,0 +1,1 @@
+//! Long Range Arena data: readers, generators, substitutes and batching (in progress).

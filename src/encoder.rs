@@ -1,0 +1,268 @@
+//! The encoder (SPEC §4): embeddings, positions, CLS, the learned initial memory and the block
+//! stack.
+//!
+//! Parameter names: `embed.weight` (`[vocab, d]` for tokens; `[d, 1]` with `embed.bias [d]` for
+//! pixels), `pos.weight [max_len, d]` (learned positions), `cls [d]`, `memory [m, d]`
+//! (Luna family), `layers.{i}.…` (see [`crate::block`]).
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use crate::block::{Block, BlockDims, LunaBlock, TransformerBlock};
+use crate::config::{BlockConfig, EncoderConfig, InputConfig, Positions};
+use crate::error::{Error, Result};
+use crate::layers::DropoutRng;
+
+/// What one Luna-family layer did, for memory diagnostics.
+#[derive(Clone, Debug)]
+pub struct LayerTrace {
+    /// Memory entering the layer `[B, m, d]`.
+    pub memory_in: Tensor,
+    /// Memory leaving the layer `[B, m, d]`.
+    pub memory_out: Tensor,
+    /// Pack-attention weights `[B, h, m, L']`.
+    pub pack_attention: Tensor,
+    /// The filtered key mask `[B, L']` matching `pack_attention` (all ones when unmasked).
+    pub pack_mask: Tensor,
+}
+
+/// Encoder output.
+#[derive(Clone, Debug)]
+pub struct EncoderOutput {
+    /// Hidden states `[B, L', d]` (L' = L + 1 with CLS at position 0).
+    pub hidden: Tensor,
+    /// Validity of each hidden position `[B, L']`, float 0/1 (CLS valid).
+    pub mask: Tensor,
+    /// Final memory `[B, m, d]` (Luna family).
+    pub memory: Option<Tensor>,
+    /// Per-layer memories and pack attention, when asked for.
+    pub trace: Option<Vec<LayerTrace>>,
+}
+
+/// ConvLuna, Luna or Transformer encoder.
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    cfg: EncoderConfig,
+    embed_w: Tensor,
+    embed_b: Option<Tensor>,
+    pos: Option<Tensor>,
+    cls: Option<Tensor>,
+    memory: Option<Tensor>,
+    blocks: Vec<Block>,
+    rng: DropoutRng,
+}
+
+/// Sinusoidal table `[len, d]`: `pe[p, 2i] = sin(p / 10000^(2i/d))`, `pe[p, 2i+1] = cos(…)`.
+pub fn sinusoidal_positions(len: usize, d: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let mut v = vec![0f64; len * d];
+    for p in 0..len {
+        for i in 0..d / 2 {
+            let angle = p as f64 / 10000f64.powf(2.0 * i as f64 / d as f64);
+            v[p * d + 2 * i] = angle.sin();
+            v[p * d + 2 * i + 1] = angle.cos();
+        }
+    }
+    Ok(Tensor::from_vec(v, (len, d), device)?.to_dtype(dtype)?)
+}
+
+impl Encoder {
+    /// Builds the encoder under `vb` (validates `cfg`). `rng` drives every dropout.
+    pub fn new(cfg: &EncoderConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let d = cfg.d_model;
+        let (embed_w, embed_b) = match cfg.input {
+            InputConfig::Tokens { vocab_size } => {
+                (vb.pp("embed").get_with_hints((vocab_size, d), "weight", Init::Randn { mean: 0.0, stdev: 1.0 })?, None)
+            }
+            InputConfig::Pixels { .. } => (
+                vb.pp("embed").get_with_hints((d, 1), "weight", Init::Randn { mean: 0.0, stdev: 1.0 })?,
+                Some(vb.pp("embed").get_with_hints(d, "bias", Init::Randn { mean: 0.0, stdev: 0.1 })?),
+            ),
+        };
+        let pos = match cfg.positions {
+            Positions::Learned => Some(vb.pp("pos").get_with_hints((cfg.max_len, d), "weight", Init::Const(0.0))?),
+            Positions::Sinusoidal => Some(sinusoidal_positions(cfg.max_len, d, vb.dtype(), vb.device())?),
+            Positions::None => None,
+        };
+        let cls = if cfg.cls { Some(vb.get_with_hints(d, "cls", Init::Randn { mean: 0.0, stdev: 1.0 })?) } else { None };
+        let dims = BlockDims {
+            d_model: d,
+            num_heads: cfg.num_heads,
+            ffn_dim: cfg.ffn_dim,
+            dropout: cfg.dropout,
+            attention_dropout: cfg.attention_dropout,
+        };
+        let memory = match &cfg.block {
+            BlockConfig::Luna(l) => {
+                let std = l.memory_init_std.unwrap_or(1.0);
+                Some(vb.get_with_hints((l.memory_len, d), "memory", Init::Randn { mean: 0.0, stdev: std })?)
+            }
+            BlockConfig::Transformer => None,
+        };
+        let mut blocks = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let lvb = vb.pp(format!("layers.{i}"));
+            blocks.push(match &cfg.block {
+                BlockConfig::Luna(l) => Block::Luna(LunaBlock::new(l, &dims, rng, lvb)?),
+                BlockConfig::Transformer => Block::Transformer(TransformerBlock::new(&dims, rng, lvb)?),
+            });
+        }
+        Ok(Self { cfg: cfg.clone(), embed_w, embed_b, pos, cls, memory, blocks, rng: rng.clone() })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EncoderConfig {
+        &self.cfg
+    }
+
+    /// The blocks.
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    /// The dropout generator shared by the blocks.
+    pub fn dropout_rng(&self) -> &DropoutRng {
+        &self.rng
+    }
+
+    /// Checks `input` and `mask` and returns `(B, L)` and the float mask `[B, L]`.
+    /// For token input without a mask, the mask is `ids ≠ 0` (id 0 is padding);
+    /// for pixels without a mask every position is valid.
+    pub fn prepare_mask(&self, input: &Tensor, mask: Option<&Tensor>, dtype: DType) -> Result<Tensor> {
+        let (b, l) = match input.dims() {
+            [b, l] => (*b, *l),
+            d => return Err(Error::shape("input", "[batch, length]", d)),
+        };
+        if l == 0 || b == 0 {
+            return Err(Error::shape("input", "non-empty [batch, length]", input.dims()));
+        }
+        if l > self.cfg.max_len {
+            return Err(Error::shape("input", format!("length at most max_len = {}", self.cfg.max_len), input.dims()));
+        }
+        match (self.cfg.input, input.dtype()) {
+            (InputConfig::Tokens { .. }, DType::U8 | DType::U32 | DType::I64) => {}
+            (InputConfig::Tokens { .. }, dt) => {
+                return Err(Error::shape("input", "integer token ids (u8, u32 or i64)", dt))
+            }
+            (InputConfig::Pixels { .. }, DType::F16 | DType::BF16 | DType::F32 | DType::F64) => {}
+            (InputConfig::Pixels { .. }, dt) => return Err(Error::shape("input", "float pixel values 0..255", dt)),
+        }
+        match mask {
+            Some(m) => {
+                if m.dims() != [b, l] {
+                    return Err(Error::shape("mask", format!("[{b}, {l}] like the input"), m.dims()));
+                }
+                Ok(m.ne(0.0f64)?.to_dtype(dtype)?)
+            }
+            None => match self.cfg.input {
+                InputConfig::Tokens { .. } => Ok(input.ne(0u32)?.to_dtype(dtype)?),
+                InputConfig::Pixels { .. } => Ok(Tensor::ones((b, l), dtype, input.device())?),
+            },
+        }
+    }
+
+    /// Embeddings plus positions plus CLS: `[B, L(+1), d]` and the mask `[B, L(+1)]`.
+    pub fn embed(&self, input: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let dtype = self.embed_w.dtype();
+        let mask = self.prepare_mask(input, mask, dtype)?;
+        let (b, l) = mask.dims2()?;
+        let d = self.cfg.d_model;
+        let x = match self.cfg.input {
+            InputConfig::Tokens { vocab_size } => {
+                let ids = input.to_dtype(DType::I64)?;
+                let (lo, hi) = (ids.min_all()?.to_scalar::<i64>()?, ids.max_all()?.to_scalar::<i64>()?);
+                if lo < 0 || hi >= vocab_size as i64 {
+                    return Err(Error::shape("input", format!("token ids in [0, {vocab_size})"), format!("ids in [{lo}, {hi}]")));
+                }
+                let ids = ids.to_dtype(DType::U32)?;
+                let e = self.embed_w.index_select(&ids.flatten_all()?, 0)?.reshape((b, l, d))?;
+                // id 0 is padding: zero its embedding and its gradient, as nn.Embedding(padding_idx=0).
+                let keep = ids.ne(0u32)?.to_dtype(dtype)?.unsqueeze(2)?;
+                e.broadcast_mul(&keep)?
+            }
+            InputConfig::Pixels { mean, std } => {
+                let z = ((input.to_dtype(dtype)? / 255.0)? - mean)? / std;
+                let w = self.embed_w.reshape((1, 1, d))?;
+                let bias = self.embed_b.as_ref().ok_or_else(|| Error::config("encoder.input", "pixel embedding without bias"))?;
+                z?.unsqueeze(2)?.broadcast_mul(&w)?.broadcast_add(bias)?
+            }
+        };
+        let x = match &self.pos {
+            Some(p) => x.broadcast_add(&p.narrow(0, 0, l)?.to_dtype(dtype)?)?,
+            None => x,
+        };
+        match &self.cls {
+            Some(c) => {
+                let c = c.reshape((1, 1, d))?.broadcast_as((b, 1, d))?.contiguous()?;
+                let x = Tensor::cat(&[&c, &x], 1)?;
+                let ones = Tensor::ones((b, 1), dtype, mask.device())?;
+                Ok((x, Tensor::cat(&[&ones, &mask], 1)?))
+            }
+            None => Ok((x, mask)),
+        }
+    }
+
+    /// The learned initial memory broadcast to `[B, m, d]` (Luna family).
+    pub fn initial_memory(&self, batch: usize) -> Result<Option<Tensor>> {
+        self.memory
+            .as_ref()
+            .map(|m| -> Result<Tensor> {
+                let (mm, d) = m.dims2()?;
+                Ok(m.unsqueeze(0)?.broadcast_as((batch, mm, d))?.contiguous()?)
+            })
+            .transpose()
+    }
+
+    /// Runs the encoder. `input`: token ids `[B, L]` (integer) or raw pixels `[B, L]` (float);
+    /// `mask`: `[B, L]`, non-zero = valid (see [`Encoder::prepare_mask`] for `None`).
+    pub fn forward_t(&self, input: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<EncoderOutput> {
+        self.run(input, mask, train, false)
+    }
+
+    /// As [`Encoder::forward_t`], and records every layer's memory and pack attention.
+    pub fn forward_traced(&self, input: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<EncoderOutput> {
+        self.run(input, mask, train, true)
+    }
+
+    fn run(&self, input: &Tensor, mask: Option<&Tensor>, train: bool, trace: bool) -> Result<EncoderOutput> {
+        let (mut x, mask) = self.embed(input, mask)?;
+        let b = x.dim(0)?;
+        let mut memory = self.initial_memory(b)?;
+        let mut traces = trace.then(Vec::new);
+        for block in &self.blocks {
+            match block {
+                Block::Luna(blk) => {
+                    let p = memory.as_ref().ok_or_else(|| Error::config("encoder.block", "Luna block without memory"))?;
+                    let out = blk.forward_t(&x, p, Some(&mask), train)?;
+                    if let Some(t) = traces.as_mut() {
+                        let pm = match &out.pack_mask {
+                            Some(m) => m.clone(),
+                            None => {
+                                let (b, h, m, l) = out.pack_attention.dims4()?;
+                                let _ = (h, m);
+                                Tensor::ones((b, l), x.dtype(), x.device())?
+                            }
+                        };
+                        t.push(LayerTrace {
+                            memory_in: p.clone(),
+                            memory_out: out.memory.clone(),
+                            pack_attention: out.pack_attention.clone(),
+                            pack_mask: pm,
+                        });
+                    }
+                    x = out.x;
+                    memory = Some(out.memory);
+                }
+                Block::Transformer(blk) => x = blk.forward_t(&x, Some(&mask), train)?,
+            }
+        }
+        Ok(EncoderOutput { hidden: x, mask, memory, trace: traces })
+    }
+}
+
+impl Module for Encoder {
+    /// Hidden states in evaluation mode, mask derived from the input.
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_t(xs, None, false).map(|o| o.hidden).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+}

@@ -1,0 +1,82 @@
+//! Typed errors of the crate.
+
+use std::path::PathBuf;
+
+/// Every fallible function of the crate returns this error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration field holds a value the models cannot run with.
+    #[error("invalid config: `{field}` {reason}")]
+    Config {
+        /// Dotted path of the offending field, e.g. `block.filter.kernel`.
+        field: String,
+        /// Why the value is rejected.
+        reason: String,
+    },
+    /// A preset name that the crate does not know.
+    #[error("unknown preset `{name}`; known presets: {known}")]
+    UnknownPreset {
+        /// The name that was asked for.
+        name: String,
+        /// Comma separated list of valid names.
+        known: String,
+    },
+    /// A tensor handed to a public function has the wrong shape or dtype.
+    #[error("bad input `{input}`: expected {expected}, got {got}")]
+    Shape {
+        /// Which argument is at fault.
+        input: String,
+        /// What the function expected, in words.
+        expected: String,
+        /// What it received.
+        got: String,
+    },
+    /// A sequence is too short for a filter that shortens it (pooling or stride > 1).
+    #[error("sequence of length {len} is shorter than the filter window {kernel} (stride {stride})")]
+    SequenceTooShort {
+        /// Length of the sequence given to the filter.
+        len: usize,
+        /// Window (kernel) size.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+    },
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// File at fault.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint or config file is malformed.
+    #[error("{path}: {reason}")]
+    Format {
+        /// File at fault.
+        path: PathBuf,
+        /// What is wrong with it (with line or record where known).
+        reason: String,
+    },
+    /// An error from Candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Config { field: field.into(), reason: reason.into() }
+    }
+    pub(crate) fn shape(input: impl Into<String>, expected: impl Into<String>, got: impl std::fmt::Debug) -> Self {
+        Error::Shape { input: input.into(), expected: expected.into(), got: format!("{got:?}") }
+    }
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+    pub(crate) fn format(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Format { path: path.into(), reason: reason.into() }
+    }
+}

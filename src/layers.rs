@@ -1,0 +1,159 @@
+//! Small building blocks with gradients that are right in Candle 0.11: Linear with PyTorch's
+//! initialisation, a LayerNorm and a softmax built from differentiable ops, the FFN, and a
+//! seeded dropout.
+//!
+//! Candle 0.11's fused `softmax_last_dim`, `layer_norm` and `rms_norm` (and therefore
+//! `candle_nn::LayerNorm` on contiguous input with a bias) record no gradient; the versions
+//! here are composite and do. `tests/candle_pitfalls.rs` keeps a regression test of that bug.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Module, ModuleT, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+use rand::{Rng, SeedableRng};
+
+use crate::error::Result;
+
+/// `y = x·Wᵀ + b`, weight `[out, in]` and bias `[out]`, both initialised U(−1/√in, 1/√in)
+/// as PyTorch's `nn.Linear`.
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<candle_nn::Linear> {
+    let bound = 1.0 / (in_dim as f64).sqrt();
+    let init = Init::Uniform { lo: -bound, up: bound };
+    let w = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
+    let b = vb.get_with_hints(out_dim, "bias", init)?;
+    Ok(candle_nn::Linear::new(w, Some(b)))
+}
+
+/// Computes `f` in f32 for half-precision inputs and casts back.
+fn in_f32(x: &Tensor, f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>) -> candle_core::Result<Tensor> {
+    match x.dtype() {
+        DType::F16 | DType::BF16 => f(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype()),
+        _ => f(x),
+    }
+}
+
+/// Softmax over the last dimension, `exp(x − max) / Σ exp(x − max)`, differentiable
+/// (the max is a constant shift and is detached). Half precision is computed in f32.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    Ok(in_f32(x, |x| {
+        let max = x.max_keepdim(D::Minus1)?.detach();
+        let e = x.broadcast_sub(&max)?.exp()?;
+        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    })?)
+}
+
+/// Affine LayerNorm over the last dimension with eps 1e-6:
+/// `y = (x − μ) / √(σ² + ε) · γ + β`. Parameters `weight` (γ, init 1) and `bias` (β, init 0).
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Epsilon used by every LayerNorm of the models (SPEC §2).
+    pub const EPS: f64 = 1e-6;
+
+    /// Creates `weight` and `bias` of length `dim` under `vb`.
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
+        Ok(Self { weight, bias, eps: Self::EPS })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = in_f32(x, |x| {
+            let mu = x.mean_keepdim(D::Minus1)?;
+            let xc = x.broadcast_sub(&mu)?;
+            let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+            xc.broadcast_div(&(var + self.eps)?.sqrt()?)
+        })?;
+        y.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+/// A dropout whose masks come from a seeded generator shared by the whole model, so that a
+/// training run is reproducible on every device and can be resumed: the trainer calls
+/// [`DropoutRng::reseed`] with the step number before each step.
+#[derive(Clone, Debug)]
+pub struct DropoutRng {
+    inner: Arc<Mutex<rand::rngs::StdRng>>,
+}
+
+impl Default for DropoutRng {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+impl DropoutRng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self { inner: Arc::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed))) }
+    }
+
+    /// Restarts the generator from `seed` (e.g. `run_seed ^ step`).
+    pub fn reseed(&self, seed: u64) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        *g = rand::rngs::StdRng::seed_from_u64(seed);
+    }
+
+    fn keep_mask(&self, n: usize, p: f64) -> Vec<f32> {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let scale = (1.0 / (1.0 - p)) as f32;
+        (0..n).map(|_| if g.random::<f64>() < p { 0.0 } else { scale }).collect()
+    }
+}
+
+/// Inverted dropout with probability `p`, active only when `train` is true.
+#[derive(Clone, Debug)]
+pub struct Dropout {
+    p: f64,
+    rng: DropoutRng,
+}
+
+impl Dropout {
+    /// Dropout with drop probability `p` drawing from `rng`.
+    pub fn new(p: f64, rng: DropoutRng) -> Self {
+        Self { p, rng }
+    }
+}
+
+impl ModuleT for Dropout {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        if !train || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        let mask = self.rng.keep_mask(x.elem_count(), self.p);
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x * mask
+    }
+}
+
+/// Position-wise feed-forward network: `fc2(drop(GELU(fc1(x))))` then dropout, with the exact
+/// (erf) GELU. `fc1`: d→f, `fc2`: f→d.
+#[derive(Clone, Debug)]
+pub struct FeedForward {
+    fc1: candle_nn::Linear,
+    fc2: candle_nn::Linear,
+    drop: Dropout,
+}
+
+impl FeedForward {
+    /// Creates `fc1` and `fc2` under `vb`.
+    pub fn new(d: usize, f: usize, dropout: Dropout, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { fc1: linear(d, f, vb.pp("fc1"))?, fc2: linear(f, d, vb.pp("fc2"))?, drop: dropout })
+    }
+}
+
+impl ModuleT for FeedForward {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let h = self.fc1.forward(x)?.gelu_erf()?;
+        let h = self.drop.forward_t(&h, train)?;
+        let y = self.fc2.forward(&h)?;
+        self.drop.forward_t(&y, train)
+    }
+}

@@ -1,0 +1,188 @@
+//! Whole models: an [`Encoder`] with a head, built from a [`ModelConfig`], and self-describing
+//! checkpoints (`model.safetensors` with the config JSON in its header and beside it).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, ModuleT, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::config::ModelConfig;
+use crate::encoder::{Encoder, EncoderOutput};
+use crate::error::{Error, Result};
+use crate::head::{ClassifierHead, PairHead};
+use crate::layers::DropoutRng;
+use crate::params::{load_metadata, write_atomic, ParamStore};
+
+/// Encoder + single-document classifier head.
+#[derive(Clone, Debug)]
+pub struct Classifier {
+    encoder: Encoder,
+    head: ClassifierHead,
+}
+
+/// Encoder (shared by both documents) + two-document head.
+#[derive(Clone, Debug)]
+pub struct PairClassifier {
+    encoder: Encoder,
+    head: PairHead,
+}
+
+/// A model for any LRA task: one document or two.
+#[derive(Clone, Debug)]
+pub enum Model {
+    /// One input.
+    Single(Classifier),
+    /// Two inputs (retrieval).
+    Pair(PairClassifier),
+}
+
+/// Inputs of a batch: one document, or two for pair models. Masks are `[B, L]`, non-zero valid.
+#[derive(Clone, Copy, Debug)]
+pub enum Inputs<'a> {
+    /// One document.
+    Single {
+        /// Ids or pixels `[B, L]`.
+        input: &'a Tensor,
+        /// Mask `[B, L]`.
+        mask: Option<&'a Tensor>,
+    },
+    /// Two documents.
+    Pair {
+        /// First document `[B, L]`.
+        input1: &'a Tensor,
+        /// Its mask.
+        mask1: Option<&'a Tensor>,
+        /// Second document `[B, L]`.
+        input2: &'a Tensor,
+        /// Its mask.
+        mask2: Option<&'a Tensor>,
+    },
+}
+
+impl Classifier {
+    /// Builds encoder (`vb` root) and head (`head.…`).
+    pub fn new(cfg: &ModelConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let encoder = Encoder::new(&cfg.encoder, rng, vb.clone())?;
+        let head = ClassifierHead::new(&cfg.head, cfg.encoder.d_model, cfg.encoder.cls, vb.pp("head"))?;
+        Ok(Self { encoder, head })
+    }
+
+    /// The encoder.
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    /// Logits `[B, classes]`.
+    pub fn forward_t(&self, input: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        self.head.forward(&self.encoder.forward_t(input, mask, train)?)
+    }
+
+    /// Logits and the encoder output with every layer's trace.
+    pub fn forward_traced(&self, input: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<(Tensor, EncoderOutput)> {
+        let out = self.encoder.forward_traced(input, mask, train)?;
+        Ok((self.head.forward(&out)?, out))
+    }
+}
+
+impl ModuleT for Classifier {
+    /// Logits; the mask is derived from the input (token id 0 is padding).
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        Classifier::forward_t(self, xs, None, train).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+}
+
+impl PairClassifier {
+    /// Builds encoder (`vb` root) and pair head (`head.…`).
+    pub fn new(cfg: &ModelConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let features = cfg.head.pair.ok_or_else(|| Error::config("head.pair", "a pair model needs `pair` features"))?;
+        let encoder = Encoder::new(&cfg.encoder, rng, vb.clone())?;
+        let head = PairHead::new(&cfg.head, features, cfg.encoder.d_model, cfg.encoder.cls, vb.pp("head"))?;
+        Ok(Self { encoder, head })
+    }
+
+    /// The encoder.
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    /// Logits `[B, classes]` for document pairs.
+    pub fn forward_t(&self, in1: &Tensor, m1: Option<&Tensor>, in2: &Tensor, m2: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        let a = self.encoder.forward_t(in1, m1, train)?;
+        let b = self.encoder.forward_t(in2, m2, train)?;
+        self.head.forward(&a, &b)
+    }
+}
+
+impl Model {
+    /// Builds the model `cfg` describes (pair when `cfg.head.pair` is set).
+    pub fn new(cfg: &ModelConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
+        Ok(if cfg.head.pair.is_some() {
+            Model::Pair(PairClassifier::new(cfg, rng, vb)?)
+        } else {
+            Model::Single(Classifier::new(cfg, rng, vb)?)
+        })
+    }
+
+    /// The (shared) encoder.
+    pub fn encoder(&self) -> &Encoder {
+        match self {
+            Model::Single(m) => m.encoder(),
+            Model::Pair(m) => m.encoder(),
+        }
+    }
+
+    /// Logits `[B, classes]`.
+    pub fn forward_t(&self, inputs: Inputs<'_>, train: bool) -> Result<Tensor> {
+        match (self, inputs) {
+            (Model::Single(m), Inputs::Single { input, mask }) => m.forward_t(input, mask, train),
+            (Model::Pair(m), Inputs::Pair { input1, mask1, input2, mask2 }) => m.forward_t(input1, mask1, input2, mask2, train),
+            (Model::Single(_), Inputs::Pair { .. }) => Err(Error::shape("inputs", "one document for a single-input model", "a pair")),
+            (Model::Pair(_), Inputs::Single { .. }) => Err(Error::shape("inputs", "two documents for a pair model", "one")),
+        }
+    }
+}
+
+/// File names of a saved model.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// Config JSON beside the weights.
+pub const CONFIG_FILE: &str = "config.json";
+
+/// Saves `store` as `dir/model.safetensors` (config JSON in the header under `config`) and
+/// `dir/config.json`, each written atomically.
+pub fn save_model(dir: &Path, cfg: &ModelConfig, store: &ParamStore) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let json = cfg.to_json()?;
+    store.save(&dir.join(WEIGHTS_FILE), Some(HashMap::from([("config".to_string(), json.clone())])))?;
+    write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
+}
+
+/// Reads the config of a saved model: `dir/config.json`, or the weights' header if the JSON is
+/// missing.
+pub fn load_config(dir: &Path) -> Result<ModelConfig> {
+    let path = dir.join(CONFIG_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => ModelConfig::from_json(&s).map_err(|e| match e {
+            Error::Format { reason, .. } => Error::format(&path, reason),
+            e => e,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let wpath = dir.join(WEIGHTS_FILE);
+            let meta = load_metadata(&wpath)?;
+            let json = meta.get("config").ok_or_else(|| Error::format(&wpath, "no `config` in the safetensors header"))?;
+            ModelConfig::from_json(json)
+        }
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Loads a model saved by [`save_model`]: its config, its parameters and the built model.
+pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<(ModelConfig, ParamStore, Model)> {
+    let cfg = load_config(dir)?;
+    let store = ParamStore::new(0);
+    let model = Model::new(&cfg, &DropoutRng::new(0), store.var_builder(dtype, device))?;
+    store.load(&dir.join(WEIGHTS_FILE))?;
+    Ok((cfg, store, model))
+}

@@ -1,0 +1,121 @@
+//! Multi-head *pack* attention: the memory P reads the (filtered) input X (SPEC §3.1, §3.4).
+//!
+//! ```text
+//! Q = P·W_q   K = X·W_k   V = X or X·W_v          (pads zeroed in K, V when masking)
+//! K̃ = F(K)    Ṽ = F(V)                            (per head, along time)
+//! A = softmax_L'( Q·K̃ᵀ · s + bias(mask') )        s = 1/√d_h or exp(−τ)
+//! Y_p = merge(A·Ṽ) [·W_o]
+//! ```
+//! Shapes: X `[B, L, d]`, P `[B, m, d]`, mask `[B, L]` → Y_p `[B, m, d]`, A `[B, h, m, L']`.
+//!
+//! In masked mode a length-changing filter (pool, stride > 1) first gets K, V and the mask
+//! zero-padded on the right ([`Filter::masked_right_pad`]) so that a window starts at every
+//! `t·s < L`: L' = ⌊(L−1)/s⌋ + 1 instead of ⌊(L−k)/s⌋ + 1. Without it the number of windows
+//! would depend on how much padding follows the sequence, and appending padding would change
+//! the memory (SPEC §3.4 demands that it does not). A missing mask means "all valid".
+
+use std::sync::Arc;
+
+use candle_core::{Module, Tensor};
+use candle_nn::Linear;
+
+use crate::attention::{attend, key_bias, merge_heads, split_heads};
+use crate::error::Result;
+use crate::filter::Filter;
+use crate::layers::Dropout;
+use crate::temperature::LogitScale;
+
+/// The result of packing.
+#[derive(Clone, Debug)]
+pub struct Packed {
+    /// Packed memory Y_p `[B, m, d]`.
+    pub memory: Tensor,
+    /// Pack-attention weights A `[B, h, m, L']` (before dropout).
+    pub attention: Tensor,
+    /// The filtered mask `[B, L']` used (all ones when masking is off).
+    pub mask: Option<Tensor>,
+}
+
+/// Pack attention. Projections are passed in so that they can be shared with unpacking.
+#[derive(Clone, Debug)]
+pub struct PackAttention {
+    q: Linear,
+    k: Linear,
+    v: Option<Linear>,
+    o: Option<Linear>,
+    filter: Arc<dyn Filter>,
+    scale: LogitScale,
+    heads: usize,
+    masked: bool,
+    drop: Dropout,
+}
+
+impl PackAttention {
+    /// Assembles a pack attention. `v = None` uses X itself as values (ConvLuna);
+    /// `o = None` skips the output projection (Ma et al.). With `masked = false` padding takes
+    /// part in packing, as in the authors' code.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        q: Linear,
+        k: Linear,
+        v: Option<Linear>,
+        o: Option<Linear>,
+        filter: Arc<dyn Filter>,
+        scale: LogitScale,
+        heads: usize,
+        masked: bool,
+        drop: Dropout,
+    ) -> Self {
+        Self { q, k, v, o, filter, scale, heads, masked, drop }
+    }
+
+    /// The filter.
+    pub fn filter(&self) -> &Arc<dyn Filter> {
+        &self.filter
+    }
+
+    /// The logit scale (to read τ).
+    pub fn scale(&self) -> &LogitScale {
+        &self.scale
+    }
+
+    /// Packs `x [B, L, d]` into memory `p [B, m, d]`; `mask [B, L]` float 0/1.
+    pub fn forward_t(&self, x: &Tensor, p: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Packed> {
+        let mut k = self.k.forward(x)?;
+        let mut v = match &self.v {
+            Some(v) => v.forward(x)?,
+            None => x.clone(),
+        };
+        let mut fmask = None;
+        if self.masked {
+            let (b, l, _) = x.dims3()?;
+            let m = match mask {
+                Some(m) => m.to_dtype(x.dtype())?,
+                None => Tensor::ones((b, l), x.dtype(), x.device())?,
+            };
+            let m3 = m.unsqueeze(2)?;
+            k = k.broadcast_mul(&m3)?;
+            v = v.broadcast_mul(&m3)?;
+            let pad = self.filter.masked_right_pad(l);
+            let m = if pad > 0 {
+                k = k.pad_with_zeros(1, 0, pad)?;
+                v = v.pad_with_zeros(1, 0, pad)?;
+                m.pad_with_zeros(1, 0, pad)?
+            } else {
+                m
+            };
+            fmask = Some(self.filter.filter_mask(&m)?);
+        }
+        let k = self.filter.forward(&split_heads(&k, self.heads)?)?;
+        let v = self.filter.forward(&split_heads(&v, self.heads)?)?;
+        let bias = fmask.as_ref().map(|m| key_bias(m, x.dtype())).transpose()?;
+        let q = split_heads(&self.q.forward(p)?, self.heads)?;
+        let (y, a) = attend(&q, &k, &v, |l| self.scale.apply(l), bias.as_ref(), &self.drop, train)?;
+        let y = merge_heads(&y)?;
+        let y = match &self.o {
+            Some(o) => o.forward(&y)?,
+            None => y,
+        };
+        Ok(Packed { memory: y, attention: a, mask: fmask })
+    }
+}

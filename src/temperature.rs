@@ -1,0 +1,53 @@
+//! Logit scaling: fixed scales and ConvLuna's learnable log-temperature (SPEC §3.1).
+//!
+//! `logits · exp(−τ)`: τ is one scalar per layer shared by all heads, stored as a `[1]`
+//! parameter (`pack_log_temperature`, `unpack_log_temperature`). τ = ½·ln d_h gives 1/√d_h.
+
+use candle_core::Tensor;
+use candle_nn::{Init, VarBuilder};
+
+use crate::config::Scale;
+use crate::error::Result;
+
+/// Scales attention logits by a constant or by `exp(−τ)` with a learned τ.
+#[derive(Clone, Debug)]
+pub enum LogitScale {
+    /// Multiply by a constant (1 is skipped).
+    Constant(f64),
+    /// Multiply by `exp(−τ)`, τ a learned `[1]` tensor.
+    LogTemperature(Tensor),
+}
+
+impl LogitScale {
+    /// Builds the scale for heads of width `head_dim`; a learned τ is created as `name` under `vb`.
+    pub fn new(scale: &Scale, head_dim: usize, name: &str, vb: VarBuilder) -> Result<Self> {
+        Ok(match *scale {
+            Scale::None => LogitScale::Constant(1.0),
+            Scale::InvSqrtHeadDim => LogitScale::Constant(1.0 / (head_dim as f64).sqrt()),
+            Scale::FixedTemperature { tau } => LogitScale::Constant((-tau).exp()),
+            Scale::LearnedTemperature { init } => {
+                LogitScale::LogTemperature(vb.get_with_hints(1, name, Init::Const(init))?)
+            }
+        })
+    }
+
+    /// `logits · s`.
+    pub fn apply(&self, logits: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            LogitScale::Constant(c) if *c == 1.0 => logits.clone(),
+            LogitScale::Constant(c) => (logits * *c)?,
+            LogitScale::LogTemperature(tau) => {
+                let s = tau.to_dtype(logits.dtype())?.neg()?.exp()?;
+                logits.broadcast_mul(&s)?
+            }
+        })
+    }
+
+    /// The current τ (for logging), `None` for a constant scale.
+    pub fn tau(&self) -> Result<Option<f64>> {
+        Ok(match self {
+            LogitScale::Constant(_) => None,
+            LogitScale::LogTemperature(t) => Some(t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?[0]),
+        })
+    }
+}

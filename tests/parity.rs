@@ -1,0 +1,217 @@
+//! Parity with the independent PyTorch reference (`scripts/reference.py`): forward outputs,
+//! input gradients and every parameter gradient agree to 1e-5 in f32.
+
+mod common;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use common::*;
+use convluna::params::load_tensors;
+use convluna::*;
+
+const TOL: f64 = 1e-5;
+
+fn fixture(name: &str) -> (PathBuf, HashMap<String, Tensor>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.safetensors"));
+    let t = load_tensors(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+    (path, t)
+}
+
+fn with_prefix(t: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
+    t.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone()))).collect()
+}
+
+/// Largest |a − b| relative to max(1, max |b|); panics above TOL.
+fn agree(what: &str, got: &Tensor, want: &Tensor) -> f64 {
+    let err = max_abs_diff(got, want);
+    let scale = to_vec(want).iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    let rel = err / scale;
+    assert!(rel <= TOL, "{what}: max |Δ| = {err:.3e} (scale {scale:.2}), above {TOL:e}");
+    rel
+}
+
+fn block_cfg(case: &str, masked: bool) -> Option<LunaConfig> {
+    let conv = |k, s, pc| FilterConfig::Conv { kernel: k, stride: s, per_channel: pc };
+    let tau = Scale::LearnedTemperature { init: 0.0 };
+    Some(match case {
+        "convluna_conv4s1" => luna_cfg(3, Projections::SharedNoValue, tau, Scale::None, conv(4, 1, false), masked),
+        "convluna_conv4s2" => luna_cfg(3, Projections::SharedNoValue, tau, Scale::None, conv(4, 2, false), masked),
+        "convluna_pool4s2" => luna_cfg(3, Projections::SharedNoValue, tau, Scale::None, FilterConfig::MaxPool { kernel: 4, stride: 2 }, masked),
+        "convluna_identity" => luna_cfg(3, Projections::SharedNoValue, tau, Scale::None, FilterConfig::Identity, masked),
+        "convluna_depthwise3s1" => luna_cfg(3, Projections::SharedNoValue, tau, tau, conv(3, 1, true), masked),
+        "luna_authors" => luna_cfg(3, Projections::Shared, Scale::InvSqrtHeadDim, Scale::InvSqrtHeadDim, FilterConfig::Identity, masked),
+        "luna_ma" => luna_cfg(3, Projections::Separate, Scale::InvSqrtHeadDim, Scale::InvSqrtHeadDim, FilterConfig::Identity, masked),
+        "transformer" => return None,
+        other => panic!("unknown case {other}"),
+    })
+}
+
+fn check_grads(case: &str, store: &ParamStore, grads: &candle_core::backprop::GradStore, f: &HashMap<String, Tensor>) -> f64 {
+    let want = with_prefix(f, "grad.param.");
+    assert_eq!(want.len(), store.len(), "{case}: fixture has {} parameter gradients, model {} parameters", want.len(), store.len());
+    let mut worst: f64 = 0.0;
+    for (name, var) in store.vars() {
+        let w = want.get(&name).unwrap_or_else(|| panic!("{case}: no gradient for `{name}` in the fixture"));
+        let g = grads.get(&var).cloned().unwrap_or_else(|| var.zeros_like().unwrap());
+        worst = worst.max(agree(&format!("{case}: grad of {name}"), &g, w));
+    }
+    worst
+}
+
+fn run_block(case: &str, masked: bool) -> f64 {
+    let name = format!("{case}_{}", if masked { "mask" } else { "nomask" });
+    let (path, f) = fixture(&name);
+    let dev = Device::Cpu;
+    let store = ParamStore::new(0);
+    let vb = store.var_builder(DType::F32, &dev);
+    let cfg = block_cfg(case, masked);
+    let d = dims(16, 4, 32);
+    let rng = DropoutRng::new(0);
+    let blk = match &cfg {
+        Some(c) => Block::Luna(LunaBlock::new(c, &d, &rng, vb).unwrap()),
+        None => Block::Transformer(TransformerBlock::new(&d, &rng, vb).unwrap()),
+    };
+    store.assign(&with_prefix(&f, "param."), &path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let x = Var::from_tensor(&f["input.x"]).unwrap();
+    let mask = &f["input.mask"];
+    let mut worst: f64 = 0.0;
+    let (loss, mem) = match &blk {
+        Block::Luna(b) => {
+            let p = Var::from_tensor(&f["input.memory"]).unwrap();
+            let o = b.forward_t(x.as_tensor(), p.as_tensor(), Some(mask), false).unwrap();
+            worst = worst.max(agree(&format!("{name}: output.x"), &o.x, &f["output.x"]));
+            worst = worst.max(agree(&format!("{name}: output.memory"), &o.memory, &f["output.memory"]));
+            worst = worst.max(agree(&format!("{name}: pack attention"), &o.pack_attention, &f["output.pack_attention"]));
+            let loss = ((&o.x * &f["input.rx"]).unwrap().sum_all().unwrap() + (&o.memory * &f["input.rp"]).unwrap().sum_all().unwrap()).unwrap();
+            (loss, Some(p))
+        }
+        Block::Transformer(b) => {
+            // the Transformer block takes its key mask as an argument: `_nomask` = no mask
+            let y = b.forward_t(x.as_tensor(), masked.then_some(mask), false).unwrap();
+            worst = worst.max(agree(&format!("{name}: output.x"), &y, &f["output.x"]));
+            ((&y * &f["input.rx"]).unwrap().sum_all().unwrap(), None)
+        }
+    };
+    let grads = loss.backward().unwrap();
+    worst = worst.max(agree(&format!("{name}: grad.x"), grads.get(&x).unwrap(), &f["grad.x"]));
+    if let Some(p) = mem {
+        worst = worst.max(agree(&format!("{name}: grad.memory"), grads.get(&p).unwrap(), &f["grad.memory"]));
+    }
+    worst = worst.max(check_grads(&name, &store, &grads, &f));
+    eprintln!("parity {name}: largest relative error {worst:.2e}");
+    worst
+}
+
+macro_rules! block_case {
+    ($fn:ident, $case:expr) => {
+        #[test]
+        fn $fn() {
+            run_block($case, true);
+            run_block($case, false);
+        }
+    };
+}
+block_case!(convluna_conv_k4_s1, "convluna_conv4s1");
+block_case!(convluna_conv_k4_s2, "convluna_conv4s2");
+block_case!(convluna_pool_k4_s2, "convluna_pool4s2");
+block_case!(convluna_identity, "convluna_identity");
+block_case!(convluna_depthwise_k3_s1_unpack_temperature, "convluna_depthwise3s1");
+block_case!(luna_authors, "luna_authors");
+block_case!(luna_ma, "luna_ma");
+block_case!(transformer, "transformer");
+
+fn encoder_cfg(case: &str, masked: bool) -> ModelConfig {
+    let (input, positions, cls, block, pooling, extra, pair, classes) = match case {
+        "encoder_convluna" => (
+            InputConfig::Tokens { vocab_size: 20 },
+            Positions::Learned,
+            true,
+            BlockConfig::Luna(block_cfg("convluna_conv4s1", masked).unwrap()),
+            Pooling::Cls,
+            false,
+            None,
+            3,
+        ),
+        "encoder_transformer_image" => (
+            InputConfig::Pixels { mean: 0.5, std: 0.5 },
+            Positions::Sinusoidal,
+            false,
+            BlockConfig::Transformer,
+            Pooling::Mean,
+            true,
+            None,
+            4,
+        ),
+        "encoder_pair_luna_ma" => (
+            InputConfig::Tokens { vocab_size: 20 },
+            Positions::Learned,
+            true,
+            BlockConfig::Luna(block_cfg("luna_ma", masked).unwrap()),
+            Pooling::Memory,
+            false,
+            Some(PairFeatures::Interaction),
+            2,
+        ),
+        other => panic!("unknown case {other}"),
+    };
+    ModelConfig {
+        encoder: EncoderConfig {
+            input,
+            max_len: 10,
+            d_model: 16,
+            num_heads: 4,
+            ffn_dim: 32,
+            num_layers: 2,
+            dropout: 0.0,
+            attention_dropout: 0.0,
+            positions,
+            cls,
+            block,
+        },
+        head: HeadConfig { num_classes: classes, hidden_dim: 32, pooling, extra_layer: extra, pair },
+    }
+}
+
+fn run_encoder(case: &str, masked: bool) -> f64 {
+    let name = if masked { case.to_string() } else { format!("{case}_nomask") };
+    let (path, f) = fixture(&name);
+    let dev = Device::Cpu;
+    let cfg = encoder_cfg(case, masked);
+    let store = ParamStore::new(0);
+    let model = Model::new(&cfg, &DropoutRng::new(0), store.var_builder(DType::F32, &dev)).unwrap();
+    store.assign(&with_prefix(&f, "param."), &path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let logits = match &model {
+        Model::Pair(_) => model
+            .forward_t(
+                Inputs::Pair { input1: &f["input.ids1"], mask1: Some(&f["input.mask1"]), input2: &f["input.ids2"], mask2: Some(&f["input.mask2"]) },
+                false,
+            )
+            .unwrap(),
+        Model::Single(_) => {
+            let input = f.get("input.ids").or_else(|| f.get("input.pixels")).unwrap();
+            model.forward_t(Inputs::Single { input, mask: Some(&f["input.mask"]) }, false).unwrap()
+        }
+    };
+    let mut worst = agree(&format!("{name}: logits"), &logits, &f["output.logits"]);
+    let grads = (&logits * &f["input.r"]).unwrap().sum_all().unwrap().backward().unwrap();
+    worst = worst.max(check_grads(&name, &store, &grads, &f));
+    eprintln!("parity {name}: largest relative error {worst:.2e}");
+    worst
+}
+
+#[test]
+fn encoder_convluna_classifier() {
+    run_encoder("encoder_convluna", true);
+    run_encoder("encoder_convluna", false);
+}
+
+#[test]
+fn encoder_transformer_pixels_mean_pooling_image_head() {
+    run_encoder("encoder_transformer_image", true);
+}
+
+#[test]
+fn encoder_pair_luna_ma_memory_pooling() {
+    run_encoder("encoder_pair_luna_ma", true);
+}

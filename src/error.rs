@@ -58,9 +58,22 @@ pub enum Error {
         /// What is wrong with it (with line or record where known).
         reason: String,
     },
+    /// Training met a non-finite loss or gradient.
+    #[error("step {step}: non-finite {what} ({value}); lower the learning rate, enable clipping, or pass skip-non-finite to skip such steps")]
+    NonFinite {
+        /// The optimisation step (1-based).
+        step: usize,
+        /// `loss` or `gradient norm`.
+        what: String,
+        /// The value seen.
+        value: f64,
+    },
     /// An error from Candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A malformed data file (see [`crate::data::DataError`]: file and line or record).
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
 }
 
 /// Result with the crate's [`Error`].

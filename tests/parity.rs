@@ -1,5 +1,9 @@
 //! Parity with the independent PyTorch reference (`scripts/reference.py`): forward outputs,
 //! input gradients and every parameter gradient agree to 1e-5 in f32.
+//!
+//! `CONVLUNA_TEST_DEVICE=cuda` runs the same checks on a GPU (build with `--features cuda`);
+//! `CONVLUNA_TEST_DTYPE=bf16` computes in bf16 with the looser tolerance of
+//! `common::test_dtype` (5e-2 of the scale).
 
 mod common;
 use std::collections::HashMap;
@@ -10,11 +14,17 @@ use common::*;
 use convluna::params::load_tensors;
 use convluna::*;
 
-const TOL: f64 = 1e-5;
-
 fn fixture(name: &str) -> (PathBuf, HashMap<String, Tensor>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.safetensors"));
-    let t = load_tensors(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+    let (dtype, _) = test_dtype();
+    let t = load_tensors(&path, &test_device()).unwrap_or_else(|e| panic!("{e}"));
+    let t = t
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if v.dtype() == DType::F32 && !k.starts_with("input.ids") { v.to_dtype(dtype).unwrap() } else { v };
+            (k, v)
+        })
+        .collect();
     (path, t)
 }
 
@@ -24,10 +34,11 @@ fn with_prefix(t: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Ten
 
 /// Largest |a − b| relative to max(1, max |b|); panics above TOL.
 fn agree(what: &str, got: &Tensor, want: &Tensor) -> f64 {
+    let tol = test_dtype().1;
     let err = max_abs_diff(got, want);
     let scale = to_vec(want).iter().fold(1.0f64, |m, v| m.max(v.abs()));
     let rel = err / scale;
-    assert!(rel <= TOL, "{what}: max |Δ| = {err:.3e} (scale {scale:.2}), above {TOL:e}");
+    assert!(rel <= tol, "{what}: max |Δ| = {err:.3e} (scale {scale:.2}), above {tol:e}");
     rel
 }
 
@@ -62,9 +73,9 @@ fn check_grads(case: &str, store: &ParamStore, grads: &candle_core::backprop::Gr
 fn run_block(case: &str, masked: bool) -> f64 {
     let name = format!("{case}_{}", if masked { "mask" } else { "nomask" });
     let (path, f) = fixture(&name);
-    let dev = Device::Cpu;
+    let dev = test_device();
     let store = ParamStore::new(0);
-    let vb = store.var_builder(DType::F32, &dev);
+    let vb = store.var_builder(test_dtype().0, &dev);
     let cfg = block_cfg(case, masked);
     let d = dims(16, 4, 32);
     let rng = DropoutRng::new(0);
@@ -176,10 +187,10 @@ fn encoder_cfg(case: &str, masked: bool) -> ModelConfig {
 fn run_encoder(case: &str, masked: bool) -> f64 {
     let name = if masked { case.to_string() } else { format!("{case}_nomask") };
     let (path, f) = fixture(&name);
-    let dev = Device::Cpu;
+    let dev = test_device();
     let cfg = encoder_cfg(case, masked);
     let store = ParamStore::new(0);
-    let model = Model::new(&cfg, &DropoutRng::new(0), store.var_builder(DType::F32, &dev)).unwrap();
+    let model = Model::new(&cfg, &DropoutRng::new(0), store.var_builder(test_dtype().0, &dev)).unwrap();
     store.assign(&with_prefix(&f, "param."), &path).unwrap_or_else(|e| panic!("{name}: {e}"));
     let logits = match &model {
         Model::Pair(_) => model

@@ -96,3 +96,23 @@ pub fn gradcheck(vars: &[(String, Var)], loss: impl Fn() -> Tensor, per_var: usi
     }
     worst
 }
+
+/// The device the tests run on: `CONVLUNA_TEST_DEVICE=cuda` (or `metal`) selects an
+/// accelerator in a build with that feature; the default is the CPU.
+pub fn test_device() -> Device {
+    match std::env::var("CONVLUNA_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::new_cuda(0).expect("CONVLUNA_TEST_DEVICE=cuda needs a build with --features cuda and a GPU"),
+        Ok("metal") => Device::new_metal(0).expect("CONVLUNA_TEST_DEVICE=metal needs a build with --features metal"),
+        _ => Device::Cpu,
+    }
+}
+
+/// Compute dtype of the parity tests: `CONVLUNA_TEST_DTYPE=bf16` (GPU checks) or f32.
+pub fn test_dtype() -> (DType, f64) {
+    match std::env::var("CONVLUNA_TEST_DTYPE").as_deref() {
+        // bf16 has an 8-bit mantissa: relative error ~4e-3 per op; through a block of
+        // matmuls, softmaxes and LayerNorms the documented tolerance is 5e-2 of the scale.
+        Ok("bf16") => (DType::BF16, 5e-2),
+        _ => (DType::F32, 1e-5),
+    }
+}

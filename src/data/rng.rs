@@ -1,0 +1,192 @@
+//! The data layer's own seeded generator: xoshiro256** seeded through SplitMix64.
+//!
+//! Generated data and shuffles must be identical on every platform and with every version of
+//! the `rand` crate, so nothing in [`crate::data`] draws from `rand`'s `StdRng`. Everything here
+//! is integer arithmetic, plus `f64` values built from 53 random bits.
+
+/// One step of SplitMix64 (Steele, Lea and Flood 2014), used to seed and to mix seeds.
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Mixes a seed and a stream number (an example index, an epoch) into one well spread seed.
+pub fn mix_seed(seed: u64, stream: u64) -> u64 {
+    let mut s = seed ^ 0x6A09_E667_F3BC_C908;
+    let a = splitmix64(&mut s);
+    let mut t = stream ^ a.rotate_left(17);
+    splitmix64(&mut t) ^ a
+}
+
+/// xoshiro256** (Blackman and Vigna), seeded from one `u64` with SplitMix64.
+#[derive(Clone, Debug)]
+pub struct Rng {
+    s: [u64; 4],
+}
+
+impl Rng {
+    /// A generator whose stream depends only on `seed`.
+    pub fn new(seed: u64) -> Self {
+        let mut sm = seed;
+        let mut s = [0u64; 4];
+        for v in &mut s {
+            *v = splitmix64(&mut sm);
+        }
+        if s == [0; 4] {
+            s[0] = 1;
+        }
+        Rng { s }
+    }
+
+    /// An independent generator for sub-stream `stream` of `seed` (e.g. one per example).
+    pub fn stream(seed: u64, stream: u64) -> Self {
+        Rng::new(mix_seed(seed, stream))
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = self.s[1] << 17;
+        self.s[2] ^= self.s[0];
+        self.s[3] ^= self.s[1];
+        self.s[1] ^= self.s[2];
+        self.s[0] ^= self.s[3];
+        self.s[2] ^= t;
+        self.s[3] = self.s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in `[0, 1)` with 53 bits of precision.
+    pub fn f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in `0..n` (unbiased; `n` must be positive, 0 gives 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n <= 1 {
+            return 0;
+        }
+        // Lemire's multiply-and-reject.
+        loop {
+            let x = self.next_u64();
+            let m = (x as u128) * (n as u128);
+            let low = m as u64;
+            if low >= n || low >= n.wrapping_neg() % n {
+                return (m >> 64) as u64;
+            }
+        }
+    }
+
+    /// Uniform index in `0..n`.
+    pub fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+
+    /// Uniform in `lo..=hi` (returns `lo` when `hi < lo`).
+    pub fn range_inclusive(&mut self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo {
+            return lo;
+        }
+        lo + self.below(hi - lo + 1)
+    }
+
+    /// `true` with probability `p`.
+    pub fn bernoulli(&mut self, p: f64) -> bool {
+        self.f64() < p
+    }
+
+    /// Fisher–Yates shuffle.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.index(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+/// A seeded permutation of `0..n`.
+pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    Rng::new(seed).shuffle(&mut v);
+    v
+}
+
+const PI: f64 = std::f64::consts::PI;
+
+/// Sine and cosine of `x` radians, for |x| ≤ π/4, from Taylor series (basic IEEE operations
+/// only, so the result is the same on every platform, unlike the system `libm`).
+fn sin_cos_small(x: f64) -> (f64, f64) {
+    let x2 = x * x;
+    let (mut s, mut c) = (x, 1.0);
+    let (mut ts, mut tc) = (x, 1.0);
+    for k in 1..12 {
+        let k = k as f64;
+        ts = -ts * x2 / ((2.0 * k) * (2.0 * k + 1.0));
+        tc = -tc * x2 / ((2.0 * k - 1.0) * (2.0 * k));
+        s += ts;
+        c += tc;
+    }
+    (s, c)
+}
+
+/// Platform-independent sine and cosine of an angle in degrees.
+pub fn sin_cos_deg(deg: f64) -> (f64, f64) {
+    let mut d = deg % 360.0;
+    if d < 0.0 {
+        d += 360.0;
+    }
+    // d in [0, 360): reduce to the octant around a multiple of 90°.
+    let q = ((d + 45.0) / 90.0).floor();
+    let r = (d - q * 90.0) * (PI / 180.0);
+    let (s, c) = sin_cos_small(r);
+    match (q as i64).rem_euclid(4) {
+        0 => (s, c),
+        1 => (c, -s),
+        2 => (-s, -c),
+        _ => (-c, s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_stream() {
+        // SplitMix64 reference values for seed 0.
+        let mut s = 0u64;
+        assert_eq!(splitmix64(&mut s), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(splitmix64(&mut s), 0x6E78_9E6A_A1B9_65F4);
+        let mut r = Rng::new(7);
+        let a: Vec<u64> = (0..4).map(|_| r.next_u64()).collect();
+        let mut r2 = Rng::new(7);
+        let b: Vec<u64> = (0..4).map(|_| r2.next_u64()).collect();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn below_is_in_range_and_fair() {
+        let mut r = Rng::new(1);
+        let mut counts = [0usize; 6];
+        for _ in 0..60_000 {
+            counts[r.index(6)] += 1;
+        }
+        for c in counts {
+            assert!((9_000..11_000).contains(&c), "{counts:?}");
+        }
+        assert_eq!(r.below(0), 0);
+        assert_eq!(r.below(1), 0);
+    }
+
+    #[test]
+    fn trig_matches_std() {
+        for d in -720..=720 {
+            let (s, c) = sin_cos_deg(d as f64 * 0.5);
+            let x = (d as f64 * 0.5).to_radians();
+            assert!((s - x.sin()).abs() < 1e-14 && (c - x.cos()).abs() < 1e-14, "{d}");
+        }
+    }
+}

@@ -1,0 +1,716 @@
+//! A reusable trainer: AdamW (optionally exempting norms, biases and τ from decay), the
+//! authors' rsqrt or warmup + cosine schedules, gradient clipping and accumulation, periodic
+//! evaluation with memory diagnostics, best-checkpoint selection by validation accuracy, test
+//! evaluation of the best checkpoint, and checkpoints that survive a kill.
+//!
+//! ## Reproducibility and resume
+//! Everything random is derived from `TrainConfig::seed`: parameter init ([`ParamStore`]),
+//! the data order of each epoch ([`crate::data::epoch_order`]) and the dropout masks of each
+//! step ([`DropoutRng::reseed`] with a hash of seed and step). A checkpoint stores weights,
+//! AdamW moments, the step, the epoch and the position in it, so `resume` continues exactly
+//! where the run stopped and ends with the same weights as an uninterrupted run.
+//!
+//! ## Files in `out_dir`
+//! - `metrics.jsonl`: one JSON object per line (`kind` = `train`, `eval`, `test`, `skipped`);
+//! - `checkpoints/step-NNNNNNNN/` (`model.safetensors`, `optimizer.safetensors`,
+//!   `state.json`, `config.json`), each written to a temporary folder and renamed, then
+//!   named by the pointer files `checkpoints/LATEST` and `checkpoints/BEST` (written
+//!   atomically). `state.json` records each file's size and FNV-1a hash, so a corrupted or
+//!   half-written checkpoint is refused with a clear error;
+//! - `summary.json`: the final numbers.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ModelConfig;
+use crate::data::{epoch_order, make_batch, Batch, Dataset, PadTo, Splits};
+use crate::diagnostics::{diagnose, LayerDiagnostics, DISTINCT_THRESHOLD};
+use crate::error::{Error, Result};
+use crate::layers::DropoutRng;
+use crate::model::{Inputs, Model};
+use crate::optim::{accumulate, grad_norm, scale_grads, AdamW, AdamWConfig, Schedule};
+use crate::params::{fnv1a, load_tensors, save_tensors, write_atomic, ParamStore};
+
+/// What to do when the loss or the gradient norm is not finite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NonFinitePolicy {
+    /// Stop with [`Error::NonFinite`] naming the step.
+    Stop,
+    /// Skip the update, record it in the metrics, and go on.
+    Skip,
+}
+
+/// Training settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Optimisation steps.
+    pub steps: usize,
+    /// Examples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per step (gradient accumulation), ≥ 1.
+    pub accumulate: usize,
+    /// Base learning rate (see [`Schedule::lr`]).
+    pub lr: f64,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// AdamW settings (weight decay, exemptions).
+    pub optimizer: AdamWConfig,
+    /// Clip the global gradient norm to this value.
+    pub clip_norm: Option<f64>,
+    /// Evaluate on the validation set every this many steps (and at the end).
+    pub eval_every: usize,
+    /// Evaluate on at most this many validation batches (`None`: all).
+    pub eval_batches: Option<usize>,
+    /// Write a resumable checkpoint every this many steps (and at every evaluation).
+    pub checkpoint_every: usize,
+    /// Log training metrics every this many steps.
+    pub log_every: usize,
+    /// Seed of init, data order and dropout.
+    pub seed: u64,
+    /// Pad every batch to the task length (`true`, as the authors) or to its longest sequence.
+    pub pad_to_task_length: bool,
+    /// Non-finite loss or gradient handling.
+    pub non_finite: NonFinitePolicy,
+    /// Compute memory diagnostics at each evaluation (Luna family).
+    pub diagnostics: bool,
+    /// Examples used for diagnostics.
+    pub diagnostic_examples: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 1000,
+            batch_size: 32,
+            accumulate: 1,
+            lr: 1e-3,
+            schedule: Schedule::Cosine { warmup: 100, total: 1000, min_ratio: 0.0 },
+            optimizer: AdamWConfig::default(),
+            clip_norm: Some(1.0),
+            eval_every: 100,
+            eval_batches: None,
+            checkpoint_every: 100,
+            log_every: 10,
+            seed: 0,
+            pad_to_task_length: false,
+            non_finite: NonFinitePolicy::Stop,
+            diagnostics: true,
+            diagnostic_examples: 16,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("train.steps", self.steps),
+            ("train.batch_size", self.batch_size),
+            ("train.accumulate", self.accumulate),
+            ("train.eval_every", self.eval_every),
+            ("train.checkpoint_every", self.checkpoint_every),
+            ("train.log_every", self.log_every),
+        ];
+        for (f, v) in positive {
+            if v == 0 {
+                return Err(Error::config(f, "must be at least 1"));
+            }
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::config("train.lr", format!("must be positive, got {}", self.lr)));
+        }
+        if let Some(c) = self.clip_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(Error::config("train.clip_norm", format!("must be positive, got {c}")));
+            }
+        }
+        if !(self.optimizer.weight_decay >= 0.0 && self.optimizer.weight_decay.is_finite()) {
+            return Err(Error::config("train.optimizer.weight_decay", "must be ≥ 0"));
+        }
+        Ok(())
+    }
+}
+
+/// Metrics of one logged training step.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Step (1-based).
+    pub step: usize,
+    /// Mean training loss over the steps since the last log.
+    pub loss: f64,
+    /// Training accuracy over the steps since the last log.
+    pub acc: f64,
+    /// Learning rate of this step.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Real (unpadded) tokens per second since the last log.
+    pub tokens_per_s: f64,
+    /// Seconds since the start of this process's training.
+    pub elapsed_s: f64,
+}
+
+/// Metrics of one evaluation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    /// Step at which the model was evaluated.
+    pub step: usize,
+    /// `val` or `test`.
+    pub split: String,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Accuracy.
+    pub acc: f64,
+    /// Examples evaluated.
+    pub examples: usize,
+    /// Per-layer memory diagnostics (Luna family, when enabled).
+    #[serde(default)]
+    pub diagnostics: Vec<LayerDiagnostics>,
+    /// τ of each layer's packing (learned temperatures only).
+    #[serde(default)]
+    pub tau: Vec<f64>,
+    /// Cosine similarity matrix of the final memory of the first evaluated example.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_memory_cosine: Option<Vec<Vec<f64>>>,
+}
+
+/// What the trainer reports to its observer.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A training step finished (every step; `logged` on logging steps).
+    Step {
+        /// Metrics (averaged since the last log when `logged`).
+        metrics: StepMetrics,
+        /// Whether this step was written to the metrics file.
+        logged: bool,
+    },
+    /// A validation evaluation finished.
+    Eval(EvalMetrics),
+    /// The test evaluation of the best checkpoint finished.
+    Test(EvalMetrics),
+    /// A checkpoint was written.
+    Checkpoint {
+        /// Step of the checkpoint.
+        step: usize,
+        /// Its folder.
+        path: PathBuf,
+    },
+    /// The run resumed from a checkpoint.
+    Resumed {
+        /// Step of the checkpoint.
+        step: usize,
+    },
+}
+
+/// The outcome of a run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summary {
+    /// Steps trained (in total, across resumes).
+    pub steps: usize,
+    /// Step of the best validation accuracy.
+    pub best_step: usize,
+    /// Best validation accuracy.
+    pub best_val_acc: f64,
+    /// Test metrics of the best checkpoint.
+    pub test: EvalMetrics,
+    /// Fraction of the most common test label.
+    pub test_majority: f64,
+    /// Steps skipped for non-finite values.
+    pub skipped_steps: usize,
+    /// Wall time of this process's training, seconds.
+    pub wall_s: f64,
+    /// Parameters.
+    pub parameters: usize,
+}
+
+/// Resumable trainer state, `state.json` of a checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CheckpointState {
+    step: usize,
+    epoch: u64,
+    cursor: usize,
+    best_val_acc: f64,
+    best_step: usize,
+    skipped_steps: usize,
+    train: TrainConfig,
+    model: ModelConfig,
+    files: HashMap<String, (u64, u64)>,
+}
+
+/// The trainer: a model, its parameters, an optimiser, and the run's state.
+pub struct Trainer {
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    store: ParamStore,
+    vars: Vec<(String, Var)>,
+    model: Model,
+    rng: DropoutRng,
+    opt: AdamW,
+    device: Device,
+    step: usize,
+    epoch: u64,
+    cursor: usize,
+    best_val_acc: f64,
+    best_step: usize,
+    skipped_steps: usize,
+}
+
+fn mix(seed: u64, step: u64) -> u64 {
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn inputs(b: &Batch) -> Inputs<'_> {
+    match (&b.input2, &b.mask2) {
+        (Some(i2), m2) => Inputs::Pair { input1: &b.input, mask1: Some(&b.mask), input2: i2, mask2: m2.as_ref() },
+        (None, _) => Inputs::Single { input: &b.input, mask: Some(&b.mask) },
+    }
+}
+
+fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
+    let pred = logits.argmax(1)?.to_dtype(DType::U32)?;
+    Ok(pred.eq(&labels.to_dtype(DType::U32)?)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)
+}
+
+fn file_sig(path: &Path) -> Result<(u64, u64)> {
+    let b = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok((b.len() as u64, fnv1a(&b)))
+}
+
+impl Trainer {
+    /// Builds the model (parameters seeded by `cfg.seed`) in `dtype` on `device`.
+    pub fn new(model_cfg: &ModelConfig, cfg: &TrainConfig, dtype: DType, device: &Device) -> Result<Self> {
+        model_cfg.validate()?;
+        cfg.validate()?;
+        let store = ParamStore::new(cfg.seed);
+        let rng = DropoutRng::new(cfg.seed);
+        let model = Model::new(model_cfg, &rng, store.var_builder(dtype, device))?;
+        let vars = store.vars();
+        let opt = AdamW::new(vars.clone(), cfg.optimizer.clone())?;
+        Ok(Self {
+            model_cfg: model_cfg.clone(),
+            cfg: cfg.clone(),
+            store,
+            vars,
+            model,
+            rng,
+            opt,
+            device: device.clone(),
+            step: 0,
+            epoch: 0,
+            cursor: 0,
+            best_val_acc: f64::NEG_INFINITY,
+            best_step: 0,
+            skipped_steps: 0,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &ParamStore {
+        &self.store
+    }
+
+    /// Steps done so far.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    fn pad(&self, ds: &dyn Dataset) -> PadTo {
+        if self.cfg.pad_to_task_length {
+            PadTo::Fixed(ds.max_len())
+        } else {
+            PadTo::Longest
+        }
+    }
+
+    /// Indices of the next training micro-batch; advances epoch and cursor.
+    fn next_indices(&mut self, ds: &dyn Dataset) -> Result<Vec<usize>> {
+        let n = ds.len();
+        if n == 0 {
+            return Err(Error::config("data.train", "the training set is empty"));
+        }
+        let bs = self.cfg.batch_size.min(n);
+        loop {
+            let order = epoch_order(n, self.cfg.seed, self.epoch, true);
+            let start = self.cursor * bs;
+            if start + bs <= n {
+                self.cursor += 1;
+                return Ok(order[start..start + bs].to_vec());
+            }
+            self.epoch += 1;
+            self.cursor = 0;
+        }
+    }
+
+    /// Evaluates on (a prefix of) `ds` in its stored order.
+    pub fn evaluate(&self, ds: &dyn Dataset, split: &str, max_batches: Option<usize>, diagnostics: bool) -> Result<EvalMetrics> {
+        let n = ds.len();
+        if n == 0 {
+            return Err(Error::config(format!("data.{split}"), "the data set is empty"));
+        }
+        let bs = self.cfg.batch_size;
+        let batches = n.div_ceil(bs).min(max_batches.unwrap_or(usize::MAX)).max(1);
+        let (mut loss_sum, mut right, mut seen) = (0f64, 0usize, 0usize);
+        let mut diags = Vec::new();
+        let mut cosine = None;
+        for bi in 0..batches {
+            let idx: Vec<usize> = (bi * bs..((bi + 1) * bs).min(n)).collect();
+            let batch = make_batch(ds, &idx, self.pad(ds), &self.device)?;
+            let logits = if bi == 0 && diagnostics {
+                let (logits, d, c) = self.traced(&batch)?;
+                diags = d;
+                cosine = c;
+                logits
+            } else {
+                self.model.forward_t(inputs(&batch), false)?
+            };
+            let loss = candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, &batch.labels)?.to_scalar::<f32>()? as f64;
+            loss_sum += loss * idx.len() as f64;
+            right += correct(&logits, &batch.labels)?;
+            seen += idx.len();
+        }
+        Ok(EvalMetrics {
+            step: self.step,
+            split: split.to_string(),
+            loss: loss_sum / seen as f64,
+            acc: right as f64 / seen as f64,
+            examples: seen,
+            diagnostics: diags,
+            tau: self.taus()?,
+            final_memory_cosine: cosine,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn traced(&self, batch: &Batch) -> Result<(Tensor, Vec<LayerDiagnostics>, Option<Vec<Vec<f64>>>)> {
+        match &self.model {
+            Model::Single(m) if self.model_cfg.encoder.block.luna().is_some() => {
+                let (logits, out) = m.forward_traced(&batch.input, Some(&batch.mask), false)?;
+                let trace = out.trace.unwrap_or_default();
+                let d = diagnose(&trace, DISTINCT_THRESHOLD, self.cfg.diagnostic_examples)?;
+                let cos = match &out.memory {
+                    Some(mem) => {
+                        let p = mem.narrow(0, 0, 1)?.squeeze(0)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+                        Some(crate::diagnostics::cosine_matrix(&p))
+                    }
+                    None => None,
+                };
+                Ok((logits, d, cos))
+            }
+            Model::Pair(m) if self.model_cfg.encoder.block.luna().is_some() => {
+                let out = m.encoder().forward_traced(&batch.input, Some(&batch.mask), false)?;
+                let d = diagnose(&out.trace.unwrap_or_default(), DISTINCT_THRESHOLD, self.cfg.diagnostic_examples)?;
+                Ok((self.model.forward_t(inputs(batch), false)?, d, None))
+            }
+            _ => Ok((self.model.forward_t(inputs(batch), false)?, Vec::new(), None)),
+        }
+    }
+
+    /// τ of every layer's pack attention (learned temperatures only).
+    pub fn taus(&self) -> Result<Vec<f64>> {
+        let mut v = Vec::new();
+        for b in self.model.encoder().blocks() {
+            if let crate::block::Block::Luna(l) = b {
+                if let Some(t) = l.pack().scale().tau()? {
+                    v.push(t);
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    /// One optimisation step (with accumulation). Returns (loss, correct, examples, tokens,
+    /// grad norm), or `None` when the step was skipped for a non-finite value.
+    fn train_step(&mut self, train: &dyn Dataset) -> Result<Option<(f64, usize, usize, usize, f64)>> {
+        let step = self.step + 1;
+        self.rng.reseed(mix(self.cfg.seed, step as u64));
+        let vars: Vec<Var> = self.vars.iter().map(|(_, v)| v.clone()).collect();
+        let mut grads: Option<GradStore> = None;
+        let (mut loss_sum, mut right, mut seen, mut tokens) = (0f64, 0usize, 0usize, 0usize);
+        let k = self.cfg.accumulate;
+        for _ in 0..k {
+            let idx = self.next_indices(train)?;
+            let batch = make_batch(train, &idx, self.pad(train), &self.device)?;
+            let logits = self.model.forward_t(inputs(&batch), true)?;
+            let loss = candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, &batch.labels)?;
+            let lv = loss.to_scalar::<f32>()? as f64;
+            loss_sum += lv;
+            right += correct(&logits, &batch.labels)?;
+            seen += idx.len();
+            tokens += batch.tokens;
+            if !lv.is_finite() {
+                return self.non_finite(step, "loss", lv);
+            }
+            let g = (loss / k as f64)?.backward()?;
+            match grads.as_mut() {
+                None => grads = Some(g),
+                Some(a) => accumulate(a, g, &vars)?,
+            }
+        }
+        let mut grads = grads.ok_or_else(|| Error::config("train.accumulate", "must be at least 1"))?;
+        let norm = grad_norm(&grads, &vars)?;
+        if !norm.is_finite() {
+            return self.non_finite(step, "gradient norm", norm);
+        }
+        if let Some(c) = self.cfg.clip_norm {
+            if norm > c {
+                scale_grads(&mut grads, &vars, c / norm)?;
+            }
+        }
+        let lr = self.cfg.schedule.lr(self.cfg.lr, step);
+        self.opt.step(&grads, lr)?;
+        self.step = step;
+        Ok(Some((loss_sum / k as f64, right, seen, tokens, norm)))
+    }
+
+    fn non_finite(&mut self, step: usize, what: &str, value: f64) -> Result<Option<(f64, usize, usize, usize, f64)>> {
+        match self.cfg.non_finite {
+            NonFinitePolicy::Stop => Err(Error::NonFinite { step, what: what.to_string(), value }),
+            NonFinitePolicy::Skip => {
+                self.skipped_steps += 1;
+                self.step = step;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes a resumable checkpoint of the current state into `dir/checkpoints/` and points
+    /// `LATEST` (and `BEST` when `best`) at it.
+    pub fn save_checkpoint(&self, out_dir: &Path, best: bool) -> Result<PathBuf> {
+        let root = out_dir.join("checkpoints");
+        std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        let name = format!("step-{:08}", self.step);
+        let final_dir = root.join(&name);
+        if !final_dir.exists() {
+            let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            let json = self.model_cfg.to_json()?;
+            self.store.save(&tmp.join("model.safetensors"), Some(HashMap::from([("config".to_string(), json.clone())])))?;
+            save_tensors(&self.opt.state_tensors(), &tmp.join("optimizer.safetensors"), None)?;
+            write_atomic(&tmp.join("config.json"), json.as_bytes())?;
+            let mut files = HashMap::new();
+            for f in ["model.safetensors", "optimizer.safetensors", "config.json"] {
+                files.insert(f.to_string(), file_sig(&tmp.join(f))?);
+            }
+            let state = CheckpointState {
+                step: self.step,
+                epoch: self.epoch,
+                cursor: self.cursor,
+                best_val_acc: self.best_val_acc,
+                best_step: self.best_step,
+                skipped_steps: self.skipped_steps,
+                train: self.cfg.clone(),
+                model: self.model_cfg.clone(),
+                files,
+            };
+            let s = serde_json::to_string_pretty(&state).map_err(|e| Error::format(&tmp, e.to_string()))?;
+            write_atomic(&tmp.join("state.json"), s.as_bytes())?;
+            std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+        }
+        write_atomic(&root.join("LATEST"), name.as_bytes())?;
+        if best {
+            write_atomic(&root.join("BEST"), name.as_bytes())?;
+        }
+        self.prune(&root)?;
+        Ok(final_dir)
+    }
+
+    /// Removes checkpoint folders named by neither pointer (and stale temporary folders).
+    fn prune(&self, root: &Path) -> Result<()> {
+        let keep: Vec<String> = ["LATEST", "BEST"].iter().filter_map(|p| std::fs::read_to_string(root.join(p)).ok()).map(|s| s.trim().to_string()).collect();
+        let entries = std::fs::read_dir(root).map_err(|e| Error::io(root, e))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stale_tmp = name.starts_with('.') && name.contains(".tmp-") && !name.ends_with(&format!("-{}", std::process::id()));
+            if (name.starts_with("step-") && !keep.contains(&name)) || stale_tmp {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and verifies the checkpoint a pointer (`LATEST` or `BEST`) names.
+    fn read_checkpoint(out_dir: &Path, pointer: &str) -> Result<(PathBuf, CheckpointState)> {
+        let root = out_dir.join("checkpoints");
+        let p = root.join(pointer);
+        let name = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let dir = root.join(name.trim());
+        let sp = dir.join("state.json");
+        let s = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
+        let state: CheckpointState = serde_json::from_str(&s)
+            .map_err(|e| Error::format(&sp, format!("line {} column {}: {e}", e.line(), e.column())))?;
+        for (f, (len, hash)) in &state.files {
+            let fp = dir.join(f);
+            let (l2, h2) = file_sig(&fp)?;
+            if (l2, h2) != (*len, *hash) {
+                return Err(Error::format(&fp, format!("corrupted checkpoint file: {l2} bytes (hash {h2:016x}), state.json recorded {len} bytes (hash {hash:016x})")));
+            }
+        }
+        Ok((dir, state))
+    }
+
+    /// Restores the state of `out_dir`'s latest checkpoint. The model config must match.
+    pub fn resume(&mut self, out_dir: &Path) -> Result<usize> {
+        let (dir, st) = Self::read_checkpoint(out_dir, "LATEST")?;
+        if st.model != self.model_cfg {
+            return Err(Error::format(dir.join("state.json"), "the checkpoint's model config differs from this run's"));
+        }
+        self.store.load(&dir.join("model.safetensors"))?;
+        let opt_path = dir.join("optimizer.safetensors");
+        let ot = load_tensors(&opt_path, &self.device)?;
+        self.opt.load_state(&ot, st.step as u64 - st.skipped_steps as u64, &opt_path)?;
+        self.step = st.step;
+        self.epoch = st.epoch;
+        self.cursor = st.cursor;
+        self.best_val_acc = st.best_val_acc;
+        self.best_step = st.best_step;
+        self.skipped_steps = st.skipped_steps;
+        Ok(st.step)
+    }
+
+    /// Loads the weights of `out_dir`'s best checkpoint into the model.
+    pub fn load_best(&self, out_dir: &Path) -> Result<usize> {
+        let (dir, st) = Self::read_checkpoint(out_dir, "BEST")?;
+        self.store.load(&dir.join("model.safetensors"))?;
+        Ok(st.step)
+    }
+
+    /// Trains to `cfg.steps`, evaluating, checkpointing and logging into `out_dir`; with
+    /// `resume`, continues from `out_dir`'s latest checkpoint. Ends with a test evaluation of
+    /// the best checkpoint.
+    pub fn fit(&mut self, splits: &Splits, out_dir: &Path, resume: bool, observer: &mut dyn FnMut(&Event)) -> Result<Summary> {
+        self.fit_until(splits, out_dir, resume, None, observer)?
+            .ok_or_else(|| Error::config("train.steps", "training stopped before its last step"))
+    }
+
+    /// As [`Trainer::fit`], but returns `None` right after step `until` (without a final
+    /// checkpoint or test evaluation), as if the process had been killed there: the tool for
+    /// time-boxed runs and for testing resume.
+    pub fn fit_until(
+        &mut self,
+        splits: &Splits,
+        out_dir: &Path,
+        resume: bool,
+        until: Option<usize>,
+        observer: &mut dyn FnMut(&Event),
+    ) -> Result<Option<Summary>> {
+        std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+        let metrics_path = out_dir.join("metrics.jsonl");
+        if resume {
+            let s = self.resume(out_dir)?;
+            observer(&Event::Resumed { step: s });
+            // keep the metrics up to the checkpoint; the rest is about to be redone
+            let old = std::fs::read_to_string(&metrics_path).unwrap_or_default();
+            let kept: Vec<&str> = old
+                .lines()
+                .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v.get("step").and_then(|s| s.as_u64())).is_some_and(|st| st as usize <= s))
+                .collect();
+            write_atomic(&metrics_path, (kept.join("\n") + if kept.is_empty() { "" } else { "\n" }).as_bytes())?;
+        } else {
+            write_atomic(&metrics_path, b"")?;
+        }
+        let mut metrics = std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+        let mut log = |v: serde_json::Value| -> Result<()> {
+            writeln!(metrics, "{v}").map_err(|e| Error::io(&metrics_path, e))?;
+            metrics.flush().map_err(|e| Error::io(&metrics_path, e))
+        };
+        let t0 = Instant::now();
+        let (mut acc_loss, mut acc_right, mut acc_seen, mut acc_tokens, mut acc_steps) = (0f64, 0usize, 0usize, 0usize, 0usize);
+        let mut t_log = Instant::now();
+        let train = splits.train.as_ref();
+        while self.step < self.cfg.steps {
+            if until.is_some_and(|u| self.step >= u) {
+                return Ok(None);
+            }
+            let outcome = self.train_step(train)?;
+            let step = self.step;
+            match outcome {
+                None => log(serde_json::json!({"kind": "skipped", "step": step}))?,
+                Some((loss, right, seen, tokens, norm)) => {
+                    acc_loss += loss;
+                    acc_right += right;
+                    acc_seen += seen;
+                    acc_tokens += tokens;
+                    acc_steps += 1;
+                    let logged = step % self.cfg.log_every == 0 || step == self.cfg.steps;
+                    let dt = t_log.elapsed().as_secs_f64().max(1e-9);
+                    let m = StepMetrics {
+                        step,
+                        loss: acc_loss / acc_steps as f64,
+                        acc: acc_right as f64 / acc_seen.max(1) as f64,
+                        lr: self.cfg.schedule.lr(self.cfg.lr, step),
+                        grad_norm: norm,
+                        tokens_per_s: acc_tokens as f64 / dt,
+                        elapsed_s: t0.elapsed().as_secs_f64(),
+                    };
+                    if logged {
+                        let mut v = serde_json::to_value(&m).map_err(|e| Error::format(&metrics_path, e.to_string()))?;
+                        v["kind"] = "train".into();
+                        log(v)?;
+                        (acc_loss, acc_right, acc_seen, acc_tokens, acc_steps) = (0.0, 0, 0, 0, 0);
+                        t_log = Instant::now();
+                    }
+                    observer(&Event::Step { metrics: m, logged });
+                }
+            }
+            let eval_now = step % self.cfg.eval_every == 0 || step == self.cfg.steps;
+            if eval_now {
+                let e = self.evaluate(splits.val.as_ref(), "val", self.cfg.eval_batches, self.cfg.diagnostics)?;
+                let mut v = serde_json::to_value(&e).map_err(|e| Error::format(&metrics_path, e.to_string()))?;
+                v["kind"] = "eval".into();
+                log(v)?;
+                let best = e.acc > self.best_val_acc;
+                if best {
+                    self.best_val_acc = e.acc;
+                    self.best_step = step;
+                }
+                observer(&Event::Eval(e));
+                let path = self.save_checkpoint(out_dir, best)?;
+                observer(&Event::Checkpoint { step, path });
+            } else if step % self.cfg.checkpoint_every == 0 {
+                let path = self.save_checkpoint(out_dir, false)?;
+                observer(&Event::Checkpoint { step, path });
+            }
+        }
+        let wall_s = t0.elapsed().as_secs_f64();
+        let best_step = self.load_best(out_dir)?;
+        let mut test = self.evaluate(splits.test.as_ref(), "test", None, self.cfg.diagnostics)?;
+        test.step = best_step;
+        let mut v = serde_json::to_value(&test).map_err(|e| Error::format(&metrics_path, e.to_string()))?;
+        v["kind"] = "test".into();
+        log(v)?;
+        observer(&Event::Test(test.clone()));
+        let summary = Summary {
+            steps: self.step,
+            best_step,
+            best_val_acc: self.best_val_acc,
+            test,
+            test_majority: crate::data::majority_fraction(splits.test.as_ref())?,
+            skipped_steps: self.skipped_steps,
+            wall_s,
+            parameters: self.store.num_parameters(),
+        };
+        let s = serde_json::to_string_pretty(&summary).map_err(|e| Error::format(out_dir, e.to_string()))?;
+        write_atomic(&out_dir.join("summary.json"), s.as_bytes())?;
+        Ok(Some(summary))
+    }
+
+    /// The weights as named tensors (e.g. to compare runs).
+    pub fn weights(&self) -> HashMap<String, Tensor> {
+        self.store.tensors()
+    }
+}

@@ -1,0 +1,223 @@
+//! Trainer: resume equivalence, the non-finite guard, corrupted checkpoints, schedules.
+
+mod common;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use convluna::data::{ListOpsConfig, ListOpsDataset, Splits};
+use convluna::optim::{AdamWConfig, Schedule};
+use convluna::train::{Event, NonFinitePolicy, TrainConfig, Trainer};
+use convluna::*;
+
+fn tmp(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("convluna-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+fn splits() -> Splits {
+    let cfg = ListOpsConfig { min_len: 4, max_len: 40, max_depth: 3, max_args: 4, leaf_prob: 0.5 };
+    ListOpsDataset::generate_splits(&cfg, 96, 24, 24, 3, 40)
+}
+
+fn model(block: BlockConfig) -> ModelConfig {
+    ModelConfig {
+        encoder: EncoderConfig {
+            input: InputConfig::Tokens { vocab_size: preset::LISTOPS_VOCAB },
+            max_len: 40,
+            d_model: 16,
+            num_heads: 2,
+            ffn_dim: 24,
+            num_layers: 2,
+            dropout: 0.1,
+            attention_dropout: 0.1,
+            positions: Positions::Learned,
+            cls: true,
+            block,
+        },
+        head: HeadConfig { num_classes: 10, hidden_dim: 24, pooling: Pooling::Cls, extra_layer: false, pair: None },
+    }
+}
+
+fn train_cfg(steps: usize) -> TrainConfig {
+    TrainConfig {
+        steps,
+        batch_size: 8,
+        accumulate: 2,
+        lr: 3e-3,
+        schedule: Schedule::Cosine { warmup: 2, total: steps, min_ratio: 0.1 },
+        optimizer: AdamWConfig { weight_decay: 0.01, exempt_norms_biases_temperature: true, ..Default::default() },
+        clip_norm: Some(1.0),
+        eval_every: 4,
+        eval_batches: Some(2),
+        checkpoint_every: 3,
+        log_every: 2,
+        seed: 5,
+        pad_to_task_length: false,
+        non_finite: NonFinitePolicy::Stop,
+        diagnostics: true,
+        diagnostic_examples: 4,
+    }
+}
+
+#[test]
+fn killed_and_resumed_run_ends_with_the_same_weights() {
+    let data = splits();
+    let mc = model(BlockPreset::ConvlunaMasked.block(4, 16));
+    let tc = train_cfg(13);
+    let dev = Device::Cpu;
+    // uninterrupted
+    let a_dir = tmp("uninterrupted");
+    let mut a = Trainer::new(&mc, &tc, DType::F32, &dev).unwrap();
+    let sa = a.fit(&data, &a_dir, false, &mut |_| {}).unwrap();
+    // "killed" after step 8: the last checkpoint is the evaluation at step 8... use 7 → checkpoint at 6
+    let b_dir = tmp("killed");
+    let mut b = Trainer::new(&mc, &tc, DType::F32, &dev).unwrap();
+    assert!(b.fit_until(&data, &b_dir, false, Some(7), &mut |_| {}).unwrap().is_none());
+    drop(b);
+    let mut resumed_at = 0;
+    let mut c = Trainer::new(&mc, &tc, DType::F32, &dev).unwrap();
+    let sc = c
+        .fit(&data, &b_dir, true, &mut |e| {
+            if let Event::Resumed { step } = e {
+                resumed_at = *step
+            }
+        })
+        .unwrap();
+    assert_eq!(resumed_at, 6, "resumes from the last checkpoint before the kill");
+    let (wa, wc) = (a.weights(), c.weights());
+    assert_eq!(wa.len(), wc.len());
+    for (name, ta) in &wa {
+        let d = common::max_abs_diff(ta, &wc[name]);
+        assert_eq!(d, 0.0, "{name} differs by {d}");
+    }
+    assert_eq!(sa.test.acc, sc.test.acc);
+    assert_eq!(sa.best_step, sc.best_step);
+    // the metrics file holds each step once
+    let text = std::fs::read_to_string(b_dir.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = text
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"train\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![2, 4, 6, 8, 10, 12, 13]);
+    let plots = report::plot_run(&b_dir, "test").unwrap();
+    assert!(plots.iter().any(|p| p.ends_with("memory.svg")));
+    let _ = std::fs::remove_dir_all(&a_dir);
+    let _ = std::fs::remove_dir_all(&b_dir);
+}
+
+#[test]
+fn transformer_and_luna_train_too() {
+    let data = splits();
+    for block in [BlockConfig::Transformer, BlockPreset::Luna.block(4, 16), BlockPreset::LunaMa.block(4, 16)] {
+        let dir = tmp("families");
+        let mut t = Trainer::new(&model(block), &train_cfg(4), DType::F32, &Device::Cpu).unwrap();
+        let s = t.fit(&data, &dir, false, &mut |_| {}).unwrap();
+        assert!(s.test.loss.is_finite());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn non_finite_loss_stops_with_the_step_or_is_skipped() {
+    let data = splits();
+    let mc = model(BlockPreset::ConvlunaMasked.block(4, 16));
+    let dir = tmp("nan");
+    let mut t = Trainer::new(&mc, &train_cfg(3), DType::F32, &Device::Cpu).unwrap();
+    let cls = t.params().get("cls").unwrap();
+    cls.set(&(cls.as_tensor() * f64::NAN).unwrap()).unwrap();
+    match t.fit(&data, &dir, false, &mut |_| {}) {
+        Err(Error::NonFinite { step: 1, what, .. }) => assert_eq!(what, "loss"),
+        other => panic!("expected a non-finite error at step 1, got {other:?}"),
+    }
+    let mut cfg = train_cfg(3);
+    cfg.non_finite = NonFinitePolicy::Skip;
+    let mut t = Trainer::new(&mc, &cfg, DType::F32, &Device::Cpu).unwrap();
+    let cls = t.params().get("cls").unwrap();
+    cls.set(&(cls.as_tensor() * f64::NAN).unwrap()).unwrap();
+    // every step is skipped; the evaluation then sees NaN logits but the run completes
+    let r = t.fit(&data, &dir, false, &mut |_| {});
+    let s = r.unwrap();
+    assert_eq!(s.skipped_steps, 3);
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(text.matches("\"kind\":\"skipped\"").count(), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn corrupted_or_half_written_checkpoints_are_refused() {
+    let data = splits();
+    let mc = model(BlockPreset::ConvlunaMasked.block(4, 16));
+    let tc = train_cfg(6);
+    let dir = tmp("corrupt");
+    let mut t = Trainer::new(&mc, &tc, DType::F32, &Device::Cpu).unwrap();
+    t.fit_until(&data, &dir, false, Some(4), &mut |_| {}).unwrap();
+    let ckpt = dir.join("checkpoints/step-00000004");
+    // flip one byte of the weights
+    let w = ckpt.join("model.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&w, &bytes).unwrap();
+    let mut r = Trainer::new(&mc, &tc, DType::F32, &Device::Cpu).unwrap();
+    let e = r.resume(&dir).unwrap_err();
+    assert!(matches!(&e, Error::Format { path, reason } if path.ends_with("model.safetensors") && reason.contains("corrupted")), "{e}");
+    // truncated state.json
+    std::fs::write(ckpt.join("state.json"), b"{\"step\": 4, \"epo").unwrap();
+    let e = r.resume(&dir).unwrap_err();
+    assert!(matches!(&e, Error::Format { path, .. } if path.ends_with("state.json")), "{e}");
+    // a pointer to a checkpoint that was never completed (killed before the rename)
+    std::fs::write(dir.join("checkpoints/LATEST"), b"step-00000099").unwrap();
+    let e = r.resume(&dir).unwrap_err();
+    assert!(e.to_string().contains("step-00000099"), "{e}");
+    // nothing to resume from
+    let e = r.resume(&tmp("empty")).unwrap_err();
+    assert!(e.to_string().contains("LATEST"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn schedules() {
+    let r = Schedule::Rsqrt { warmup: 100 };
+    assert!((r.lr(1.0, 50) - 0.5 / 10.0).abs() < 1e-12);
+    assert!((r.lr(1.0, 100) - 0.1).abs() < 1e-12);
+    assert!((r.lr(1.0, 400) - 0.05).abs() < 1e-12);
+    let c = Schedule::Cosine { warmup: 10, total: 110, min_ratio: 0.0 };
+    assert!((c.lr(2.0, 5) - 1.0).abs() < 1e-12);
+    assert!((c.lr(2.0, 60) - 1.0).abs() < 1e-12);
+    assert!(c.lr(2.0, 110).abs() < 1e-12);
+    assert!(optim::is_decay_exempt("layers.0.norm_x.weight"));
+    assert!(optim::is_decay_exempt("layers.0.pack_log_temperature"));
+    assert!(optim::is_decay_exempt("head.fc1.bias"));
+    assert!(!optim::is_decay_exempt("layers.0.attn.q_proj.weight"));
+}
+
+#[test]
+fn bad_train_config_is_a_typed_error() {
+    let mc = model(BlockConfig::Transformer);
+    let mut tc = train_cfg(3);
+    tc.batch_size = 0;
+    assert!(matches!(Trainer::new(&mc, &tc, DType::F32, &Device::Cpu), Err(Error::Config { field, .. }) if field == "train.batch_size"));
+    let mut tc = train_cfg(3);
+    tc.lr = -1.0;
+    assert!(matches!(Trainer::new(&mc, &tc, DType::F32, &Device::Cpu), Err(Error::Config { field, .. }) if field == "train.lr"));
+}
+
+#[test]
+fn bf16_training_keeps_f32_master_weights() {
+    let data = splits();
+    let mc = model(BlockPreset::ConvlunaMasked.block(4, 16));
+    let dir = tmp("bf16");
+    let mut t = Trainer::new(&mc, &train_cfg(3), DType::BF16, &Device::Cpu).unwrap();
+    let s = t.fit(&data, &dir, false, &mut |_| {}).unwrap();
+    assert!(s.test.loss.is_finite());
+    assert_eq!(t.params().get("cls").unwrap().dtype(), DType::BF16);
+    let opt = convluna::params::load_tensors(&dir.join("checkpoints/step-00000003/optimizer.safetensors"), &Device::Cpu).unwrap();
+    let master = &opt["master.cls"];
+    assert_eq!(master.dtype(), DType::F32);
+    // the bf16 parameter is the rounded master weight
+    let p = t.params().get("cls").unwrap().as_tensor().to_dtype(DType::F32).unwrap();
+    assert!(common::max_abs_diff(&master.to_dtype(DType::BF16).unwrap(), &p) < 1e-6);
+    let _ = std::fs::remove_dir_all(&dir);
+}

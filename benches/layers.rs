@@ -1,1 +1,271 @@
-fn main(){}
+//! Criterion benches of the attentions, filters, blocks and a 4-layer encoder, forward and
+//! forward + backward, throughput in tokens/s (criterion's `elem/s`).
+//!
+//! Shapes (issue 7): B·L = 16384 tokens a step, d = 128, h = 4, FFN 512, m ∈ {16, 256},
+//! conv kernel 4, f32. Bench ids are `<device>/<bench>/<case>/L=<len>`, e.g.
+//! `cpu/encoder-train/convluna-m256/L=4096`, so runs on different devices never mix.
+//!
+//! ```text
+//! cargo bench --bench layers                             # default grid (about 10 min on 2 cores)
+//! CONVLUNA_BENCH_FULL=1 cargo bench --bench layers       # every L in 512 … 16384, both m
+//! cargo bench --bench layers -- encoder-train            # criterion's name filter
+//! cargo bench --features cuda --bench layers             # the same benches on CUDA (cuda/…)
+//! ```
+//! Threads: `RAYON_NUM_THREADS` (Candle's CPU matmul and elementwise pools and the crate's
+//! fused kernels all read it); when unset the bench sets it to `CONVLUNA_BENCH_THREADS` or 2
+//! before any tensor is created. The default grid is L ∈ {1024, 16384} (and 1024 only for
+//! the Transformer encoder, whose L² attention makes L = 16384 a minutes-long step).
+
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor, Var};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use convluna::{
+    BlockDims, BlockPreset, ConvFilter, DropoutRng, Encoder, EncoderConfig, Filter, InputConfig, LunaBlock, MaxPoolFilter,
+    ParamStore, Positions, TransformerBlock,
+};
+
+const TOKENS: usize = 16384;
+const D: usize = 128;
+const H: usize = 4;
+const FFN: usize = 512;
+
+fn device() -> (Device, &'static str) {
+    #[cfg(feature = "cuda")]
+    if let Ok(d) = Device::new_cuda(0) {
+        return (d, "cuda");
+    }
+    #[cfg(feature = "metal")]
+    if let Ok(d) = Device::new_metal(0) {
+        return (d, "metal");
+    }
+    (Device::Cpu, "cpu")
+}
+
+fn full() -> bool {
+    std::env::var_os("CONVLUNA_BENCH_FULL").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+fn lengths() -> Vec<usize> {
+    if full() {
+        vec![512, 1024, 2048, 4096, 8192, 16384]
+    } else {
+        vec![1024, 16384]
+    }
+}
+
+fn memories() -> Vec<usize> {
+    if full() {
+        vec![16, 256]
+    } else {
+        vec![256]
+    }
+}
+
+fn dims() -> BlockDims {
+    BlockDims { d_model: D, num_heads: H, ffn_dim: FFN, dropout: 0.0, attention_dropout: 0.0 }
+}
+
+fn randn(shape: &[usize], dev: &Device) -> Tensor {
+    Tensor::randn(0f32, 1.0, shape, dev).unwrap()
+}
+
+fn sync(dev: &Device) {
+    dev.synchronize().unwrap();
+}
+
+/// Runs `f` (which returns the output) either as is, or with a backward of its mean.
+fn step(train: bool, f: impl Fn() -> Tensor) {
+    let y = f();
+    if train {
+        let g = y.mean_all().unwrap().backward().unwrap();
+        std::hint::black_box(g);
+    } else {
+        std::hint::black_box(y);
+    }
+}
+
+fn modes() -> [(&'static str, bool); 2] {
+    [("fwd", false), ("train", true)]
+}
+
+fn bench_attention(c: &mut Criterion) {
+    let (dev, dn) = device();
+    for (mode, train) in modes() {
+        for m in memories() {
+            let mut g = c.benchmark_group(format!("{dn}/pack-{mode}/m{m}"));
+            g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+            g.throughput(Throughput::Elements(TOKENS as u64));
+            for l in lengths() {
+                let b = TOKENS / l;
+                let store = ParamStore::new(1);
+                let cfg = BlockPreset::ConvlunaMasked.block(m, D);
+                let blk = LunaBlock::new(cfg.luna().unwrap(), &dims(), &DropoutRng::new(1), store.var_builder(DType::F32, &dev)).unwrap();
+                let x = Var::from_tensor(&randn(&[b, l, D], &dev)).unwrap();
+                let p = Var::from_tensor(&randn(&[b, m, D], &dev)).unwrap();
+                let mask = Tensor::ones((b, l), DType::F32, &dev).unwrap();
+                g.bench_with_input(BenchmarkId::new("convluna", format!("L={l}")), &l, |bn, _| {
+                    bn.iter(|| {
+                        step(train, || blk.pack().forward_t(x.as_tensor(), p.as_tensor(), Some(&mask), false).unwrap().memory);
+                        sync(&dev)
+                    })
+                });
+            }
+            g.finish();
+            let mut g = c.benchmark_group(format!("{dn}/unpack-{mode}/m{m}"));
+            g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+            g.throughput(Throughput::Elements(TOKENS as u64));
+            for l in lengths() {
+                let b = TOKENS / l;
+                let store = ParamStore::new(1);
+                let cfg = BlockPreset::ConvlunaMasked.block(m, D);
+                let blk = LunaBlock::new(cfg.luna().unwrap(), &dims(), &DropoutRng::new(1), store.var_builder(DType::F32, &dev)).unwrap();
+                let x = Var::from_tensor(&randn(&[b, l, D], &dev)).unwrap();
+                let yp = Var::from_tensor(&randn(&[b, m, D], &dev)).unwrap();
+                g.bench_with_input(BenchmarkId::new("convluna", format!("L={l}")), &l, |bn, _| {
+                    bn.iter(|| {
+                        step(train, || blk.unpack().forward_t(x.as_tensor(), yp.as_tensor(), false).unwrap());
+                        sync(&dev)
+                    })
+                });
+            }
+            g.finish();
+        }
+    }
+}
+
+fn bench_filters(c: &mut Criterion) {
+    let (dev, dn) = device();
+    for (mode, train) in modes() {
+        let mut g = c.benchmark_group(format!("{dn}/filter-{mode}"));
+        g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+        g.throughput(Throughput::Elements(TOKENS as u64));
+        for l in lengths() {
+            let b = TOKENS / l;
+            let store = ParamStore::new(1);
+            let conv = ConvFilter::new(4, 1, false, H, D / H, store.var_builder(DType::F32, &dev).pp("conv")).unwrap();
+            let pool = MaxPoolFilter::new(4, 4).unwrap();
+            let x = Var::from_tensor(&randn(&[b, H, l, D / H], &dev)).unwrap();
+            g.bench_with_input(BenchmarkId::new("conv-k4s1", format!("L={l}")), &l, |bn, _| {
+                bn.iter(|| {
+                    step(train, || conv.forward(x.as_tensor()).unwrap());
+                    sync(&dev)
+                })
+            });
+            g.bench_with_input(BenchmarkId::new("maxpool-k4s4", format!("L={l}")), &l, |bn, _| {
+                bn.iter(|| {
+                    step(train, || pool.forward(x.as_tensor()).unwrap());
+                    sync(&dev)
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+fn bench_blocks(c: &mut Criterion) {
+    let (dev, dn) = device();
+    for (mode, train) in modes() {
+        let mut g = c.benchmark_group(format!("{dn}/block-{mode}"));
+        g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(3));
+        g.throughput(Throughput::Elements(TOKENS as u64));
+        for l in lengths() {
+            let b = TOKENS / l;
+            let x = Var::from_tensor(&randn(&[b, l, D], &dev)).unwrap();
+            let mask = Tensor::ones((b, l), DType::F32, &dev).unwrap();
+            for m in memories() {
+                for (name, preset) in [("convluna", BlockPreset::ConvlunaMasked), ("luna", BlockPreset::Luna)] {
+                    let store = ParamStore::new(1);
+                    let cfg = preset.block(m, D);
+                    let blk =
+                        LunaBlock::new(cfg.luna().unwrap(), &dims(), &DropoutRng::new(1), store.var_builder(DType::F32, &dev)).unwrap();
+                    let p = Var::from_tensor(&randn(&[b, m, D], &dev)).unwrap();
+                    g.bench_with_input(BenchmarkId::new(format!("{name}-m{m}"), format!("L={l}")), &l, |bn, _| {
+                        bn.iter(|| {
+                            step(train, || blk.forward_t(x.as_tensor(), p.as_tensor(), Some(&mask), false).unwrap().x);
+                            sync(&dev)
+                        })
+                    });
+                }
+            }
+            if l <= 4096 || full() && l <= 8192 {
+                let store = ParamStore::new(1);
+                let blk = TransformerBlock::new(&dims(), &DropoutRng::new(1), store.var_builder(DType::F32, &dev)).unwrap();
+                g.bench_with_input(BenchmarkId::new("transformer", format!("L={l}")), &l, |bn, _| {
+                    bn.iter(|| {
+                        step(train, || blk.forward_t(x.as_tensor(), Some(&mask), false).unwrap());
+                        sync(&dev)
+                    })
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
+fn bench_encoder(c: &mut Criterion) {
+    let (dev, dn) = device();
+    for (mode, train) in modes() {
+        let mut g = c.benchmark_group(format!("{dn}/encoder-{mode}"));
+        g.sample_size(10).warm_up_time(Duration::from_millis(100)).measurement_time(Duration::from_secs(5));
+        g.throughput(Throughput::Elements(TOKENS as u64));
+        for l in lengths() {
+            let b = TOKENS / l;
+            let ids: Vec<u32> = (0..b * l).map(|i| 1 + ((i * 7919) % 255) as u32).collect();
+            let ids = Tensor::from_vec(ids, (b, l), &dev).unwrap();
+            let mut cases: Vec<(String, convluna::BlockConfig)> = Vec::new();
+            for m in memories() {
+                cases.push((format!("convluna-m{m}"), BlockPreset::ConvlunaMasked.block(m, D)));
+                cases.push((format!("luna-m{m}"), BlockPreset::Luna.block(m, D)));
+            }
+            if l <= 1024 || full() && l <= 4096 {
+                cases.push(("transformer".into(), BlockPreset::Transformer.block(1, D)));
+            }
+            for (name, block) in cases {
+                let cfg = EncoderConfig {
+                    input: InputConfig::Tokens { vocab_size: 256 },
+                    max_len: l,
+                    d_model: D,
+                    num_heads: H,
+                    ffn_dim: FFN,
+                    num_layers: 4,
+                    dropout: 0.0,
+                    attention_dropout: 0.0,
+                    positions: Positions::Learned,
+                    cls: false,
+                    block,
+                };
+                let store = ParamStore::new(1);
+                let enc = Encoder::new(&cfg, &DropoutRng::new(1), store.var_builder(DType::F32, &dev)).unwrap();
+                g.bench_with_input(BenchmarkId::new(name, format!("L={l}")), &l, |bn, _| {
+                    bn.iter(|| {
+                        step(train, || enc.forward_t(&ids, None, false).unwrap().hidden);
+                        sync(&dev)
+                    })
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default();
+    targets = bench_filters, bench_attention, bench_blocks, bench_encoder
+}
+
+fn main() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let t = std::env::var("CONVLUNA_BENCH_THREADS").unwrap_or_else(|_| "2".into());
+        std::env::set_var("RAYON_NUM_THREADS", t);
+    }
+    eprintln!(
+        "convluna benches: device {}, RAYON_NUM_THREADS={}, grid {}",
+        device().1,
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
+        if full() { "full" } else { "default (CONVLUNA_BENCH_FULL=1 for all lengths)" }
+    );
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

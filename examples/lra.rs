@@ -168,7 +168,7 @@ fn quick_listops() -> data::ListOpsConfig {
 }
 
 /// Where Debian's dataset-fashion-mnist package puts its files.
-const DEBIAN_FASHION_MNIST: &str = "/usr/share/dataset-fashion-mnist";
+const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 
 fn load_data(a: &Args, max_len: usize) -> Result<Splits> {
     let quick = a.preset == Preset::Quick;
@@ -180,7 +180,7 @@ fn load_data(a: &Args, max_len: usize) -> Result<Splits> {
             let n = a.train_examples.unwrap_or(if quick { 10_000 } else { 96_000 });
             let (v, t) = if quick { (1000, 1000) } else { (2000, 2000) };
             eprintln!("generating ListOps: {n}/{v}/{t} examples (seed {seed}) …");
-            data::ListOpsDataset::generate_splits(&cfg, n, v, t, seed, max_len)
+            data::ListOpsDataset::try_generate_splits(&cfg, n, v, t, seed, max_len)?
         }
         (Task::Pathfinder, Some(d)) => data::read_pathfinder_dir(d, (80, 10, 10)).with_context(|| format!("reading Pathfinder from {}", d.display()))?,
         (Task::Pathfinder, None) => {
@@ -188,7 +188,7 @@ fn load_data(a: &Args, max_len: usize) -> Result<Splits> {
             let n = a.train_examples.unwrap_or(if quick { 4000 } else { 160_000 });
             let (v, t) = if quick { (500, 1000) } else { (20_000, 20_000) };
             eprintln!("generating Pathfinder (contour length {}): {n}/{v}/{t} examples …", cfg.contour_length);
-            data::PathfinderDataset::generate_splits(&cfg, n, v, t, seed)
+            data::PathfinderDataset::try_generate_splits(&cfg, n, v, t, seed)?
         }
         (Task::Image, dir) => {
             let d = dir.clone().unwrap_or_else(|| PathBuf::from(DEBIAN_FASHION_MNIST));
@@ -243,6 +243,9 @@ fn say(pb: &ProgressBar, msg: String) {
 }
 
 fn main() -> Result<()> {
+    // keep freed memory in the process: fresh large buffers otherwise page-fault on every
+    // step (see BENCHMARKS.md; about 2× on CPU training)
+    convluna::kernels::tune_glibc_malloc();
     let a = Args::parse();
     let task = lra_task(a.task);
     let quick = a.preset == Preset::Quick;

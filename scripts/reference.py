@@ -11,6 +11,7 @@ as int64).  Parameter names (``state_dict`` keys) are exactly the names the crat
 Usage:
     python scripts/reference.py fixtures [--out tests/fixtures]
     python scripts/reference.py selfcheck
+    python scripts/reference.py bench --family convluna --len 4096 --mode train --threads 2
 
 See tests/fixtures/README.md for the fixture layout.
 """
@@ -885,13 +886,134 @@ def explicit_mask_strided(mask, k, s):
     return out
 
 
+
+# ---------------------------------------------------------------------------
+# bench: throughput of the reference in float32, for scripts/bench-vs-pytorch.sh
+# ---------------------------------------------------------------------------
+
+def _vm_kib(field: str) -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def bench_block_fwd_flops(family: str, n, b, L, d, f, m, k) -> float:
+    """Forward matmul + conv FLOPs of one block (same count as examples/bench_encoder.rs)."""
+    if family == "transformer":
+        return n * (8 * d * d + 4 * d * f) + 4 * n * L * d
+    if family == "luna":
+        return n * (8 * d * d + 4 * d * f + 8 * m * d) + b * 8 * m * d * d
+    return n * (6 * d * d + 4 * d * f + 8 * m * d + 4 * k * d) + b * 6 * m * d * d
+
+
+def bench(args) -> None:
+    """Times forward (no grad) or forward+backward of mean(hidden) of a float32 encoder and
+    prints one JSON line with the same fields as `cargo run --example bench_encoder`."""
+    import resource
+    import time
+
+    torch.set_num_threads(args.threads)
+    if args.mode == "matmul":
+        for (m, k, n) in [(2048, 2048, 2048), (16384, 128, 512), (16384, 512, 128), (16384, 128, 128)]:
+            x, y = torch.randn(m, k), torch.randn(k, n)
+            x @ y
+            best = float("inf")
+            for _ in range(10):
+                t = time.perf_counter()
+                x @ y
+                best = min(best, time.perf_counter() - t)
+            print(json.dumps({"impl": "pytorch", "mode": "matmul", "shape": f"{m}x{k}x{n}",
+                              "threads": torch.get_num_threads(), "gflops": round(2 * m * k * n / best / 1e9, 2)}))
+        return
+    fam = args.family
+    cases = {"convluna": "convluna_conv4s1", "convluna-unmasked": "convluna_conv4s1",
+             "luna": "luna_authors", "transformer": "transformer"}
+    masked = fam != "convluna-unmasked"
+    blk = BlockConfig(d=args.d, heads=args.heads, ffn=args.ffn, masked=masked, **BLOCK_CASES[cases[fam]])
+    L = args.len
+    b = max(1, args.tokens // L)
+    cfg = ModelConfig(block=blk, layers=args.layers, memory=args.memory, vocab=256, max_len=L,
+                      positions="learned", cls=False)
+    torch.manual_seed(7)
+    dev = torch.device(args.device)
+    model = Model(cfg).float()
+    with torch.no_grad():
+        if hasattr(model, "memory"):
+            model.memory.normal_()
+    model = model.to(dev)
+    ids = (1 + (torch.arange(b * L) * 7919) % 255).reshape(b, L).to(dev)
+    mask = torch.ones(b, L, device=dev)
+    train = args.mode == "train"
+    rss0 = _vm_kib("VmRSS:")
+
+    def step():
+        if train:
+            x, _, _ = model.encode(ids, mask)
+            loss = x.mean()
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+        else:
+            with torch.no_grad():
+                x, _, _ = model.encode(ids, mask)
+                loss = x.mean()
+        return float(loss)
+
+    for _ in range(args.warmup):
+        step()
+    times = []
+    t_all = time.perf_counter()
+    while len(times) < max(1, args.iters):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+        if time.perf_counter() - t_all > args.max_seconds:
+            break
+    times.sort()
+    med = times[len(times) // 2]
+    n = b * L
+    fl = bench_block_fwd_flops(fam, n, b, L, args.d, args.ffn, args.memory, 4) * args.layers * (3 if train else 1)
+    print(json.dumps({
+        "impl": "pytorch", "family": fam, "len": L, "batch": b, "mode": args.mode,
+        "threads": torch.get_num_threads(), "steps": len(times),
+        "sec_median": round(med, 5), "sec_best": round(times[0], 5),
+        "tokens_per_s": round(n / med, 1), "gflop_per_step": round(fl / 1e9, 3),
+        "gflops": round(fl / med / 1e9, 2), "rss_start_mib": round(rss0 / 1024, 1),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "device": args.device,
+        **({"gpu_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if dev.type == "cuda" else {}),
+    }))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     fx = sub.add_parser("fixtures", help="write the safetensors parity fixtures")
     fx.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
     sub.add_parser("selfcheck", help="filters vs loops, padding invariance, gradcheck")
+    bp = sub.add_parser("bench", help="float32 encoder throughput (JSON line), see scripts/bench-vs-pytorch.sh")
+    bp.add_argument("--family", default="convluna", choices=["convluna", "convluna-unmasked", "luna", "transformer"])
+    bp.add_argument("--len", type=int, default=1024)
+    bp.add_argument("--tokens", type=int, default=16384)
+    bp.add_argument("--memory", type=int, default=256)
+    bp.add_argument("--d", type=int, default=128)
+    bp.add_argument("--heads", type=int, default=4)
+    bp.add_argument("--ffn", type=int, default=512)
+    bp.add_argument("--layers", type=int, default=4)
+    bp.add_argument("--mode", default="train", choices=["fwd", "train", "matmul"])
+    bp.add_argument("--iters", type=int, default=3)
+    bp.add_argument("--warmup", type=int, default=1)
+    bp.add_argument("--max-seconds", type=float, default=20.0)
+    bp.add_argument("--threads", type=int, default=int(os.environ.get("RAYON_NUM_THREADS", "2")))
+    bp.add_argument("--device", default="cpu", help="cpu or cuda (PyTorch eager on the same GPU)")
     args = ap.parse_args(argv)
+    if args.cmd == "bench":
+        bench(args)
+        return
     torch.set_num_threads(1)  # bit-stable results independent of the core count
     if args.cmd == "fixtures":
         write_fixtures(os.path.normpath(args.out))

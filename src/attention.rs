@@ -6,6 +6,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use crate::error::Result;
 use crate::layers::{linear, softmax_last_dim, Dropout};
+use crate::temperature::LogitScale;
 
 /// `[B, n, d] → [B, h, n, d_h]`.
 pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
@@ -48,6 +49,41 @@ pub fn attend(
     Ok((wd.matmul(v)?, w))
 }
 
+/// As [`attend`] with the logit scale given as a [`LogitScale`], which lets the scale, the key
+/// bias and the softmax run as one fused kernel with its own backward where
+/// [`crate::kernels::fusable`] holds (CPU f32 / f64); elsewhere it is [`attend`].
+pub fn attend_scaled(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: &LogitScale,
+    bias: Option<&Tensor>,
+    dropout: &Dropout,
+    train: bool,
+) -> Result<(Tensor, Tensor)> {
+    let logits = q.matmul(&k.t()?)?;
+    let fused = match scale {
+        LogitScale::Constant(c) => crate::kernels::softmax_scaled(&logits, Ok(*c), bias)?,
+        LogitScale::LogTemperature(tau) => {
+            let s = tau.to_dtype(logits.dtype())?.neg()?.exp()?;
+            crate::kernels::softmax_scaled(&logits, Err(&s), bias)?
+        }
+    };
+    let w = match fused {
+        Some(w) => w,
+        None => {
+            let logits = scale.apply(&logits)?;
+            let logits = match bias {
+                Some(b) => logits.broadcast_add(b)?,
+                None => logits,
+            };
+            softmax_last_dim(&logits)?
+        }
+    };
+    let wd = dropout.forward_t(&w, train)?;
+    Ok((wd.matmul(v)?, w))
+}
+
 /// Softmax self-attention with 1/√d_h and key masking: `q_proj`, `k_proj`, `v_proj`, `o_proj`.
 #[derive(Clone, Debug)]
 pub struct SelfAttention {
@@ -79,7 +115,7 @@ impl SelfAttention {
         let v = split_heads(&self.v.forward(x)?, self.heads)?;
         let s = 1.0 / (q.dim(3)? as f64).sqrt();
         let bias = mask.map(|m| key_bias(m, x.dtype())).transpose()?;
-        let (y, _) = attend(&q, &k, &v, |l| Ok((l * s)?), bias.as_ref(), &self.drop, train)?;
+        let (y, _) = attend_scaled(&q, &k, &v, &LogitScale::Constant(s), bias.as_ref(), &self.drop, train)?;
         Ok(self.o.forward(&merge_heads(&y)?)?)
     }
 }

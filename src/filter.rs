@@ -172,6 +172,13 @@ impl Filter for ConvFilter {
         if rows != expected {
             return Err(Error::shape("filter input", format!("[B, h, L, d_h] with h·d_h matching the kernel's {rows} rows"), x.dims()));
         }
+        if self.window.stride == 1 {
+            // Fused CPU kernel with its own backward (f32 / f64); the composite ops elsewhere.
+            let w = self.weight.to_dtype(x.dtype())?;
+            if let Some(y) = crate::kernels::conv_time(x, &w, self.window.left, self.per_channel)? {
+                return Ok(y);
+            }
+        }
         let taps = self.window.taps(x)?;
         let w = self.weight.to_dtype(x.dtype())?;
         let mut acc: Option<Tensor> = None;

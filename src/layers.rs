@@ -35,6 +35,9 @@ fn in_f32(x: &Tensor, f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>) ->
 /// Softmax over the last dimension, `exp(x − max) / Σ exp(x − max)`, differentiable
 /// (the max is a constant shift and is detached). Half precision is computed in f32.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if let Some(y) = crate::kernels::softmax_scaled(x, Ok(1.0), None)? {
+        return Ok(y);
+    }
     Ok(in_f32(x, |x| {
         let max = x.max_keepdim(D::Minus1)?.detach();
         let e = x.broadcast_sub(&max)?.exp()?;
@@ -65,6 +68,10 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // Fused CPU kernel with its own backward (f32 / f64); the composite ops elsewhere.
+        if let Some(y) = crate::kernels::layer_norm(x, &self.weight, &self.bias, self.eps)? {
+            return Ok(y);
+        }
         let y = in_f32(x, |x| {
             let mu = x.mean_keepdim(D::Minus1)?;
             let xc = x.broadcast_sub(&mu)?;
@@ -151,6 +158,20 @@ impl FeedForward {
 
 impl ModuleT for FeedForward {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        // CPU f32 / f64: fc1's bias add and the GELU as one fused kernel with its own backward.
+        if let Some(b1) = self.fc1.bias().filter(|_| crate::kernels::enabled("gelu", x)) {
+            let dims = x.dims();
+            let rows = x.elem_count() / dims[dims.len() - 1];
+            let x2 = x.contiguous()?.reshape((rows, dims[dims.len() - 1]))?;
+            let h = x2.matmul(&self.fc1.weight().t()?)?;
+            if let Some(h) = crate::kernels::bias_gelu(&h, b1)? {
+                let mut shape = dims.to_vec();
+                *shape.last_mut().expect("rank ≥ 1") = h.dim(1)?;
+                let h = self.drop.forward_t(&h.reshape(shape)?, train)?;
+                let y = self.fc2.forward(&h)?;
+                return self.drop.forward_t(&y, train);
+            }
+        }
         let h = self.fc1.forward(x)?.gelu_erf()?;
         let h = self.drop.forward_t(&h, train)?;
         let y = self.fc2.forward(&h)?;

@@ -43,6 +43,11 @@
 //!   [`temperature`]: the learnable log-temperature.
 //! - [`block`]: ConvLuna / Luna and Transformer blocks; [`encoder`]; [`head`]; [`model`].
 //! - [`params`]: the seeded parameter store and safetensors I/O.
+//! - [`data`]: LRA readers (official formats and offline substitutes), seeded ListOps and
+//!   Pathfinder generators, batching.
+//! - [`train`]: the trainer (AdamW from [`optim`], schedules, clipping, accumulation, atomic
+//!   resumable checkpoints); [`diagnostics`]: memory-collapse metrics; [`stats`]: confidence
+//!   intervals and Welch's t-test; [`plot`] and [`report`]: SVG plots of runs.
 //!
 //! ## Parameter names
 //! PyTorch style, Linear weights `[out, in]`: `embed.weight`, `embed.bias` (pixels),
@@ -74,6 +79,7 @@ pub mod encoder;
 pub mod error;
 pub mod filter;
 pub mod head;
+pub mod kernels;
 pub mod layers;
 pub mod model;
 pub mod optim;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use candle_core::{Module, Tensor};
 use candle_nn::Linear;
 
-use crate::attention::{attend, key_bias, merge_heads, split_heads};
+use crate::attention::{attend_scaled, key_bias, merge_heads, split_heads};
 use crate::error::Result;
 use crate::filter::Filter;
 use crate::layers::Dropout;
@@ -110,7 +110,7 @@ impl PackAttention {
         let v = self.filter.forward(&split_heads(&v, self.heads)?)?;
         let bias = fmask.as_ref().map(|m| key_bias(m, x.dtype())).transpose()?;
         let q = split_heads(&self.q.forward(p)?, self.heads)?;
-        let (y, a) = attend(&q, &k, &v, |l| self.scale.apply(l), bias.as_ref(), &self.drop, train)?;
+        let (y, a) = attend_scaled(&q, &k, &v, &self.scale, bias.as_ref(), &self.drop, train)?;
         let y = merge_heads(&y)?;
         let y = match &self.o {
             Some(o) => o.forward(&y)?,

@@ -11,7 +11,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::Linear;
 
-use crate::attention::{attend, merge_heads, split_heads};
+use crate::attention::{attend_scaled, merge_heads, split_heads};
 use crate::error::Result;
 use crate::layers::Dropout;
 use crate::temperature::LogitScale;
@@ -48,7 +48,7 @@ impl UnpackAttention {
             None => packed.clone(),
         };
         let v = split_heads(&v, self.heads)?;
-        let (y, _) = attend(&q, &k, &v, |l| self.scale.apply(l), None, &self.drop, train)?;
+        let (y, _) = attend_scaled(&q, &k, &v, &self.scale, None, &self.drop, train)?;
         Ok(self.o.forward(&merge_heads(&y)?)?)
     }
 }

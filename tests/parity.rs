@@ -15,7 +15,13 @@ use convluna::params::load_tensors;
 use convluna::*;
 
 fn fixture(name: &str) -> (PathBuf, HashMap<String, Tensor>) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.safetensors"));
+    // the source tree of the build, or (a binary carried to another machine) `tests/fixtures`
+    // below the working directory, or CONVLUNA_FIXTURES
+    let dir = std::env::var_os("CONVLUNA_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
+        let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        if built.exists() { built } else { PathBuf::from("tests/fixtures") }
+    });
+    let path = dir.join(format!("{name}.safetensors"));
     let (dtype, _) = test_dtype();
     let t = load_tensors(&path, &test_device()).unwrap_or_else(|e| panic!("{e}"));
     let t = t

@@ -655,18 +655,24 @@ impl PathfinderDataset {
         Self::try_generated(cfg, n, seed).unwrap_or_else(|e| panic!("PathfinderDataset::generated: {e}"))
     }
 
-    /// Samples `0..train+val+test` of stream `seed`, split in that order.
+    /// Samples `0..train+val+test` of stream `seed`, split in that order; an impossible
+    /// configuration is an error.
+    pub fn try_generate_splits(cfg: &PathfinderConfig, train: usize, val: usize, test: usize, seed: u64) -> Result<Splits> {
+        let all = Arc::new(Self::try_generated(cfg, train + val + test, seed)?);
+        let name = cfg.name();
+        Ok(Splits {
+            train: Arc::new(Subset::new(all.clone(), (0..train).collect(), format!("{name} [train]"))),
+            val: Arc::new(Subset::new(all.clone(), (train..train + val).collect(), format!("{name} [val]"))),
+            test: Arc::new(Subset::new(all, (train + val..train + val + test).collect(), format!("{name} [test]"))),
+        })
+    }
+
+    /// [`Self::try_generate_splits`] for a configuration known to be valid.
     ///
     /// # Panics
     /// As [`generate_pathfinder`].
     pub fn generate_splits(cfg: &PathfinderConfig, train: usize, val: usize, test: usize, seed: u64) -> Splits {
-        let all = Arc::new(Self::generated(cfg, train + val + test, seed));
-        let name = cfg.name();
-        Splits {
-            train: Arc::new(Subset::new(all.clone(), (0..train).collect(), format!("{name} [train]"))),
-            val: Arc::new(Subset::new(all.clone(), (train..train + val).collect(), format!("{name} [val]"))),
-            test: Arc::new(Subset::new(all, (train + val..train + val + test).collect(), format!("{name} [test]"))),
-        }
+        Self::try_generate_splits(cfg, train, val, test, seed).unwrap_or_else(|e| panic!("PathfinderDataset::generate_splits: {e}"))
     }
 }
 

@@ -1,0 +1,155 @@
+//! The stride-1 time filter of ConvLuna, fused: on `[B, h, L, d_h]`,
+//! `y[t] = Σ_j w_j · x[t + j − left]` (zero outside `[0, L)`), one kernel per head (`[h, k]`)
+//! or per channel (`[h·d_h, k]`), with its backward.
+
+use candle_core::{backend::BackendStorage, CpuStorage, WithDType, CustomOp2, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{dot, slice, with_data, Real};
+
+#[derive(Clone, Copy, Debug)]
+struct ConvTime {
+    left: usize,
+    heads: usize,
+    per_channel: bool,
+}
+
+impl ConvTime {
+    /// The weight of tap `j` for channel `c` of head `h`.
+    #[inline]
+    fn w<T: Real>(&self, w: &[T], k: usize, h: usize, dh: usize, c: usize, j: usize) -> T {
+        if self.per_channel {
+            w[(h * dh + c) * k + j]
+        } else {
+            w[h * k + j]
+        }
+    }
+
+    /// Valid output range of tap `j`: t with 0 ≤ t + j − left < len.
+    #[inline]
+    fn range(&self, j: usize, len: usize) -> (usize, usize, isize) {
+        let shift = j as isize - self.left as isize;
+        let lo = (-shift).max(0) as usize;
+        let hi = ((len as isize - shift).min(len as isize)).max(0) as usize;
+        (lo, hi.max(lo), shift)
+    }
+
+    /// `y` (or, with `transpose`, `dx` from `g`): slab-wise correlation / convolution.
+    fn apply<T: Real>(&self, x: &[T], w: &[T], k: usize, len: usize, dh: usize, transpose: bool) -> Vec<T> {
+        let mut y = vec![T::zero(); x.len()];
+        let slab = len * dh;
+        y.par_chunks_mut(slab).zip(x.par_chunks(slab)).enumerate().for_each(|(s, (ys, xs))| {
+            let h = s % self.heads;
+            for j in 0..k {
+                let (lo, hi, shift) = self.range(j, len);
+                for t in lo..hi {
+                    // forward: y[t] += w_j x[t + shift];   transpose: dx[t + shift] += w_j g[t]
+                    let (dst, src) = if transpose { ((t as isize + shift) as usize, t) } else { (t, (t as isize + shift) as usize) };
+                    let yr = &mut ys[dst * dh..(dst + 1) * dh];
+                    let xr = &xs[src * dh..(src + 1) * dh];
+                    if self.per_channel {
+                        for c in 0..dh {
+                            yr[c] += self.w(w, k, h, dh, c, j) * xr[c];
+                        }
+                    } else {
+                        let wj = w[h * k + j];
+                        for (o, &v) in yr.iter_mut().zip(xr) {
+                            *o += wj * v;
+                        }
+                    }
+                }
+            }
+        });
+        y
+    }
+
+    /// dw: Σ over batch, time (and channel, per head) of g[t] · x[t + j − left].
+    fn weight_grad<T: Real>(&self, x: &[T], g: &[T], wlen: usize, k: usize, len: usize, dh: usize) -> Vec<T> {
+        let slab = len * dh;
+        x.par_chunks(slab)
+            .zip(g.par_chunks(slab))
+            .enumerate()
+            .map(|(s, (xs, gs))| {
+                let h = s % self.heads;
+                let mut dw = vec![T::zero(); wlen];
+                for j in 0..k {
+                    let (lo, hi, shift) = self.range(j, len);
+                    if self.per_channel {
+                        for t in lo..hi {
+                            let src = (t as isize + shift) as usize;
+                            for c in 0..dh {
+                                dw[(h * dh + c) * k + j] += gs[t * dh + c] * xs[src * dh + c];
+                            }
+                        }
+                    } else {
+                        let src0 = (lo as isize + shift) as usize;
+                        let n = (hi - lo) * dh;
+                        let a = &gs[lo * dh..lo * dh + n];
+                        let b = &xs[src0 * dh..src0 * dh + n];
+                        dw[h * k + j] += dot(a, b);
+                    }
+                }
+                dw
+            })
+            .reduce(
+                || vec![T::zero(); wlen],
+                |mut a, b| {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        *x += y;
+                    }
+                    a
+                },
+            )
+    }
+
+    fn bwd_t<T: Real>(&self, x: &Tensor, w: &Tensor, g: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (_, _, len, dh) = x.dims4()?;
+        let k = w.dim(1)?;
+        let (dx, dw) = with_data::<T, _>(x, |xd| {
+            with_data::<T, _>(w, |wd| {
+                with_data::<T, _>(g, |gd| Ok((self.apply(gd, wd, k, len, dh, true), self.weight_grad(xd, gd, wd.len(), k, len, dh))))
+            })
+        })?;
+        Ok((Tensor::from_vec(dx, x.shape(), x.device())?, Tensor::from_vec(dw, w.shape(), w.device())?))
+    }
+}
+
+impl CustomOp2 for ConvTime {
+    fn name(&self) -> &'static str {
+        "fused-conv-time"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, _, len, dh) = l1.shape().dims4()?;
+        let k = l2.shape().dims2()?.1;
+        let out = match s1.dtype() {
+            DType::F32 => f32::to_cpu_storage_owned(self.apply(slice(s1, l1)?, slice(s2, l2)?, k, len, dh, false)),
+            DType::F64 => f64::to_cpu_storage_owned(self.apply(slice(s1, l1)?, slice(s2, l2)?, k, len, dh, false)),
+            dt => return Err(candle_core::Error::UnsupportedDTypeForOp(dt, "fused-conv-time")),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = match x.dtype() {
+            DType::F32 => self.bwd_t::<f32>(x, w, g)?,
+            DType::F64 => self.bwd_t::<f64>(x, w, g)?,
+            dt => return Err(candle_core::Error::UnsupportedDTypeForOp(dt, "fused-conv-time")),
+        };
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// Stride-1, length-keeping convolution along time of `x [B, h, L, d_h]` with `weight`
+/// `[h, k]` (per head) or `[h·d_h, k]` (per channel) and `left` zeros of padding on the left
+/// (`k − 1 − left` on the right). `None` when the fused kernel does not apply.
+pub fn conv_time(x: &Tensor, weight: &Tensor, left: usize, per_channel: bool) -> candle_core::Result<Option<Tensor>> {
+    if !super::enabled("conv", x) || weight.dtype() != x.dtype() || !weight.device().same_device(x.device()) || x.rank() != 4 {
+        return Ok(None);
+    }
+    let (_, h, _, dh) = x.dims4()?;
+    let (rows, k) = weight.dims2()?;
+    if rows != if per_channel { h * dh } else { h } || left >= k.max(1) {
+        return Ok(None);
+    }
+    let op = ConvTime { left, heads: h, per_channel };
+    Ok(Some(x.contiguous()?.apply_op2(&weight.contiguous()?, op)?))
+}

@@ -1,0 +1,202 @@
+//! Fused CPU kernels with their own backward, for the hot spots of training: the attention
+//! softmax (with its logit scale and key bias), LayerNorm and the stride-1 time filter.
+//!
+//! Each kernel is a Candle custom op whose `cpu_fwd` handles contiguous f32 / f64 tensors and
+//! whose `bwd` is written by hand (checked by `tests/gradcheck.rs` in f64 and by
+//! `tests/kernels.rs` against the composite ops). The callers in [`crate::layers`],
+//! [`crate::attention`] and [`crate::filter`] use a kernel only when [`fusable`] holds and
+//! otherwise keep the composite, device-generic path, so CUDA, Metal and half precision run
+//! exactly the code they ran before.
+//!
+//! [`tune_glibc_malloc`] asks glibc to keep freed memory instead of returning it to the
+//! kernel, which removes most page faults of a training step (see BENCHMARKS.md).
+
+mod conv;
+mod gelu;
+mod layer_norm;
+mod softmax;
+
+pub use conv::conv_time;
+pub use gelu::bias_gelu;
+pub use layer_norm::layer_norm;
+pub use softmax::softmax_scaled;
+
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, WithDType};
+
+/// Element types the fused kernels implement.
+pub(crate) trait Real: WithDType + num_traits::Float {
+    /// The error function (Candle's, so that results match its `gelu_erf`).
+    fn erf(self) -> Self;
+    /// `v ← exp(v − shift)` elementwise.
+    fn exp_shifted(v: &mut [Self], shift: Self);
+}
+impl Real for f32 {
+    fn erf(self) -> Self {
+        candle_core::cpu::erf::erf_f32(self)
+    }
+    fn exp_shifted(v: &mut [Self], shift: Self) {
+        for x in v.iter_mut() {
+            *x = exp_f32(*x - shift);
+        }
+    }
+}
+impl Real for f64 {
+    fn erf(self) -> Self {
+        candle_core::cpu::erf::erf_f64(self)
+    }
+    fn exp_shifted(v: &mut [Self], shift: Self) {
+        for x in v.iter_mut() {
+            *x = (*x - shift).exp();
+        }
+    }
+}
+
+/// `exp(x)` for f32 in branch-free arithmetic that the compiler vectorises (Cephes' expf
+/// polynomial after a reduction by ln 2; relative error about 2·10⁻⁷, like libm's to within
+/// an ulp or two). Inputs below −87.3 give ~1e−38 instead of underflowing to 0, which is
+/// negligible against a softmax denominator ≥ 1; NaN propagates.
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
+    let x = x.clamp(-87.3, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `Σ a_i b_i` with eight independent accumulators (so that it vectorises).
+#[inline]
+pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let n = a.len().min(b.len());
+    let (a8, b8) = (a[..n].chunks_exact(8), b[..n].chunks_exact(8));
+    let (ra, rb) = (a8.remainder(), b8.remainder());
+    for (x, y) in a8.zip(b8) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = ra.iter().zip(rb).fold(T::zero(), |s, (&x, &y)| s + x * y);
+    for v in acc {
+        s += v;
+    }
+    s
+}
+
+/// `Σ a_i` with eight independent accumulators.
+#[inline]
+pub(crate) fn sum<T: Real>(a: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let a8 = a.chunks_exact(8);
+    let r = a8.remainder();
+    for x in a8 {
+        for i in 0..8 {
+            acc[i] += x[i];
+        }
+    }
+    let mut s = r.iter().fold(T::zero(), |s, &x| s + x);
+    for v in acc {
+        s += v;
+    }
+    s
+}
+
+/// `max_i a_i` with eight independent lanes.
+#[inline]
+pub(crate) fn max<T: Real>(a: &[T]) -> T {
+    let mut acc = [T::neg_infinity(); 8];
+    let a8 = a.chunks_exact(8);
+    let r = a8.remainder();
+    for x in a8 {
+        for i in 0..8 {
+            acc[i] = if x[i] > acc[i] { x[i] } else { acc[i] };
+        }
+    }
+    let mut m = r.iter().fold(T::neg_infinity(), |m, &x| if x > m { x } else { m });
+    for v in acc {
+        m = if v > m { v } else { m };
+    }
+    m
+}
+
+/// Rows handled by one parallel task (aims at ~16K elements a task).
+pub(crate) fn rows_per_task(row_len: usize) -> usize {
+    (16384 / row_len.max(1)).max(1)
+}
+
+/// True where the fused kernels apply: a CPU tensor of f32 or f64.
+///
+/// `CONVLUNA_NO_FUSED=1` (or `all`) forces the composite ops everywhere, and a comma-separated
+/// list of `softmax`, `layer_norm`, `gelu`, `conv` switches off single kernels; this exists to
+/// measure what each kernel buys (BENCHMARKS.md).
+pub fn fusable(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+pub(crate) fn enabled(kernel: &str, t: &Tensor) -> bool {
+    use std::sync::OnceLock;
+    static OFF: OnceLock<Vec<String>> = OnceLock::new();
+    let off = OFF.get_or_init(|| {
+        std::env::var("CONVLUNA_NO_FUSED")
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty() && s != "0").collect())
+            .unwrap_or_default()
+    });
+    fusable(t) && !off.iter().any(|o| o == kernel || o == "all" || o == "1")
+}
+
+/// The contiguous slice of a CPU storage under `layout`.
+pub(crate) fn slice<'a, T: Real>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&T::cpu_storage_as_slice(s)?[a..b]),
+        None => Err(candle_core::Error::Msg("fused kernel: non-contiguous input".into())),
+    }
+}
+
+/// Runs `f` on the contiguous CPU data of `t` (copied to contiguous first if needed).
+pub(crate) fn with_data<T: Real, R>(t: &Tensor, f: impl FnOnce(&[T]) -> candle_core::Result<R>) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (st, l) = t.storage_and_layout();
+    match &*st {
+        Storage::Cpu(c) => f(slice::<T>(c, l)?),
+        _ => Err(candle_core::Error::Msg("fused kernel: tensor not on the CPU".into())),
+    }
+}
+
+/// The first element of a (small) tensor as f64.
+pub(crate) fn scalar(t: &Tensor) -> candle_core::Result<f64> {
+    t.flatten_all()?.narrow(0, 0, 1)?.to_dtype(DType::F64)?.to_vec1::<f64>().map(|v| v[0])
+}
+
+/// Tells glibc's malloc to keep freed memory (no `mmap` for large blocks, no trimming, a
+/// 1 GiB top pad), as `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=…:
+/// glibc.malloc.top_pad=1073741824` does. Candle allocates a fresh buffer for every op; with the
+/// stock settings each large buffer is a fresh `mmap` whose pages fault in on first touch and
+/// are returned on free, which costs a large share of a CPU training step. Call it first
+/// thing in `main`. Returns false where it does nothing (not glibc).
+pub fn tune_glibc_malloc() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: std::os::raw::c_int, value: std::os::raw::c_int) -> std::os::raw::c_int;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_TOP_PAD: i32 = -2;
+        const M_MMAP_MAX: i32 = -4;
+        // SAFETY: mallopt only changes allocator parameters.
+        unsafe { mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, i32::MAX) == 1 && mallopt(M_TOP_PAD, 1 << 30) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}

@@ -35,10 +35,23 @@ fi
 for f in "$_root"/lib/lib*.so.[0-9]*; do
   b="${f%%.so.*}.so"; [ -e "$b" ] || ln -sf "$f" "$b"
 done
+# cudarc links the driver API (libcuda), which comes with the NVIDIA driver, not with the
+# wheels. Link against a stub that defines every driver entry point named in the headers (as the
+# toolkit's lib/stubs/libcuda.so does); at run time the driver's real libcuda.so.1 is loaded
+# (same soname). The stub is on LIBRARY_PATH only, never on LD_LIBRARY_PATH.
+_stubs="$CUDA_PREFIX/stubs"
+if [ ! -e "$_stubs/libcuda.so" ]; then
+  mkdir -p "$_stubs"
+  { grep -ohE '\bcu[A-Z][A-Za-z0-9_]*' "$_root/include/cuda.h"
+    # entry points only named in the typedef headers (e.g. cuProfilerInitialize)
+    grep -ohE 'PFN_cu[A-Z][A-Za-z0-9]*' "$_root"/include/cuda*Typedefs.h | sed 's/^PFN_//'
+  } | sort -u | awk '{ printf "int %s(void) { return 999; }\n", $1 }' > "$_stubs/libcuda_stub.c"
+  cc -shared -fPIC "$_stubs/libcuda_stub.c" -o "$_stubs/libcuda.so" -Wl,-soname,libcuda.so.1
+fi
 export CUDA_ROOT="$_root" CUDA_PATH="$_root" CUDA_HOME="$_root" CUDA_TOOLKIT_ROOT_DIR="$_root"
 export PATH="$_root/bin:$PATH"
 export CUDA_LIBRARY_PATH="$_root/lib"
-export LIBRARY_PATH="$_root/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
+export LIBRARY_PATH="$_root/lib:$_stubs${LIBRARY_PATH:+:$LIBRARY_PATH}"
 echo "nvcc: $(nvcc --version | tail -1)"
 echo "CUDA_ROOT=$CUDA_ROOT CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
 echo "now: cargo build --release --features cuda --all-targets"

@@ -344,7 +344,7 @@ fn main() -> Result<()> {
         },
         clip_norm: if quick { Some(1.0) } else { None },
         eval_every: a.eval_every.unwrap_or(if quick { 100 } else { 1000 }),
-        eval_batches: if quick { None } else { Some(50) },
+        eval_batches: if quick { Some(32) } else { Some(50) },
         checkpoint_every: if quick { 100 } else { 1000 },
         log_every: 10,
         seed: a.seed,

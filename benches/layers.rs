@@ -19,11 +19,11 @@
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor, Var};
-use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use convluna::{
-    BlockDims, BlockPreset, ConvFilter, DropoutRng, Encoder, EncoderConfig, Filter, InputConfig, LunaBlock, MaxPoolFilter,
-    ParamStore, Positions, TransformerBlock,
+    BlockDims, BlockPreset, ConvFilter, DropoutRng, Encoder, EncoderConfig, Filter, InputConfig,
+    LunaBlock, MaxPoolFilter, ParamStore, Positions, TransformerBlock,
 };
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 
 const TOKENS: usize = 16384;
 const D: usize = 128;
@@ -63,7 +63,13 @@ fn memories() -> Vec<usize> {
 }
 
 fn dims() -> BlockDims {
-    BlockDims { d_model: D, num_heads: H, ffn_dim: FFN, dropout: 0.0, attention_dropout: 0.0 }
+    BlockDims {
+        d_model: D,
+        num_heads: H,
+        ffn_dim: FFN,
+        dropout: 0.0,
+        attention_dropout: 0.0,
+    }
 }
 
 fn randn(shape: &[usize], dev: &Device) -> Tensor {
@@ -94,40 +100,73 @@ fn bench_attention(c: &mut Criterion) {
     for (mode, train) in modes() {
         for m in memories() {
             let mut g = c.benchmark_group(format!("{dn}/pack-{mode}/m{m}"));
-            g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+            g.sample_size(10)
+                .warm_up_time(Duration::from_millis(300))
+                .measurement_time(Duration::from_secs(2));
             g.throughput(Throughput::Elements(TOKENS as u64));
             for l in lengths() {
                 let b = TOKENS / l;
                 let store = ParamStore::new(1);
                 let cfg = BlockPreset::ConvlunaMasked.block(m, D);
-                let blk = LunaBlock::new(cfg.luna().unwrap(), &dims(), &DropoutRng::new(1), store.var_builder(DType::F32, &dev)).unwrap();
+                let blk = LunaBlock::new(
+                    cfg.luna().unwrap(),
+                    &dims(),
+                    &DropoutRng::new(1),
+                    store.var_builder(DType::F32, &dev),
+                )
+                .unwrap();
                 let x = Var::from_tensor(&randn(&[b, l, D], &dev)).unwrap();
                 let p = Var::from_tensor(&randn(&[b, m, D], &dev)).unwrap();
                 let mask = Tensor::ones((b, l), DType::F32, &dev).unwrap();
-                g.bench_with_input(BenchmarkId::new("convluna", format!("L={l}")), &l, |bn, _| {
-                    bn.iter(|| {
-                        step(train, || blk.pack().forward_t(x.as_tensor(), p.as_tensor(), Some(&mask), false).unwrap().memory);
-                        sync(&dev)
-                    })
-                });
+                g.bench_with_input(
+                    BenchmarkId::new("convluna", format!("L={l}")),
+                    &l,
+                    |bn, _| {
+                        bn.iter(|| {
+                            step(train, || {
+                                blk.pack()
+                                    .forward_t(x.as_tensor(), p.as_tensor(), Some(&mask), false)
+                                    .unwrap()
+                                    .memory
+                            });
+                            sync(&dev)
+                        })
+                    },
+                );
             }
             g.finish();
             let mut g = c.benchmark_group(format!("{dn}/unpack-{mode}/m{m}"));
-            g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+            g.sample_size(10)
+                .warm_up_time(Duration::from_millis(300))
+                .measurement_time(Duration::from_secs(2));
             g.throughput(Throughput::Elements(TOKENS as u64));
             for l in lengths() {
                 let b = TOKENS / l;
                 let store = ParamStore::new(1);
                 let cfg = BlockPreset::ConvlunaMasked.block(m, D);
-                let blk = LunaBlock::new(cfg.luna().unwrap(), &dims(), &DropoutRng::new(1), store.var_builder(DType::F32, &dev)).unwrap();
+                let blk = LunaBlock::new(
+                    cfg.luna().unwrap(),
+                    &dims(),
+                    &DropoutRng::new(1),
+                    store.var_builder(DType::F32, &dev),
+                )
+                .unwrap();
                 let x = Var::from_tensor(&randn(&[b, l, D], &dev)).unwrap();
                 let yp = Var::from_tensor(&randn(&[b, m, D], &dev)).unwrap();
-                g.bench_with_input(BenchmarkId::new("convluna", format!("L={l}")), &l, |bn, _| {
-                    bn.iter(|| {
-                        step(train, || blk.unpack().forward_t(x.as_tensor(), yp.as_tensor(), false).unwrap());
-                        sync(&dev)
-                    })
-                });
+                g.bench_with_input(
+                    BenchmarkId::new("convluna", format!("L={l}")),
+                    &l,
+                    |bn, _| {
+                        bn.iter(|| {
+                            step(train, || {
+                                blk.unpack()
+                                    .forward_t(x.as_tensor(), yp.as_tensor(), false)
+                                    .unwrap()
+                            });
+                            sync(&dev)
+                        })
+                    },
+                );
             }
             g.finish();
         }
@@ -138,26 +177,44 @@ fn bench_filters(c: &mut Criterion) {
     let (dev, dn) = device();
     for (mode, train) in modes() {
         let mut g = c.benchmark_group(format!("{dn}/filter-{mode}"));
-        g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+        g.sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(2));
         g.throughput(Throughput::Elements(TOKENS as u64));
         for l in lengths() {
             let b = TOKENS / l;
             let store = ParamStore::new(1);
-            let conv = ConvFilter::new(4, 1, false, H, D / H, store.var_builder(DType::F32, &dev).pp("conv")).unwrap();
+            let conv = ConvFilter::new(
+                4,
+                1,
+                false,
+                H,
+                D / H,
+                store.var_builder(DType::F32, &dev).pp("conv"),
+            )
+            .unwrap();
             let pool = MaxPoolFilter::new(4, 4).unwrap();
             let x = Var::from_tensor(&randn(&[b, H, l, D / H], &dev)).unwrap();
-            g.bench_with_input(BenchmarkId::new("conv-k4s1", format!("L={l}")), &l, |bn, _| {
-                bn.iter(|| {
-                    step(train, || conv.forward(x.as_tensor()).unwrap());
-                    sync(&dev)
-                })
-            });
-            g.bench_with_input(BenchmarkId::new("maxpool-k4s4", format!("L={l}")), &l, |bn, _| {
-                bn.iter(|| {
-                    step(train, || pool.forward(x.as_tensor()).unwrap());
-                    sync(&dev)
-                })
-            });
+            g.bench_with_input(
+                BenchmarkId::new("conv-k4s1", format!("L={l}")),
+                &l,
+                |bn, _| {
+                    bn.iter(|| {
+                        step(train, || conv.forward(x.as_tensor()).unwrap());
+                        sync(&dev)
+                    })
+                },
+            );
+            g.bench_with_input(
+                BenchmarkId::new("maxpool-k4s4", format!("L={l}")),
+                &l,
+                |bn, _| {
+                    bn.iter(|| {
+                        step(train, || pool.forward(x.as_tensor()).unwrap());
+                        sync(&dev)
+                    })
+                },
+            );
         }
         g.finish();
     }
@@ -167,36 +224,65 @@ fn bench_blocks(c: &mut Criterion) {
     let (dev, dn) = device();
     for (mode, train) in modes() {
         let mut g = c.benchmark_group(format!("{dn}/block-{mode}"));
-        g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(3));
+        g.sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(3));
         g.throughput(Throughput::Elements(TOKENS as u64));
         for l in lengths() {
             let b = TOKENS / l;
             let x = Var::from_tensor(&randn(&[b, l, D], &dev)).unwrap();
             let mask = Tensor::ones((b, l), DType::F32, &dev).unwrap();
             for m in memories() {
-                for (name, preset) in [("convluna", BlockPreset::ConvlunaMasked), ("luna", BlockPreset::Luna)] {
+                for (name, preset) in [
+                    ("convluna", BlockPreset::ConvlunaMasked),
+                    ("luna", BlockPreset::Luna),
+                ] {
                     let store = ParamStore::new(1);
                     let cfg = preset.block(m, D);
-                    let blk =
-                        LunaBlock::new(cfg.luna().unwrap(), &dims(), &DropoutRng::new(1), store.var_builder(DType::F32, &dev)).unwrap();
+                    let blk = LunaBlock::new(
+                        cfg.luna().unwrap(),
+                        &dims(),
+                        &DropoutRng::new(1),
+                        store.var_builder(DType::F32, &dev),
+                    )
+                    .unwrap();
                     let p = Var::from_tensor(&randn(&[b, m, D], &dev)).unwrap();
-                    g.bench_with_input(BenchmarkId::new(format!("{name}-m{m}"), format!("L={l}")), &l, |bn, _| {
-                        bn.iter(|| {
-                            step(train, || blk.forward_t(x.as_tensor(), p.as_tensor(), Some(&mask), false).unwrap().x);
-                            sync(&dev)
-                        })
-                    });
+                    g.bench_with_input(
+                        BenchmarkId::new(format!("{name}-m{m}"), format!("L={l}")),
+                        &l,
+                        |bn, _| {
+                            bn.iter(|| {
+                                step(train, || {
+                                    blk.forward_t(x.as_tensor(), p.as_tensor(), Some(&mask), false)
+                                        .unwrap()
+                                        .x
+                                });
+                                sync(&dev)
+                            })
+                        },
+                    );
                 }
             }
             if l <= 4096 || full() && l <= 8192 {
                 let store = ParamStore::new(1);
-                let blk = TransformerBlock::new(&dims(), &DropoutRng::new(1), store.var_builder(DType::F32, &dev)).unwrap();
-                g.bench_with_input(BenchmarkId::new("transformer", format!("L={l}")), &l, |bn, _| {
-                    bn.iter(|| {
-                        step(train, || blk.forward_t(x.as_tensor(), Some(&mask), false).unwrap());
-                        sync(&dev)
-                    })
-                });
+                let blk = TransformerBlock::new(
+                    &dims(),
+                    &DropoutRng::new(1),
+                    store.var_builder(DType::F32, &dev),
+                )
+                .unwrap();
+                g.bench_with_input(
+                    BenchmarkId::new("transformer", format!("L={l}")),
+                    &l,
+                    |bn, _| {
+                        bn.iter(|| {
+                            step(train, || {
+                                blk.forward_t(x.as_tensor(), Some(&mask), false).unwrap()
+                            });
+                            sync(&dev)
+                        })
+                    },
+                );
             }
         }
         g.finish();
@@ -207,7 +293,9 @@ fn bench_encoder(c: &mut Criterion) {
     let (dev, dn) = device();
     for (mode, train) in modes() {
         let mut g = c.benchmark_group(format!("{dn}/encoder-{mode}"));
-        g.sample_size(10).warm_up_time(Duration::from_millis(100)).measurement_time(Duration::from_secs(5));
+        g.sample_size(10)
+            .warm_up_time(Duration::from_millis(100))
+            .measurement_time(Duration::from_secs(5));
         g.throughput(Throughput::Elements(TOKENS as u64));
         for l in lengths() {
             let b = TOKENS / l;
@@ -215,7 +303,10 @@ fn bench_encoder(c: &mut Criterion) {
             let ids = Tensor::from_vec(ids, (b, l), &dev).unwrap();
             let mut cases: Vec<(String, convluna::BlockConfig)> = Vec::new();
             for m in memories() {
-                cases.push((format!("convluna-m{m}"), BlockPreset::ConvlunaMasked.block(m, D)));
+                cases.push((
+                    format!("convluna-m{m}"),
+                    BlockPreset::ConvlunaMasked.block(m, D),
+                ));
                 cases.push((format!("luna-m{m}"), BlockPreset::Luna.block(m, D)));
             }
             if l <= 1024 || full() && l <= 4096 {
@@ -236,7 +327,12 @@ fn bench_encoder(c: &mut Criterion) {
                     block,
                 };
                 let store = ParamStore::new(1);
-                let enc = Encoder::new(&cfg, &DropoutRng::new(1), store.var_builder(DType::F32, &dev)).unwrap();
+                let enc = Encoder::new(
+                    &cfg,
+                    &DropoutRng::new(1),
+                    store.var_builder(DType::F32, &dev),
+                )
+                .unwrap();
                 g.bench_with_input(BenchmarkId::new(name, format!("L={l}")), &l, |bn, _| {
                     bn.iter(|| {
                         step(train, || enc.forward_t(&ids, None, false).unwrap().hidden);
@@ -264,7 +360,11 @@ fn main() {
         "convluna benches: device {}, RAYON_NUM_THREADS={}, grid {}",
         device().1,
         std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
-        if full() { "full" } else { "default (CONVLUNA_BENCH_FULL=1 for all lengths)" }
+        if full() {
+            "full"
+        } else {
+            "default (CONVLUNA_BENCH_FULL=1 for all lengths)"
+        }
     );
     benches();
     Criterion::default().configure_from_args().final_summary();

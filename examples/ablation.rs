@@ -95,22 +95,57 @@ fn arms(a: &Args) -> Vec<Arm> {
     let inv = Scale::InvSqrtHeadDim;
     let m = a.memory;
     let mut v = vec![
-        Arm { name: "luna".into(), what: "no filter, 1/√d_h".into(), block: base(FilterConfig::Identity, inv, m) },
-        Arm { name: "filter".into(), what: "conv k4 s1, 1/√d_h".into(), block: base(conv.clone(), inv, m) },
-        Arm { name: "temperature".into(), what: "no filter, learned τ".into(), block: base(FilterConfig::Identity, tau, m) },
-        Arm { name: "convluna".into(), what: "conv k4 s1, learned τ".into(), block: base(conv.clone(), tau, m) },
+        Arm {
+            name: "luna".into(),
+            what: "no filter, 1/√d_h".into(),
+            block: base(FilterConfig::Identity, inv, m),
+        },
+        Arm {
+            name: "filter".into(),
+            what: "conv k4 s1, 1/√d_h".into(),
+            block: base(conv.clone(), inv, m),
+        },
+        Arm {
+            name: "temperature".into(),
+            what: "no filter, learned τ".into(),
+            block: base(FilterConfig::Identity, tau, m),
+        },
+        Arm {
+            name: "convluna".into(),
+            what: "conv k4 s1, learned τ".into(),
+            block: base(conv.clone(), tau, m),
+        },
     ];
     if a.authors_luna {
         if let BlockConfig::Luna(l) = BlockPreset::Luna.block(m, a.width) {
-            v.push(Arm { name: "luna-authors".into(), what: "shared q/k/v/o, 1/√d_h both".into(), block: l });
+            v.push(Arm {
+                name: "luna-authors".into(),
+                what: "shared q/k/v/o, 1/√d_h both".into(),
+                block: l,
+            });
         }
     }
     if a.pool {
-        v.push(Arm { name: "convluna-pool".into(), what: "max-pool k4 s2, learned τ".into(), block: base(FilterConfig::MaxPool { kernel: 4, stride: 2 }, tau, m) });
+        v.push(Arm {
+            name: "convluna-pool".into(),
+            what: "max-pool k4 s2, learned τ".into(),
+            block: base(
+                FilterConfig::MaxPool {
+                    kernel: 4,
+                    stride: 2,
+                },
+                tau,
+                m,
+            ),
+        });
     }
     for &mm in &a.memory_sizes {
         if mm != m {
-            v.push(Arm { name: format!("convluna-m{mm}"), what: format!("conv k4 s1, learned τ, m = {mm}"), block: base(conv.clone(), tau, mm) });
+            v.push(Arm {
+                name: format!("convluna-m{mm}"),
+                what: format!("conv k4 s1, learned τ, m = {mm}"),
+                block: base(conv.clone(), tau, mm),
+            });
         }
     }
     v
@@ -130,14 +165,22 @@ struct RunResult {
 }
 
 fn collect(summary: &Summary, out: &Path) -> Result<RunResult> {
-    let last = summary.test.diagnostics.last().context("no diagnostics in the test evaluation")?;
+    let last = summary
+        .test
+        .diagnostics
+        .last()
+        .context("no diagnostics in the test evaluation")?;
     let rows = report::read_metrics(&out.join("metrics.jsonl"))?;
     let curve = rows
         .iter()
         .filter(|r| r["kind"] == "eval")
         .filter_map(|r| {
             let d = r["diagnostics"].as_array()?.last()?;
-            Some((r["step"].as_f64()?, d["memory_out"]["distinct"].as_f64()?, d["memory_out"]["effective_rank"].as_f64()?))
+            Some((
+                r["step"].as_f64()?,
+                d["memory_out"]["distinct"].as_f64()?,
+                d["memory_out"]["effective_rank"].as_f64()?,
+            ))
         })
         .collect();
     Ok(RunResult {
@@ -171,24 +214,54 @@ fn main() -> Result<()> {
     let a = Args::parse();
     let t0 = Instant::now();
     let dev = Device::Cpu;
-    let (splits, max_len, input, classes): (Splits, usize, InputConfig, usize) = match a.task.as_str() {
-        "listops" => {
-            let cfg = ListOpsConfig::small();
-            let s = ListOpsDataset::try_generate_splits(&cfg, a.train_examples, 1000, 1000, 0, cfg.max_len)?;
-            (s, cfg.max_len, InputConfig::Tokens { vocab_size: preset::LISTOPS_VOCAB }, 10)
-        }
-        "pathfinder" => {
-            let s = PathfinderDataset::try_generate_splits(&PathfinderConfig::easy(), a.train_examples, 500, 1000, 0)?;
-            (s, 1024, LraTask::Pathfinder.input(), 2)
-        }
-        other => anyhow::bail!("unknown --task {other} (listops, pathfinder)"),
-    };
+    let (splits, max_len, input, classes): (Splits, usize, InputConfig, usize) =
+        match a.task.as_str() {
+            "listops" => {
+                let cfg = ListOpsConfig::small();
+                let s = ListOpsDataset::try_generate_splits(
+                    &cfg,
+                    a.train_examples,
+                    1000,
+                    1000,
+                    0,
+                    cfg.max_len,
+                )?;
+                (
+                    s,
+                    cfg.max_len,
+                    InputConfig::Tokens {
+                        vocab_size: preset::LISTOPS_VOCAB,
+                    },
+                    10,
+                )
+            }
+            "pathfinder" => {
+                let s = PathfinderDataset::try_generate_splits(
+                    &PathfinderConfig::easy(),
+                    a.train_examples,
+                    500,
+                    1000,
+                    0,
+                )?;
+                (s, 1024, LraTask::Pathfinder.input(), 2)
+            }
+            other => anyhow::bail!("unknown --task {other} (listops, pathfinder)"),
+        };
     let majority = data::majority_fraction(splits.test.as_ref())?;
     let arms = arms(&a);
     let total = arms.len() as u64 * a.seeds;
-    eprintln!("{} arms × {} seeds = {total} runs of {} steps on {}", arms.len(), a.seeds, a.steps, splits.train.name());
+    eprintln!(
+        "{} arms × {} seeds = {total} runs of {} steps on {}",
+        arms.len(),
+        a.seeds,
+        a.steps,
+        splits.train.name()
+    );
     let pb = ProgressBar::new(total);
-    pb.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} runs {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    pb.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} runs {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let mut results: BTreeMap<String, Vec<RunResult>> = BTreeMap::new();
     for seed in 0..a.seeds {
         for arm in &arms {
@@ -207,15 +280,29 @@ fn main() -> Result<()> {
                     cls: true,
                     block: BlockConfig::Luna(arm.block.clone()),
                 },
-                head: HeadConfig { num_classes: classes, hidden_dim: 2 * a.width, pooling: Pooling::Cls, extra_layer: a.task != "listops", pair: None },
+                head: HeadConfig {
+                    num_classes: classes,
+                    hidden_dim: 2 * a.width,
+                    pooling: Pooling::Cls,
+                    extra_layer: a.task != "listops",
+                    pair: None,
+                },
             };
             let tc = TrainConfig {
                 steps: a.steps,
                 batch_size: a.batch_size,
                 accumulate: 1,
                 lr: a.lr,
-                schedule: Schedule::Cosine { warmup: a.steps / 10, total: a.steps, min_ratio: 0.05 },
-                optimizer: AdamWConfig { weight_decay: 0.01, exempt_norms_biases_temperature: true, ..Default::default() },
+                schedule: Schedule::Cosine {
+                    warmup: a.steps / 10,
+                    total: a.steps,
+                    min_ratio: 0.05,
+                },
+                optimizer: AdamWConfig {
+                    weight_decay: 0.01,
+                    exempt_norms_biases_temperature: true,
+                    ..Default::default()
+                },
                 clip_norm: Some(1.0),
                 eval_every: (a.steps / 8).max(1),
                 eval_batches: Some(8),
@@ -258,16 +345,50 @@ fn main() -> Result<()> {
 
     // ---- plots
     std::fs::create_dir_all(&a.plots)?;
-    let get = |name: &str, f: fn(&RunResult) -> f64| -> Vec<f64> { results.get(name).map(|v| v.iter().map(f).collect()).unwrap_or_default() };
-    let bars = |f: fn(&RunResult) -> f64| -> Vec<(String, f64, f64)> {
-        arms.iter().map(|arm| {
-            let v = get(&arm.name, f);
-            (arm.name.clone(), mean(&v), ci95(&v))
-        }).collect()
+    let get = |name: &str, f: fn(&RunResult) -> f64| -> Vec<f64> {
+        results
+            .get(name)
+            .map(|v| v.iter().map(f).collect())
+            .unwrap_or_default()
     };
-    std::fs::write(a.plots.join("accuracy.svg"), bars_svg("test accuracy (mean ± 95 % CI)", "accuracy", &bars(|r| r.acc), Some((majority, "majority class"))))?;
-    std::fs::write(a.plots.join("distinct.svg"), bars_svg(&format!("distinct memory vectors, last layer (cos ≥ 0.99), m = {}", a.memory), "count", &bars(|r| r.distinct), None))?;
-    std::fs::write(a.plots.join("effective-rank.svg"), bars_svg("effective rank of the last layer's memory", "exp(H(σ))", &bars(|r| r.rank), None))?;
+    let bars = |f: fn(&RunResult) -> f64| -> Vec<(String, f64, f64)> {
+        arms.iter()
+            .map(|arm| {
+                let v = get(&arm.name, f);
+                (arm.name.clone(), mean(&v), ci95(&v))
+            })
+            .collect()
+    };
+    std::fs::write(
+        a.plots.join("accuracy.svg"),
+        bars_svg(
+            "test accuracy (mean ± 95 % CI)",
+            "accuracy",
+            &bars(|r| r.acc),
+            Some((majority, "majority class")),
+        ),
+    )?;
+    std::fs::write(
+        a.plots.join("distinct.svg"),
+        bars_svg(
+            &format!(
+                "distinct memory vectors, last layer (cos ≥ 0.99), m = {}",
+                a.memory
+            ),
+            "count",
+            &bars(|r| r.distinct),
+            None,
+        ),
+    )?;
+    std::fs::write(
+        a.plots.join("effective-rank.svg"),
+        bars_svg(
+            "effective rank of the last layer's memory",
+            "exp(H(σ))",
+            &bars(|r| r.rank),
+            None,
+        ),
+    )?;
     let curves = |idx: usize, title: &str, y: &str| Panel {
         title: title.into(),
         x_label: "step".into(),
@@ -281,7 +402,11 @@ fn main() -> Result<()> {
                     .iter()
                     .enumerate()
                     .map(|(i, s)| {
-                        let vals: Vec<f64> = runs.iter().filter_map(|r| r.curve.get(i)).map(|c| if idx == 1 { c.1 } else { c.2 }).collect();
+                        let vals: Vec<f64> = runs
+                            .iter()
+                            .filter_map(|r| r.curve.get(i))
+                            .map(|c| if idx == 1 { c.1 } else { c.2 })
+                            .collect();
                         (*s, mean(&vals))
                     })
                     .collect();
@@ -292,7 +417,14 @@ fn main() -> Result<()> {
     };
     write_panels(
         &a.plots.join("memory-over-training.svg"),
-        &[curves(1, "distinct memory vectors (last layer, validation)", "count"), curves(2, "effective rank (last layer, validation)", "exp(H(σ))")],
+        &[
+            curves(
+                1,
+                "distinct memory vectors (last layer, validation)",
+                "count",
+            ),
+            curves(2, "effective rank (last layer, validation)", "exp(H(σ))"),
+        ],
         2,
     )?;
     // heatmaps of the final memory of seed 0 for Luna and ConvLuna
@@ -307,12 +439,26 @@ fn main() -> Result<()> {
     // ---- report
     let rel = |p: &Path| -> String {
         let base = a.report.parent().unwrap_or(Path::new("."));
-        p.strip_prefix(base).map(|r| r.display().to_string()).unwrap_or_else(|_| p.display().to_string())
+        p.strip_prefix(base)
+            .map(|r| r.display().to_string())
+            .unwrap_or_else(|_| p.display().to_string())
     };
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     // the command that regenerates the report from scratch (`--reuse` only skips finished runs)
-    let cmd: Vec<String> = std::env::args().skip(1).filter(|x| x != "--reuse").collect();
+    let cmd: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|x| x != "--reuse")
+        .collect();
     let mut md = String::new();
     md.push_str("# Memory collapse, measured\n\n");
     md.push_str(&format!(
@@ -333,9 +479,11 @@ interval of the mean over seeds (Student t).\n\n");
     for arm in &arms {
         md.push_str(&format!(
             "| {} | {} | {} | {} (of {}) | {} | {} | {} |\n",
-            arm.name, arm.what,
+            arm.name,
+            arm.what,
             fmt_ci(&get(&arm.name, |r| r.acc), 4),
-            fmt_ci(&get(&arm.name, |r| r.distinct), 2), arm.block.memory_len,
+            fmt_ci(&get(&arm.name, |r| r.distinct), 2),
+            arm.block.memory_len,
             fmt_ci(&get(&arm.name, |r| r.rank), 2),
             fmt_ci(&get(&arm.name, |r| r.cosine), 3),
             fmt_ci(&get(&arm.name, |r| r.entropy), 3),
@@ -343,9 +491,18 @@ interval of the mean over seeds (Student t).\n\n");
     }
     // ---- findings, written from the numbers whatever they are
     let m = a.memory as f64;
-    let (ld, cd) = (mean(&get("luna", |r| r.distinct)), mean(&get("convluna", |r| r.distinct)));
-    let (lr, cr) = (mean(&get("luna", |r| r.rank)), mean(&get("convluna", |r| r.rank)));
-    let (lc, cc) = (mean(&get("luna", |r| r.cosine)), mean(&get("convluna", |r| r.cosine)));
+    let (ld, cd) = (
+        mean(&get("luna", |r| r.distinct)),
+        mean(&get("convluna", |r| r.distinct)),
+    );
+    let (lr, cr) = (
+        mean(&get("luna", |r| r.rank)),
+        mean(&get("convluna", |r| r.rank)),
+    );
+    let (lc, cc) = (
+        mean(&get("luna", |r| r.cosine)),
+        mean(&get("convluna", |r| r.cosine)),
+    );
     let (la, ca) = (get("luna", |r| r.acc), get("convluna", |r| r.acc));
     md.push_str("\n## Findings\n\n");
     md.push_str(&format!(
@@ -361,7 +518,9 @@ interval of the mean over seeds (Student t).\n\n");
             a.steps
         ));
     } else {
-        md.push_str(&format!("- Luna's memory collapsed to {ld:.1} distinct points out of {m:.0}.\n"));
+        md.push_str(&format!(
+            "- Luna's memory collapsed to {ld:.1} distinct points out of {m:.0}.\n"
+        ));
     }
     match welch(&ca, &la) {
         Some((_, _, p)) => md.push_str(&format!(
@@ -369,12 +528,25 @@ interval of the mean over seeds (Student t).\n\n");
             mean(&ca) - mean(&la),
             a.seeds
         )),
-        None => md.push_str(&format!("- Test accuracy, ConvLuna − Luna: {:+.4} (one seed: no test).\n", mean(&ca) - mean(&la))),
+        None => md.push_str(&format!(
+            "- Test accuracy, ConvLuna − Luna: {:+.4} (one seed: no test).\n",
+            mean(&ca) - mean(&la)
+        )),
     }
     md.push_str(&format!("\nMajority class of the test set: {:.4}.\n\n## Welch t-tests\n\n| comparison | metric | difference of means | t | df | p |\n|---|---|---|---|---|---|\n", majority));
-    let pairs = [("convluna", "luna"), ("filter", "luna"), ("temperature", "luna"), ("convluna", "filter"), ("convluna", "temperature")];
+    let pairs = [
+        ("convluna", "luna"),
+        ("filter", "luna"),
+        ("temperature", "luna"),
+        ("convluna", "filter"),
+        ("convluna", "temperature"),
+    ];
     for (x, y) in pairs {
-        for (metric, f) in [("accuracy", (|r: &RunResult| r.acc) as fn(&RunResult) -> f64), ("distinct", |r| r.distinct), ("effective rank", |r| r.rank)] {
+        for (metric, f) in [
+            ("accuracy", (|r: &RunResult| r.acc) as fn(&RunResult) -> f64),
+            ("distinct", |r| r.distinct),
+            ("effective rank", |r| r.rank),
+        ] {
             let (ax, ay) = (get(x, f), get(y, f));
             let line = match welch(&ax, &ay) {
                 Some((t, df, p)) => format!("| {x} vs {y} | {metric} | {:+.4} | {t:.2} | {df:.1} | {p:.3} |\n", mean(&ax) - mean(&ay)),
@@ -388,16 +560,28 @@ interval of the mean over seeds (Student t).\n\n");
         ("accuracy.svg", "Test accuracy per arm"),
         ("distinct.svg", "Distinct memory vectors per arm"),
         ("effective-rank.svg", "Effective rank per arm"),
-        ("memory-over-training.svg", "Last-layer memory over training (validation, mean over seeds)"),
-        ("cosine-luna.svg", "Cosine similarities of the final memory, Luna arm, seed 0"),
-        ("cosine-convluna.svg", "Cosine similarities of the final memory, ConvLuna arm, seed 0"),
+        (
+            "memory-over-training.svg",
+            "Last-layer memory over training (validation, mean over seeds)",
+        ),
+        (
+            "cosine-luna.svg",
+            "Cosine similarities of the final memory, Luna arm, seed 0",
+        ),
+        (
+            "cosine-convluna.svg",
+            "Cosine similarities of the final memory, ConvLuna arm, seed 0",
+        ),
     ] {
         md.push_str(&format!("![{cap}]({})\n\n", rel(&a.plots.join(f))));
     }
     md.push_str("## Per run\n\n| arm | seed | test accuracy | distinct | effective rank | wall (s) |\n|---|---|---|---|---|---|\n");
     for arm in &arms {
         for (s, r) in results[&arm.name].iter().enumerate() {
-            md.push_str(&format!("| {} | {s} | {:.4} | {:.2} | {:.2} | {:.0} |\n", arm.name, r.acc, r.distinct, r.rank, r.wall));
+            md.push_str(&format!(
+                "| {} | {s} | {:.4} | {:.2} | {:.2} | {:.0} |\n",
+                arm.name, r.acc, r.distinct, r.rank, r.wall
+            ));
         }
     }
     if let Some(dir) = a.report.parent() {

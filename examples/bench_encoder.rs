@@ -15,7 +15,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use clap::Parser;
-use convluna::{BlockPreset, DropoutRng, Encoder, EncoderConfig, InputConfig, ParamStore, Positions};
+use convluna::{
+    BlockPreset, DropoutRng, Encoder, EncoderConfig, InputConfig, ParamStore, Positions,
+};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -76,14 +78,25 @@ fn vm_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
 }
 
 /// Forward FLOPs of one block at `n` tokens in batches of `b` (matmuls, conv), as BENCHMARKS.md counts them.
 #[allow(clippy::too_many_arguments)]
-pub fn block_fwd_flops(family: &str, n: f64, b: f64, l: f64, d: f64, f: f64, m: f64, k: f64) -> f64 {
+pub fn block_fwd_flops(
+    family: &str,
+    n: f64,
+    b: f64,
+    l: f64,
+    d: f64,
+    f: f64,
+    m: f64,
+    k: f64,
+) -> f64 {
     match family {
         "transformer" => n * (8.0 * d * d + 4.0 * d * f) + 4.0 * n * l * d,
         "luna" => n * (8.0 * d * d + 4.0 * d * f + 8.0 * m * d) + b * 8.0 * m * d * d,
@@ -134,10 +147,16 @@ fn main() -> anyhow::Result<()> {
         block,
     };
     let store = ParamStore::new(7);
-    let enc = Encoder::new(&cfg, &DropoutRng::new(7), store.var_builder(DType::F32, &dev))?;
+    let enc = Encoder::new(
+        &cfg,
+        &DropoutRng::new(7),
+        store.var_builder(DType::F32, &dev),
+    )?;
     let vars: Vec<Var> = store.varmap().all_vars();
     // ids 1..=255, no padding (the mask is all ones, but masked mode still does its work).
-    let ids: Vec<u32> = (0..b * a.len).map(|i| 1 + ((i * 7919) % 255) as u32).collect();
+    let ids: Vec<u32> = (0..b * a.len)
+        .map(|i| 1 + ((i * 7919) % 255) as u32)
+        .collect();
     let ids = Tensor::from_vec(ids, (b, a.len), &dev)?;
     let train = a.mode == "train";
     let rss0 = vm_kib("VmRSS:");
@@ -147,7 +166,10 @@ fn main() -> anyhow::Result<()> {
         if train {
             let grads = loss.backward()?;
             // touch one gradient so nothing is optimised away
-            let g = grads.get(vars[0].as_tensor()).map(|g| g.dims().len()).unwrap_or(0);
+            let g = grads
+                .get(vars[0].as_tensor())
+                .map(|g| g.dims().len())
+                .unwrap_or(0);
             std::hint::black_box(g);
         }
         Ok(loss.to_scalar::<f32>()?)
@@ -169,7 +191,16 @@ fn main() -> anyhow::Result<()> {
     let med = times[times.len() / 2];
     let best = times[0];
     let n = (b * a.len) as f64;
-    let per_block = block_fwd_flops(&a.family, n, b as f64, a.len as f64, a.d as f64, a.ffn as f64, a.memory as f64, 4.0);
+    let per_block = block_fwd_flops(
+        &a.family,
+        n,
+        b as f64,
+        a.len as f64,
+        a.d as f64,
+        a.ffn as f64,
+        a.memory as f64,
+        4.0,
+    );
     let flops = per_block * a.layers as f64 * if train { 3.0 } else { 1.0 };
     println!(
         "{{\"impl\":\"convluna\",\"device\":\"{}\",\"family\":\"{}\",\"len\":{},\"batch\":{},\"mode\":\"{}\",\"threads\":{},\"tune_malloc\":{},\"steps\":{},\"sec_median\":{:.5},\"sec_best\":{:.5},\"tokens_per_s\":{:.1},\"gflop_per_step\":{:.3},\"gflops\":{:.2},\"rss_start_mib\":{:.1},\"peak_rss_mib\":{:.1}}}",
@@ -194,7 +225,12 @@ fn main() -> anyhow::Result<()> {
 
 /// f32 matmul throughput of Candle's CPU backend on square and model-shaped products.
 fn matmul_peak(dev: &Device, threads: usize) -> anyhow::Result<()> {
-    for &(m, k, n) in &[(2048usize, 2048usize, 2048usize), (16384, 128, 512), (16384, 512, 128), (16384, 128, 128)] {
+    for &(m, k, n) in &[
+        (2048usize, 2048usize, 2048usize),
+        (16384, 128, 512),
+        (16384, 512, 128),
+        (16384, 128, 128),
+    ] {
         let x = Tensor::randn(0f32, 1.0, (m, k), dev)?;
         let y = Tensor::randn(0f32, 1.0, (k, n), dev)?;
         let _ = x.matmul(&y)?;
@@ -216,10 +252,15 @@ fn matmul_peak(dev: &Device, threads: usize) -> anyhow::Result<()> {
 fn plot(a: &Args) -> anyhow::Result<()> {
     use convluna::plot::{write_panels, Panel, Series};
     use std::collections::BTreeMap;
-    let path = a.results.as_ref().ok_or_else(|| anyhow::anyhow!("--results is required"))?;
+    let path = a
+        .results
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("--results is required"))?;
     let mut lines: BTreeMap<(String, String, String), Vec<(f64, f64)>> = BTreeMap::new();
     for l in std::fs::read_to_string(path)?.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+            continue;
+        };
         if v["alloc"].as_str() != Some(a.alloc.as_str()) || v["tokens_per_s"].as_f64().is_none() {
             continue;
         }
@@ -228,7 +269,10 @@ fn plot(a: &Args) -> anyhow::Result<()> {
             v["impl"].as_str().unwrap_or("").to_string(),
             v["family"].as_str().unwrap_or("").to_string(),
         );
-        lines.entry(key).or_default().push((v["len"].as_f64().unwrap_or(0.0), v["tokens_per_s"].as_f64().unwrap_or(0.0)));
+        lines.entry(key).or_default().push((
+            v["len"].as_f64().unwrap_or(0.0),
+            v["tokens_per_s"].as_f64().unwrap_or(0.0),
+        ));
     }
     let mut panels: Vec<Panel> = Vec::new();
     for ((mode, imp, fam), mut pts) in lines {
@@ -242,11 +286,21 @@ fn plot(a: &Args) -> anyhow::Result<()> {
                 false
             }
         });
-        let title = format!("{mode} tokens/s, {} threads, {} malloc", a.threads.unwrap_or(2), a.alloc);
+        let title = format!(
+            "{mode} tokens/s, {} threads, {} malloc",
+            a.threads.unwrap_or(2),
+            a.alloc
+        );
         let idx = match panels.iter().position(|p| p.title == title) {
             Some(i) => i,
             None => {
-                panels.push(Panel { title, x_label: "sequence length L (B·L = 16384)".into(), y_label: "tokens/s".into(), series: vec![], log_x: true });
+                panels.push(Panel {
+                    title,
+                    x_label: "sequence length L (B·L = 16384)".into(),
+                    y_label: "tokens/s".into(),
+                    series: vec![],
+                    log_x: true,
+                });
                 panels.len() - 1
             }
         };

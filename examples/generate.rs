@@ -20,7 +20,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use convluna::data::{
-    listops_stats, write_listops_tsv, write_pathfinder_batch, ListOpsConfig, ListOpsGenerator, PathfinderConfig,
+    listops_stats, write_listops_tsv, write_pathfinder_batch, ListOpsConfig, ListOpsGenerator,
+    PathfinderConfig,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -80,9 +81,11 @@ struct Args {
 fn bar(n: u64) -> ProgressBar {
     let pb = ProgressBar::new(n);
     pb.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     pb
 }
@@ -124,7 +127,10 @@ fn listops(args: &Args) -> Result<()> {
             majority,
             s.draws as f64 / secs
         );
-        println!("label shares: {:?}", s.label_shares.map(|v| (v * 1000.0).round() / 1000.0));
+        println!(
+            "label shares: {:?}",
+            s.label_shares.map(|v| (v * 1000.0).round() / 1000.0)
+        );
         return Ok(());
     }
     let out = args.out.clone().context("--out is required")?;
@@ -137,12 +143,19 @@ fn listops(args: &Args) -> Result<()> {
     let mut total_len = 0usize;
     while rows.len() < n {
         let Some((ids, label)) = g.next_example() else {
-            bail!("only {} distinct trees found after {} draws", rows.len(), g.draws());
+            bail!(
+                "only {} distinct trees found after {} draws",
+                rows.len(),
+                g.draws()
+            );
         };
         let ids: Vec<u32> = ids.into_iter().map(u32::from).collect();
         total_len += ids.len();
         labels[label as usize] += 1;
-        rows.push((convluna::data::listops_source(&ids).context("well formed tree")?, label));
+        rows.push((
+            convluna::data::listops_source(&ids).context("well formed tree")?,
+            label,
+        ));
         if rows.len() % 1000 == 0 {
             pb.set_position(rows.len() as u64);
         }
@@ -150,7 +163,10 @@ fn listops(args: &Args) -> Result<()> {
     pb.finish_and_clear();
     let gen_secs = t.elapsed().as_secs_f64();
     write_listops_tsv(&out.join("basic_train.tsv"), &rows[..args.train])?;
-    write_listops_tsv(&out.join("basic_val.tsv"), &rows[args.train..args.train + args.val])?;
+    write_listops_tsv(
+        &out.join("basic_val.tsv"),
+        &rows[args.train..args.train + args.val],
+    )?;
     write_listops_tsv(&out.join("basic_test.tsv"), &rows[args.train + args.val..])?;
     let secs = t.elapsed().as_secs_f64();
     println!("wrote {n} ListOps examples to {}", out.display());
@@ -173,7 +189,9 @@ fn listops(args: &Args) -> Result<()> {
 fn pathfinder(args: &Args) -> Result<()> {
     let cfg = PathfinderConfig::from_difficulty(&args.difficulty, args.size)?;
     let out = args.out.clone().context("--out is required")?;
-    let dir = out.join(format!("pathfinder{}", cfg.size)).join(cfg.dir_name());
+    let dir = out
+        .join(format!("pathfinder{}", cfg.size))
+        .join(cfg.dir_name());
     let n = args.train + args.val + args.test;
     let bs = args.batch_size.max(1);
     let pb = bar(n as u64);
@@ -186,11 +204,16 @@ fn pathfinder(args: &Args) -> Result<()> {
     }
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
-    println!("wrote {n} Pathfinder images to {} ({positives} with label 1)", dir.display());
+    println!(
+        "wrote {n} Pathfinder images to {} ({positives} with label 1)",
+        dir.display()
+    );
     println!(
         "throughput: {:.0} examples/s including PNG writing on {} threads ({secs:.1} s)",
         n as f64 / secs,
-        std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|t| t.get())
+            .unwrap_or(1)
     );
     Ok(())
 }

@@ -257,8 +257,12 @@ fn main() -> Result<()> {
     };
     let device = match a.device {
         DeviceKind::Cpu => Device::Cpu,
-        DeviceKind::Cuda => Device::new_cuda(0).context("CUDA device (build with --features cuda)")?,
-        DeviceKind::Metal => Device::new_metal(0).context("Metal device (build with --features metal)")?,
+        DeviceKind::Cuda => {
+            Device::new_cuda(0).context("CUDA device (build with --features cuda)")?
+        }
+        DeviceKind::Metal => {
+            Device::new_metal(0).context("Metal device (build with --features metal)")?
+        }
     };
 
     // ---- model and training settings: preset, then overrides
@@ -296,22 +300,45 @@ fn main() -> Result<()> {
     }
     if let BlockConfig::Luna(l) = &mut mc.encoder.block {
         let (k0, s0) = match l.filter {
-            FilterConfig::Conv { kernel, stride, .. } | FilterConfig::MaxPool { kernel, stride } => (kernel, stride),
+            FilterConfig::Conv { kernel, stride, .. }
+            | FilterConfig::MaxPool { kernel, stride } => (kernel, stride),
             FilterConfig::Identity => (4, 1),
         };
         let (k, st) = (a.kernel.unwrap_or(k0), a.stride.unwrap_or(s0));
         if let Some(f) = a.filter {
             l.filter = match f {
                 FilterKind::Identity => FilterConfig::Identity,
-                FilterKind::Conv => FilterConfig::Conv { kernel: k, stride: st, per_channel: false },
-                FilterKind::Depthwise => FilterConfig::Conv { kernel: k, stride: st, per_channel: true },
-                FilterKind::Pool => FilterConfig::MaxPool { kernel: k, stride: st },
+                FilterKind::Conv => FilterConfig::Conv {
+                    kernel: k,
+                    stride: st,
+                    per_channel: false,
+                },
+                FilterKind::Depthwise => FilterConfig::Conv {
+                    kernel: k,
+                    stride: st,
+                    per_channel: true,
+                },
+                FilterKind::Pool => FilterConfig::MaxPool {
+                    kernel: k,
+                    stride: st,
+                },
             };
         } else if a.kernel.is_some() || a.stride.is_some() {
             l.filter = match l.filter {
-                FilterConfig::MaxPool { .. } => FilterConfig::MaxPool { kernel: k, stride: st },
-                FilterConfig::Conv { per_channel, .. } => FilterConfig::Conv { kernel: k, stride: st, per_channel },
-                FilterConfig::Identity => FilterConfig::Conv { kernel: k, stride: st, per_channel: false },
+                FilterConfig::MaxPool { .. } => FilterConfig::MaxPool {
+                    kernel: k,
+                    stride: st,
+                },
+                FilterConfig::Conv { per_channel, .. } => FilterConfig::Conv {
+                    kernel: k,
+                    stride: st,
+                    per_channel,
+                },
+                FilterConfig::Identity => FilterConfig::Conv {
+                    kernel: k,
+                    stride: st,
+                    per_channel: false,
+                },
             };
         }
         if let Some(t) = a.temperature {
@@ -333,10 +360,20 @@ fn main() -> Result<()> {
     let lr = a.lr.unwrap_or(if quick { 2e-3 } else { s.lr });
     let tc = TrainConfig {
         steps,
-        batch_size: a.batch_size.unwrap_or(if quick { 32 } else { s.batch_size }),
+        batch_size: a
+            .batch_size
+            .unwrap_or(if quick { 32 } else { s.batch_size }),
         accumulate: 1,
         lr,
-        schedule: if quick { Schedule::Cosine { warmup: steps / 10, total: steps, min_ratio: 0.05 } } else { Schedule::Rsqrt { warmup: s.warmup } },
+        schedule: if quick {
+            Schedule::Cosine {
+                warmup: steps / 10,
+                total: steps,
+                min_ratio: 0.05,
+            }
+        } else {
+            Schedule::Rsqrt { warmup: s.warmup }
+        },
         optimizer: AdamWConfig {
             weight_decay: if quick { 0.01 } else { s.weight_decay },
             exempt_norms_biases_temperature: quick,
@@ -349,7 +386,11 @@ fn main() -> Result<()> {
         log_every: 10,
         seed: a.seed,
         pad_to_task_length: !quick,
-        non_finite: if a.skip_non_finite { NonFinitePolicy::Skip } else { NonFinitePolicy::Stop },
+        non_finite: if a.skip_non_finite {
+            NonFinitePolicy::Skip
+        } else {
+            NonFinitePolicy::Stop
+        },
         diagnostics: true,
         diagnostic_examples: 16,
     };
@@ -363,7 +404,9 @@ fn main() -> Result<()> {
     let out = match (&a.resume, &a.out) {
         (Some(r), _) => r.clone(),
         (None, Some(o)) => o.clone(),
-        (None, None) => PathBuf::from(format!("runs/{:?}-{model_name}-s{}", a.task, a.seed).to_lowercase()),
+        (None, None) => {
+            PathBuf::from(format!("runs/{:?}-{model_name}-s{}", a.task, a.seed).to_lowercase())
+        }
     };
     eprintln!("{}", splits.summary());
     let mut trainer = Trainer::new(&mc, &tc, dtype, &device)?;
@@ -378,23 +421,48 @@ fn main() -> Result<()> {
         out.display()
     );
     std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("run.json"), serde_json::to_string_pretty(&serde_json::json!({
-        "task": format!("{:?}", a.task).to_lowercase(), "model": model_name, "preset": format!("{:?}", a.preset).to_lowercase(),
-        "data": splits.train.name(), "model_config": mc, "train_config": tc,
-    }))?)?;
+    std::fs::write(
+        out.join("run.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "task": format!("{:?}", a.task).to_lowercase(), "model": model_name, "preset": format!("{:?}", a.preset).to_lowercase(),
+            "data": splits.train.name(), "model_config": mc, "train_config": tc,
+        }))?,
+    )?;
 
     let pb = ProgressBar::new(steps as u64);
-    pb.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
+    pb.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
     let mut last_val = String::new();
     let mut observer = |e: &Event| match e {
         Event::Step { metrics: m, .. } => {
             pb.set_position(m.step as u64);
-            pb.set_message(format!("loss {:.3} acc {:.3} {:.0} tok/s {last_val}", m.loss, m.acc, m.tokens_per_s));
+            pb.set_message(format!(
+                "loss {:.3} acc {:.3} {:.0} tok/s {last_val}",
+                m.loss, m.acc, m.tokens_per_s
+            ));
         }
         Event::Eval(m) => {
             last_val = format!("| val acc {:.3}", m.acc);
-            let mem = m.diagnostics.last().map(|d| format!(", last-layer memory: {:.1} distinct, rank {:.1}", d.memory_out.distinct, d.memory_out.effective_rank)).unwrap_or_default();
-            say(&pb, format!("step {:>6}: val loss {:.4}, val acc {:.4}{mem}", m.step, m.loss, m.acc));
+            let mem = m
+                .diagnostics
+                .last()
+                .map(|d| {
+                    format!(
+                        ", last-layer memory: {:.1} distinct, rank {:.1}",
+                        d.memory_out.distinct, d.memory_out.effective_rank
+                    )
+                })
+                .unwrap_or_default();
+            say(
+                &pb,
+                format!(
+                    "step {:>6}: val loss {:.4}, val acc {:.4}{mem}",
+                    m.step, m.loss, m.acc
+                ),
+            );
         }
         Event::Resumed { step } => say(&pb, format!("resumed from step {step}")),
         Event::Test(_) | Event::Checkpoint { .. } => {}
@@ -407,14 +475,32 @@ fn main() -> Result<()> {
     println!("{:<28} {model_name}", "model");
     println!("{:<28} {}", "steps", summary.steps);
     println!("{:<28} {:.1}", "training wall time (s)", summary.wall_s);
-    println!("{:<28} {:.4} (step {})", "best validation accuracy", summary.best_val_acc, summary.best_step);
+    println!(
+        "{:<28} {:.4} (step {})",
+        "best validation accuracy", summary.best_val_acc, summary.best_step
+    );
     println!("{:<28} {:.4}", "test accuracy", summary.test.acc);
-    println!("{:<28} {:.4}", "majority class (test)", summary.test_majority);
+    println!(
+        "{:<28} {:.4}",
+        "majority class (test)", summary.test_majority
+    );
     if let Some(d) = summary.test.diagnostics.last() {
-        println!("{:<28} {:.2} of {} (effective rank {:.2})", "distinct memory vectors", d.memory_out.distinct, memory, d.memory_out.effective_rank);
+        println!(
+            "{:<28} {:.2} of {} (effective rank {:.2})",
+            "distinct memory vectors", d.memory_out.distinct, memory, d.memory_out.effective_rank
+        );
     }
     if !summary.test.tau.is_empty() {
-        println!("{:<28} {:?}", "learned τ per layer", summary.test.tau.iter().map(|t| (t * 1000.0).round() / 1000.0).collect::<Vec<_>>());
+        println!(
+            "{:<28} {:?}",
+            "learned τ per layer",
+            summary
+                .test
+                .tau
+                .iter()
+                .map(|t| (t * 1000.0).round() / 1000.0)
+                .collect::<Vec<_>>()
+        );
     }
     println!("{:<28} {}", "metrics", out.join("metrics.jsonl").display());
     for p in plots {

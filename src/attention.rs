@@ -11,7 +11,9 @@ use crate::temperature::LogitScale;
 /// `[B, n, d] → [B, h, n, d_h]`.
 pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, n, d) = x.dims3()?;
-    Ok(x.reshape((b, n, heads, d / heads))?.transpose(1, 2)?.contiguous()?)
+    Ok(x.reshape((b, n, heads, d / heads))?
+        .transpose(1, 2)?
+        .contiguous()?)
 }
 
 /// `[B, h, n, d_h] → [B, n, d]`.
@@ -115,7 +117,15 @@ impl SelfAttention {
         let v = split_heads(&self.v.forward(x)?, self.heads)?;
         let s = 1.0 / (q.dim(3)? as f64).sqrt();
         let bias = mask.map(|m| key_bias(m, x.dtype())).transpose()?;
-        let (y, _) = attend_scaled(&q, &k, &v, &LogitScale::Constant(s), bias.as_ref(), &self.drop, train)?;
+        let (y, _) = attend_scaled(
+            &q,
+            &k,
+            &v,
+            &LogitScale::Constant(s),
+            bias.as_ref(),
+            &self.drop,
+            train,
+        )?;
         Ok(self.o.forward(&merge_heads(&y)?)?)
     }
 }

@@ -39,7 +39,11 @@ pub enum FilterConfig {
 impl FilterConfig {
     /// The authors' default filter: per-head conv, k = 4, s = 1.
     pub fn authors_conv() -> Self {
-        FilterConfig::Conv { kernel: 4, stride: 1, per_channel: false }
+        FilterConfig::Conv {
+            kernel: 4,
+            stride: 1,
+            per_channel: false,
+        }
     }
 }
 
@@ -233,8 +237,13 @@ fn check_prob(field: &str, p: f64) -> Result<()> {
 
 fn check_scale(field: &str, s: &Scale) -> Result<()> {
     match *s {
-        Scale::FixedTemperature { tau } | Scale::LearnedTemperature { init: tau } if !tau.is_finite() => {
-            Err(Error::config(field, format!("temperature must be finite, got {tau}")))
+        Scale::FixedTemperature { tau } | Scale::LearnedTemperature { init: tau }
+            if !tau.is_finite() =>
+        {
+            Err(Error::config(
+                field,
+                format!("temperature must be finite, got {tau}"),
+            ))
         }
         _ => Ok(()),
     }
@@ -249,10 +258,16 @@ impl FilterConfig {
             FilterConfig::MaxPool { kernel, stride } => (kernel, stride, true),
         };
         if kernel == 0 {
-            return Err(Error::config(format!("{field}.kernel"), "must be at least 1"));
+            return Err(Error::config(
+                format!("{field}.kernel"),
+                "must be at least 1",
+            ));
         }
         if stride == 0 {
-            return Err(Error::config(format!("{field}.stride"), "must be at least 1"));
+            return Err(Error::config(
+                format!("{field}.stride"),
+                "must be at least 1",
+            ));
         }
         if stride > max_len {
             return Err(Error::config(
@@ -274,9 +289,14 @@ impl FilterConfig {
         match *self {
             FilterConfig::Identity => Ok(len),
             FilterConfig::Conv { stride: 1, .. } => Ok(len),
-            FilterConfig::Conv { kernel, stride, .. } | FilterConfig::MaxPool { kernel, stride } => {
+            FilterConfig::Conv { kernel, stride, .. }
+            | FilterConfig::MaxPool { kernel, stride } => {
                 if len < kernel {
-                    Err(Error::SequenceTooShort { len, kernel, stride })
+                    Err(Error::SequenceTooShort {
+                        len,
+                        kernel,
+                        stride,
+                    })
                 } else {
                     Ok((len - kernel) / stride + 1)
                 }
@@ -295,7 +315,10 @@ impl LunaConfig {
         check_scale("block.unpack_scale", &self.unpack_scale)?;
         if let Some(std) = self.memory_init_std {
             if !(std.is_finite() && std > 0.0) {
-                return Err(Error::config("block.memory_init_std", format!("must be positive, got {std}")));
+                return Err(Error::config(
+                    "block.memory_init_std",
+                    format!("must be positive, got {std}"),
+                ));
             }
         }
         self.filter.validate("block.filter", max_len)
@@ -324,7 +347,10 @@ impl EncoderConfig {
         if self.d_model % self.num_heads != 0 {
             return Err(Error::config(
                 "encoder.d_model",
-                format!("{} is not divisible by num_heads = {}", self.d_model, self.num_heads),
+                format!(
+                    "{} is not divisible by num_heads = {}",
+                    self.d_model, self.num_heads
+                ),
             ));
         }
         if self.ffn_dim == 0 {
@@ -350,17 +376,26 @@ impl EncoderConfig {
                     return Err(Error::config("encoder.input.mean", "must be finite"));
                 }
                 if !(std.is_finite() && std > 0.0) {
-                    return Err(Error::config("encoder.input.std", format!("must be positive, got {std}")));
+                    return Err(Error::config(
+                        "encoder.input.std",
+                        format!("must be positive, got {std}"),
+                    ));
                 }
             }
             _ => {}
         }
         if self.positions == Positions::Sinusoidal && self.d_model % 2 != 0 {
-            return Err(Error::config("encoder.positions", "sinusoidal positions need an even d_model"));
+            return Err(Error::config(
+                "encoder.positions",
+                "sinusoidal positions need an even d_model",
+            ));
         }
         if let BlockConfig::Luna(l) = &self.block {
             l.validate(self.seq_len()).map_err(|e| match e {
-                Error::Config { field, reason } => Error::Config { field: format!("encoder.{field}"), reason },
+                Error::Config { field, reason } => Error::Config {
+                    field: format!("encoder.{field}"),
+                    reason,
+                },
                 e => e,
             })?;
         }
@@ -372,18 +407,23 @@ impl HeadConfig {
     /// Checks the head against its encoder.
     pub fn validate(&self, enc: &EncoderConfig) -> Result<()> {
         if self.num_classes < 2 {
-            return Err(Error::config("head.num_classes", format!("must be at least 2, got {}", self.num_classes)));
+            return Err(Error::config(
+                "head.num_classes",
+                format!("must be at least 2, got {}", self.num_classes),
+            ));
         }
         if self.hidden_dim == 0 {
             return Err(Error::config("head.hidden_dim", "must be at least 1"));
         }
         match self.pooling {
-            Pooling::Cls if !enc.cls => {
-                Err(Error::config("head.pooling", "`cls` pooling needs `encoder.cls = true`"))
-            }
-            Pooling::Memory if enc.block.luna().is_none() => {
-                Err(Error::config("head.pooling", "`memory` pooling needs a Luna-family block"))
-            }
+            Pooling::Cls if !enc.cls => Err(Error::config(
+                "head.pooling",
+                "`cls` pooling needs `encoder.cls = true`",
+            )),
+            Pooling::Memory if enc.block.luna().is_none() => Err(Error::config(
+                "head.pooling",
+                "`memory` pooling needs a Luna-family block",
+            )),
             _ => Ok(()),
         }
     }
@@ -404,7 +444,10 @@ impl ModelConfig {
     /// Parses and validates a JSON config.
     pub fn from_json(s: &str) -> Result<Self> {
         let c: Self = serde_json::from_str(s).map_err(|e| {
-            Error::format("<config>", format!("line {} column {}: {e}", e.line(), e.column()))
+            Error::format(
+                "<config>",
+                format!("line {} column {}: {e}", e.line(), e.column()),
+            )
         })?;
         c.validate()?;
         Ok(c)

@@ -52,7 +52,10 @@ fn rows(t: &Tensor) -> Result<Vec<Vec<Vec<f64>>>> {
 
 /// Pairwise cosine similarities of the rows of `p` (`m × d`).
 pub fn cosine_matrix(p: &[Vec<f64>]) -> Vec<Vec<f64>> {
-    let norms: Vec<f64> = p.iter().map(|r| r.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12)).collect();
+    let norms: Vec<f64> = p
+        .iter()
+        .map(|r| r.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12))
+        .collect();
     let m = p.len();
     let mut c = vec![vec![0.0; m]; m];
     for i in 0..m {
@@ -97,7 +100,10 @@ pub fn distinct_vectors(p: &[Vec<f64>], threshold: f64) -> usize {
 fn symmetric_eigenvalues(mut a: Vec<Vec<f64>>) -> Vec<f64> {
     let n = a.len();
     for _sweep in 0..60 {
-        let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i][j] * a[i][j]).sum();
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i][j] * a[i][j])
+            .sum();
         let diag: f64 = (0..n).map(|i| a[i][i] * a[i][i]).sum();
         if off <= 1e-22 * diag.max(1e-300) {
             break;
@@ -133,11 +139,26 @@ pub fn singular_values(p: &[Vec<f64>]) -> Vec<f64> {
     let m = p.len();
     let d = p.first().map_or(0, |r| r.len());
     let gram = if m <= d {
-        (0..m).map(|i| (0..m).map(|j| p[i].iter().zip(&p[j]).map(|(a, b)| a * b).sum()).collect()).collect()
+        (0..m)
+            .map(|i| {
+                (0..m)
+                    .map(|j| p[i].iter().zip(&p[j]).map(|(a, b)| a * b).sum())
+                    .collect()
+            })
+            .collect()
     } else {
-        (0..d).map(|i| (0..d).map(|j| (0..m).map(|k| p[k][i] * p[k][j]).sum()).collect()).collect()
+        (0..d)
+            .map(|i| {
+                (0..d)
+                    .map(|j| (0..m).map(|k| p[k][i] * p[k][j]).sum())
+                    .collect()
+            })
+            .collect()
     };
-    let mut s: Vec<f64> = symmetric_eigenvalues(gram).into_iter().map(|l| l.max(0.0).sqrt()).collect();
+    let mut s: Vec<f64> = symmetric_eigenvalues(gram)
+        .into_iter()
+        .map(|l| l.max(0.0).sqrt())
+        .collect();
     s.sort_by(|a, b| b.total_cmp(a));
     // eigenvalues of the Gram matrix are exact to ~1e-16 relative, so their square roots to
     // ~1e-8: anything below that is numerical zero
@@ -153,7 +174,12 @@ pub fn effective_rank(p: &[Vec<f64>]) -> f64 {
     if total <= 0.0 {
         return 0.0;
     }
-    let h: f64 = s.iter().map(|v| v / total).filter(|q| *q > 0.0).map(|q| -q * q.ln()).sum();
+    let h: f64 = s
+        .iter()
+        .map(|v| v / total)
+        .filter(|q| *q > 0.0)
+        .map(|q| -q * q.ln())
+        .sum();
     h.exp()
 }
 
@@ -194,7 +220,11 @@ pub fn memory_stats(memory: &Tensor, threshold: f64, max_examples: usize) -> Res
         rank += r;
     }
     let k = n as f64;
-    Ok(MemoryStats { mean_cosine: has_cos.then_some(cos / k), distinct: dist / k, effective_rank: rank / k })
+    Ok(MemoryStats {
+        mean_cosine: has_cos.then_some(cos / k),
+        distinct: dist / k,
+        effective_rank: rank / k,
+    })
 }
 
 /// Mean normalised entropy of pack attention `[B, h, m, L']` over the valid positions of
@@ -202,9 +232,16 @@ pub fn memory_stats(memory: &Tensor, threshold: f64, max_examples: usize) -> Res
 pub fn attention_entropy(attention: &Tensor, mask: &Tensor, max_examples: usize) -> Result<f64> {
     let (b, h, m, l) = attention.dims4()?;
     if mask.dims() != [b, l] {
-        return Err(Error::shape("mask", format!("[{b}, {l}] like the attention keys"), mask.dims()));
+        return Err(Error::shape(
+            "mask",
+            format!("[{b}, {l}] like the attention keys"),
+            mask.dims(),
+        ));
     }
-    let a = attention.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let a = attention
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
     let mk = mask.to_dtype(DType::F64)?.to_vec2::<f64>()?;
     let n = b.min(max_examples.max(1));
     let mut total = 0.0;
@@ -214,8 +251,17 @@ pub fn attention_entropy(attention: &Tensor, mask: &Tensor, max_examples: usize)
         for hh in 0..h {
             for s in 0..m {
                 let off = ((e * h + hh) * m + s) * l;
-                let ent: f64 = (0..l).filter(|&t| mrow[t] > 0.0).map(|t| a[off + t]).filter(|p| *p > 0.0).map(|p| -p * p.ln()).sum();
-                total += if valid > 1 { ent / (valid as f64).ln() } else { 0.0 };
+                let ent: f64 = (0..l)
+                    .filter(|&t| mrow[t] > 0.0)
+                    .map(|t| a[off + t])
+                    .filter(|p| *p > 0.0)
+                    .map(|p| -p * p.ln())
+                    .sum();
+                total += if valid > 1 {
+                    ent / (valid as f64).ln()
+                } else {
+                    0.0
+                };
                 count += 1;
             }
         }
@@ -224,7 +270,11 @@ pub fn attention_entropy(attention: &Tensor, mask: &Tensor, max_examples: usize)
 }
 
 /// Diagnostics of every layer of a traced forward pass.
-pub fn diagnose(trace: &[LayerTrace], threshold: f64, max_examples: usize) -> Result<Vec<LayerDiagnostics>> {
+pub fn diagnose(
+    trace: &[LayerTrace],
+    threshold: f64,
+    max_examples: usize,
+) -> Result<Vec<LayerDiagnostics>> {
     trace
         .iter()
         .enumerate()
@@ -245,7 +295,9 @@ mod tests {
     use candle_core::Device;
 
     fn orthogonal(m: usize, d: usize) -> Vec<Vec<f64>> {
-        (0..m).map(|i| (0..d).map(|j| if i == j { 2.0 } else { 0.0 }).collect()).collect()
+        (0..m)
+            .map(|i| (0..d).map(|j| if i == j { 2.0 } else { 0.0 }).collect())
+            .collect()
     }
 
     #[test]
@@ -271,7 +323,13 @@ mod tests {
     #[test]
     fn two_clusters_and_scaled_copies() {
         // slots 0,1,2 are positive multiples of one direction, 3,4 of another
-        let p = vec![vec![1.0, 0.0, 0.0], vec![2.0, 0.0, 0.0], vec![0.5, 0.001, 0.0], vec![0.0, 1.0, 1.0], vec![0.0, 3.0, 3.0]];
+        let p = vec![
+            vec![1.0, 0.0, 0.0],
+            vec![2.0, 0.0, 0.0],
+            vec![0.5, 0.001, 0.0],
+            vec![0.0, 1.0, 1.0],
+            vec![0.0, 3.0, 3.0],
+        ];
         assert_eq!(distinct_vectors(&p, DISTINCT_THRESHOLD), 2);
         let r = effective_rank(&p);
         assert!(r > 1.0 && r < 2.0 + 1e-9, "{r}");
@@ -281,7 +339,10 @@ mod tests {
     fn singular_values_match_a_known_matrix() {
         // [[3,0],[4,5]] has singular values 3√5 and √5
         let s = singular_values(&[vec![3.0, 0.0], vec![4.0, 5.0]]);
-        assert!((s[0] - 3.0 * 5f64.sqrt()).abs() < 1e-9 && (s[1] - 5f64.sqrt()).abs() < 1e-9, "{s:?}");
+        assert!(
+            (s[0] - 3.0 * 5f64.sqrt()).abs() < 1e-9 && (s[1] - 5f64.sqrt()).abs() < 1e-9,
+            "{s:?}"
+        );
         // tall matrix path (m > d)
         let s = singular_values(&[vec![1.0, 0.0], vec![0.0, 2.0], vec![0.0, 0.0]]);
         assert!((s[0] - 2.0).abs() < 1e-12 && (s[1] - 1.0).abs() < 1e-12);

@@ -71,20 +71,62 @@ impl Encoder {
         cfg.validate()?;
         let d = cfg.d_model;
         let (embed_w, embed_b) = match cfg.input {
-            InputConfig::Tokens { vocab_size } => {
-                (vb.pp("embed").get_with_hints((vocab_size, d), "weight", Init::Randn { mean: 0.0, stdev: 1.0 })?, None)
-            }
+            InputConfig::Tokens { vocab_size } => (
+                vb.pp("embed").get_with_hints(
+                    (vocab_size, d),
+                    "weight",
+                    Init::Randn {
+                        mean: 0.0,
+                        stdev: 1.0,
+                    },
+                )?,
+                None,
+            ),
             InputConfig::Pixels { .. } => (
-                vb.pp("embed").get_with_hints((d, 1), "weight", Init::Randn { mean: 0.0, stdev: 1.0 })?,
-                Some(vb.pp("embed").get_with_hints(d, "bias", Init::Randn { mean: 0.0, stdev: 0.1 })?),
+                vb.pp("embed").get_with_hints(
+                    (d, 1),
+                    "weight",
+                    Init::Randn {
+                        mean: 0.0,
+                        stdev: 1.0,
+                    },
+                )?,
+                Some(vb.pp("embed").get_with_hints(
+                    d,
+                    "bias",
+                    Init::Randn {
+                        mean: 0.0,
+                        stdev: 0.1,
+                    },
+                )?),
             ),
         };
         let pos = match cfg.positions {
-            Positions::Learned => Some(vb.pp("pos").get_with_hints((cfg.max_len, d), "weight", Init::Const(0.0))?),
-            Positions::Sinusoidal => Some(sinusoidal_positions(cfg.max_len, d, vb.dtype(), vb.device())?),
+            Positions::Learned => Some(vb.pp("pos").get_with_hints(
+                (cfg.max_len, d),
+                "weight",
+                Init::Const(0.0),
+            )?),
+            Positions::Sinusoidal => Some(sinusoidal_positions(
+                cfg.max_len,
+                d,
+                vb.dtype(),
+                vb.device(),
+            )?),
             Positions::None => None,
         };
-        let cls = if cfg.cls { Some(vb.get_with_hints(d, "cls", Init::Randn { mean: 0.0, stdev: 1.0 })?) } else { None };
+        let cls = if cfg.cls {
+            Some(vb.get_with_hints(
+                d,
+                "cls",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+            )?)
+        } else {
+            None
+        };
         let dims = BlockDims {
             d_model: d,
             num_heads: cfg.num_heads,
@@ -95,7 +137,14 @@ impl Encoder {
         let memory = match &cfg.block {
             BlockConfig::Luna(l) => {
                 let std = l.memory_init_std.unwrap_or(1.0);
-                Some(vb.get_with_hints((l.memory_len, d), "memory", Init::Randn { mean: 0.0, stdev: std })?)
+                Some(vb.get_with_hints(
+                    (l.memory_len, d),
+                    "memory",
+                    Init::Randn {
+                        mean: 0.0,
+                        stdev: std,
+                    },
+                )?)
             }
             BlockConfig::Transformer => None,
         };
@@ -104,10 +153,21 @@ impl Encoder {
             let lvb = vb.pp(format!("layers.{i}"));
             blocks.push(match &cfg.block {
                 BlockConfig::Luna(l) => Block::Luna(LunaBlock::new(l, &dims, rng, lvb)?),
-                BlockConfig::Transformer => Block::Transformer(TransformerBlock::new(&dims, rng, lvb)?),
+                BlockConfig::Transformer => {
+                    Block::Transformer(TransformerBlock::new(&dims, rng, lvb)?)
+                }
             });
         }
-        Ok(Self { cfg: cfg.clone(), embed_w, embed_b, pos, cls, memory, blocks, rng: rng.clone() })
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed_w,
+            embed_b,
+            pos,
+            cls,
+            memory,
+            blocks,
+            rng: rng.clone(),
+        })
     }
 
     /// The configuration.
@@ -128,29 +188,52 @@ impl Encoder {
     /// Checks `input` and `mask` and returns `(B, L)` and the float mask `[B, L]`.
     /// For token input without a mask, the mask is `ids ≠ 0` (id 0 is padding);
     /// for pixels without a mask every position is valid.
-    pub fn prepare_mask(&self, input: &Tensor, mask: Option<&Tensor>, dtype: DType) -> Result<Tensor> {
+    pub fn prepare_mask(
+        &self,
+        input: &Tensor,
+        mask: Option<&Tensor>,
+        dtype: DType,
+    ) -> Result<Tensor> {
         let (b, l) = match input.dims() {
             [b, l] => (*b, *l),
             d => return Err(Error::shape("input", "[batch, length]", d)),
         };
         if l == 0 || b == 0 {
-            return Err(Error::shape("input", "non-empty [batch, length]", input.dims()));
+            return Err(Error::shape(
+                "input",
+                "non-empty [batch, length]",
+                input.dims(),
+            ));
         }
         if l > self.cfg.max_len {
-            return Err(Error::shape("input", format!("length at most max_len = {}", self.cfg.max_len), input.dims()));
+            return Err(Error::shape(
+                "input",
+                format!("length at most max_len = {}", self.cfg.max_len),
+                input.dims(),
+            ));
         }
         match (self.cfg.input, input.dtype()) {
             (InputConfig::Tokens { .. }, DType::U8 | DType::U32 | DType::I64) => {}
             (InputConfig::Tokens { .. }, dt) => {
-                return Err(Error::shape("input", "integer token ids (u8, u32 or i64)", dt))
+                return Err(Error::shape(
+                    "input",
+                    "integer token ids (u8, u32 or i64)",
+                    dt,
+                ))
             }
             (InputConfig::Pixels { .. }, DType::F16 | DType::BF16 | DType::F32 | DType::F64) => {}
-            (InputConfig::Pixels { .. }, dt) => return Err(Error::shape("input", "float pixel values 0..255", dt)),
+            (InputConfig::Pixels { .. }, dt) => {
+                return Err(Error::shape("input", "float pixel values 0..255", dt))
+            }
         }
         match mask {
             Some(m) => {
                 if m.dims() != [b, l] {
-                    return Err(Error::shape("mask", format!("[{b}, {l}] like the input"), m.dims()));
+                    return Err(Error::shape(
+                        "mask",
+                        format!("[{b}, {l}] like the input"),
+                        m.dims(),
+                    ));
                 }
                 Ok(m.ne(0.0f64)?.to_dtype(dtype)?)
             }
@@ -170,12 +253,22 @@ impl Encoder {
         let x = match self.cfg.input {
             InputConfig::Tokens { vocab_size } => {
                 let ids = input.to_dtype(DType::I64)?;
-                let (lo, hi) = (ids.min_all()?.to_scalar::<i64>()?, ids.max_all()?.to_scalar::<i64>()?);
+                let (lo, hi) = (
+                    ids.min_all()?.to_scalar::<i64>()?,
+                    ids.max_all()?.to_scalar::<i64>()?,
+                );
                 if lo < 0 || hi >= vocab_size as i64 {
-                    return Err(Error::shape("input", format!("token ids in [0, {vocab_size})"), format!("ids in [{lo}, {hi}]")));
+                    return Err(Error::shape(
+                        "input",
+                        format!("token ids in [0, {vocab_size})"),
+                        format!("ids in [{lo}, {hi}]"),
+                    ));
                 }
                 let ids = ids.to_dtype(DType::U32)?;
-                let e = self.embed_w.index_select(&ids.flatten_all()?, 0)?.reshape((b, l, d))?;
+                let e = self
+                    .embed_w
+                    .index_select(&ids.flatten_all()?, 0)?
+                    .reshape((b, l, d))?;
                 // id 0 is padding: zero its embedding and its gradient, as nn.Embedding(padding_idx=0).
                 let keep = ids.ne(0u32)?.to_dtype(dtype)?.unsqueeze(2)?;
                 e.broadcast_mul(&keep)?
@@ -183,7 +276,9 @@ impl Encoder {
             InputConfig::Pixels { mean, std } => {
                 let z = ((input.to_dtype(dtype)? / 255.0)? - mean)? / std;
                 let w = self.embed_w.reshape((1, 1, d))?;
-                let bias = self.embed_b.as_ref().ok_or_else(|| Error::config("encoder.input", "pixel embedding without bias"))?;
+                let bias = self.embed_b.as_ref().ok_or_else(|| {
+                    Error::config("encoder.input", "pixel embedding without bias")
+                })?;
                 z?.unsqueeze(2)?.broadcast_mul(&w)?.broadcast_add(bias)?
             }
         };
@@ -193,7 +288,10 @@ impl Encoder {
         };
         match &self.cls {
             Some(c) => {
-                let c = c.reshape((1, 1, d))?.broadcast_as((b, 1, d))?.contiguous()?;
+                let c = c
+                    .reshape((1, 1, d))?
+                    .broadcast_as((b, 1, d))?
+                    .contiguous()?;
                 let x = Tensor::cat(&[&c, &x], 1)?;
                 let ones = Tensor::ones((b, 1), dtype, mask.device())?;
                 Ok((x, Tensor::cat(&[&ones, &mask], 1)?))
@@ -215,16 +313,32 @@ impl Encoder {
 
     /// Runs the encoder. `input`: token ids `[B, L]` (integer) or raw pixels `[B, L]` (float);
     /// `mask`: `[B, L]`, non-zero = valid (see [`Encoder::prepare_mask`] for `None`).
-    pub fn forward_t(&self, input: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<EncoderOutput> {
+    pub fn forward_t(
+        &self,
+        input: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<EncoderOutput> {
         self.run(input, mask, train, false)
     }
 
     /// As [`Encoder::forward_t`], and records every layer's memory and pack attention.
-    pub fn forward_traced(&self, input: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<EncoderOutput> {
+    pub fn forward_traced(
+        &self,
+        input: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<EncoderOutput> {
         self.run(input, mask, train, true)
     }
 
-    fn run(&self, input: &Tensor, mask: Option<&Tensor>, train: bool, trace: bool) -> Result<EncoderOutput> {
+    fn run(
+        &self,
+        input: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+        trace: bool,
+    ) -> Result<EncoderOutput> {
         let (mut x, mask) = self.embed(input, mask)?;
         let b = x.dim(0)?;
         let mut memory = self.initial_memory(b)?;
@@ -232,7 +346,9 @@ impl Encoder {
         for block in &self.blocks {
             match block {
                 Block::Luna(blk) => {
-                    let p = memory.as_ref().ok_or_else(|| Error::config("encoder.block", "Luna block without memory"))?;
+                    let p = memory.as_ref().ok_or_else(|| {
+                        Error::config("encoder.block", "Luna block without memory")
+                    })?;
                     let out = blk.forward_t(&x, p, Some(&mask), train)?;
                     if let Some(t) = traces.as_mut() {
                         let pm = match &out.pack_mask {
@@ -256,13 +372,20 @@ impl Encoder {
                 Block::Transformer(blk) => x = blk.forward_t(&x, Some(&mask), train)?,
             }
         }
-        Ok(EncoderOutput { hidden: x, mask, memory, trace: traces })
+        Ok(EncoderOutput {
+            hidden: x,
+            mask,
+            memory,
+            trace: traces,
+        })
     }
 }
 
 impl Module for Encoder {
     /// Hidden states in evaluation mode, mask derived from the input.
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        self.forward_t(xs, None, false).map(|o| o.hidden).map_err(|e| candle_core::Error::Msg(e.to_string()))
+        self.forward_t(xs, None, false)
+            .map(|o| o.hidden)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 }

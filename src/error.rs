@@ -32,7 +32,9 @@ pub enum Error {
         got: String,
     },
     /// A sequence is too short for a filter that shortens it (pooling or stride > 1).
-    #[error("sequence of length {len} is shorter than the filter window {kernel} (stride {stride})")]
+    #[error(
+        "sequence of length {len} is shorter than the filter window {kernel} (stride {stride})"
+    )]
     SequenceTooShort {
         /// Length of the sequence given to the filter.
         len: usize,
@@ -81,15 +83,32 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Config { field: field.into(), reason: reason.into() }
+        Error::Config {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
-    pub(crate) fn shape(input: impl Into<String>, expected: impl Into<String>, got: impl std::fmt::Debug) -> Self {
-        Error::Shape { input: input.into(), expected: expected.into(), got: format!("{got:?}") }
+    pub(crate) fn shape(
+        input: impl Into<String>,
+        expected: impl Into<String>,
+        got: impl std::fmt::Debug,
+    ) -> Self {
+        Error::Shape {
+            input: input.into(),
+            expected: expected.into(),
+            got: format!("{got:?}"),
+        }
     }
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub(crate) fn format(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::Format { path: path.into(), reason: reason.into() }
+        Error::Format {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 }

@@ -56,15 +56,30 @@ impl Window {
     pub fn conv(kernel: usize, stride: usize) -> Self {
         if stride == 1 {
             let left = (kernel - 1) / 2;
-            Self { kernel, stride, left, right: kernel - 1 - left }
+            Self {
+                kernel,
+                stride,
+                left,
+                right: kernel - 1 - left,
+            }
         } else {
-            Self { kernel, stride, left: 0, right: 0 }
+            Self {
+                kernel,
+                stride,
+                left: 0,
+                right: 0,
+            }
         }
     }
 
     /// Never padded (the pooling rule of SPEC §3.2).
     pub fn pool(kernel: usize, stride: usize) -> Self {
-        Self { kernel, stride, left: 0, right: 0 }
+        Self {
+            kernel,
+            stride,
+            left: 0,
+            right: 0,
+        }
     }
 
     /// Zeros to append in masked mode so that a window starts at every `t·s < len`
@@ -81,7 +96,11 @@ impl Window {
     pub fn output_len(&self, len: usize) -> Result<usize> {
         let padded = len + self.left + self.right;
         if padded < self.kernel || len == 0 {
-            return Err(Error::SequenceTooShort { len, kernel: self.kernel, stride: self.stride });
+            return Err(Error::SequenceTooShort {
+                len,
+                kernel: self.kernel,
+                stride: self.stride,
+            });
         }
         Ok((padded - self.kernel) / self.stride + 1)
     }
@@ -91,7 +110,11 @@ impl Window {
     pub fn taps(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         let len = x.dim(2)?;
         let out = self.output_len(len)?;
-        let xp = if self.left + self.right > 0 { x.pad_with_zeros(2, self.left, self.right)? } else { x.clone() };
+        let xp = if self.left + self.right > 0 {
+            x.pad_with_zeros(2, self.left, self.right)?
+        } else {
+            x.clone()
+        };
         let mut taps = Vec::with_capacity(self.kernel);
         for j in 0..self.kernel {
             let t = if self.stride == 1 {
@@ -148,14 +171,35 @@ pub struct ConvFilter {
 
 impl ConvFilter {
     /// Creates the kernel under `vb` for `heads` heads of width `head_dim`.
-    pub fn new(kernel: usize, stride: usize, per_channel: bool, heads: usize, head_dim: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        kernel: usize,
+        stride: usize,
+        per_channel: bool,
+        heads: usize,
+        head_dim: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         if kernel == 0 || stride == 0 {
-            return Err(Error::config("filter", "kernel and stride must be at least 1"));
+            return Err(Error::config(
+                "filter",
+                "kernel and stride must be at least 1",
+            ));
         }
         let bound = 1.0 / (kernel as f64).sqrt();
         let rows = if per_channel { heads * head_dim } else { heads };
-        let weight = vb.get_with_hints((rows, kernel), "weight", Init::Uniform { lo: -bound, up: bound })?;
-        Ok(Self { weight, window: Window::conv(kernel, stride), per_channel })
+        let weight = vb.get_with_hints(
+            (rows, kernel),
+            "weight",
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?;
+        Ok(Self {
+            weight,
+            window: Window::conv(kernel, stride),
+            per_channel,
+        })
     }
 
     /// The kernel, `[h, k]` or `[d, k]`.
@@ -170,7 +214,11 @@ impl Filter for ConvFilter {
         let rows = self.weight.dim(0)?;
         let expected = if self.per_channel { h * dh } else { h };
         if rows != expected {
-            return Err(Error::shape("filter input", format!("[B, h, L, d_h] with h·d_h matching the kernel's {rows} rows"), x.dims()));
+            return Err(Error::shape(
+                "filter input",
+                format!("[B, h, L, d_h] with h·d_h matching the kernel's {rows} rows"),
+                x.dims(),
+            ));
         }
         if self.window.stride == 1 {
             // Fused CPU kernel with its own backward (f32 / f64); the composite ops elsewhere.
@@ -184,7 +232,11 @@ impl Filter for ConvFilter {
         let mut acc: Option<Tensor> = None;
         for (j, tap) in taps.iter().enumerate() {
             let wj = w.narrow(1, j, 1)?;
-            let wj = if self.per_channel { wj.reshape((1, h, 1, dh))? } else { wj.reshape((1, h, 1, 1))? };
+            let wj = if self.per_channel {
+                wj.reshape((1, h, 1, dh))?
+            } else {
+                wj.reshape((1, h, 1, 1))?
+            };
             let term = tap.broadcast_mul(&wj)?;
             acc = Some(match acc {
                 None => term,
@@ -220,9 +272,14 @@ impl MaxPoolFilter {
     /// A max-pool of `kernel` with `stride`.
     pub fn new(kernel: usize, stride: usize) -> Result<Self> {
         if kernel == 0 || stride == 0 {
-            return Err(Error::config("filter", "kernel and stride must be at least 1"));
+            return Err(Error::config(
+                "filter",
+                "kernel and stride must be at least 1",
+            ));
         }
-        Ok(Self { window: Window::pool(kernel, stride) })
+        Ok(Self {
+            window: Window::pool(kernel, stride),
+        })
     }
 }
 
@@ -248,13 +305,26 @@ impl Filter for MaxPoolFilter {
 }
 
 /// Builds the filter named by `cfg`; conv kernels are created under `vb` (`weight`).
-pub fn build(cfg: &FilterConfig, heads: usize, head_dim: usize, vb: VarBuilder) -> Result<Arc<dyn Filter>> {
+pub fn build(
+    cfg: &FilterConfig,
+    heads: usize,
+    head_dim: usize,
+    vb: VarBuilder,
+) -> Result<Arc<dyn Filter>> {
     Ok(match *cfg {
         FilterConfig::Identity => Arc::new(IdentityFilter),
-        FilterConfig::Conv { kernel, stride, per_channel } => {
-            Arc::new(ConvFilter::new(kernel, stride, per_channel, heads, head_dim, vb)?)
-        }
+        FilterConfig::Conv {
+            kernel,
+            stride,
+            per_channel,
+        } => Arc::new(ConvFilter::new(
+            kernel,
+            stride,
+            per_channel,
+            heads,
+            head_dim,
+            vb,
+        )?),
         FilterConfig::MaxPool { kernel, stride } => Arc::new(MaxPoolFilter::new(kernel, stride)?),
     })
 }
-

@@ -25,16 +25,26 @@ impl Pooler {
     /// `cls` tells whether position 0 of the hidden states is a CLS token.
     pub fn new(d: usize, pooling: Pooling, cls: bool, vb: VarBuilder) -> Result<Self> {
         if pooling == Pooling::Cls && !cls {
-            return Err(Error::config("head.pooling", "`cls` pooling needs an encoder with a CLS token"));
+            return Err(Error::config(
+                "head.pooling",
+                "`cls` pooling needs an encoder with a CLS token",
+            ));
         }
-        Ok(Self { norm: LayerNorm::new(d, vb.pp("norm"))?, pooling, cls })
+        Ok(Self {
+            norm: LayerNorm::new(d, vb.pp("norm"))?,
+            pooling,
+            cls,
+        })
     }
 
     /// `[B, d]` from the encoder output: CLS vector, mean over valid tokens (CLS excluded), or
     /// mean of the normalised final memory.
     pub fn pool(&self, out: &EncoderOutput) -> Result<Tensor> {
         match self.pooling {
-            Pooling::Cls => Ok(self.norm.forward(&out.hidden.narrow(1, 0, 1)?)?.squeeze(1)?),
+            Pooling::Cls => Ok(self
+                .norm
+                .forward(&out.hidden.narrow(1, 0, 1)?)?
+                .squeeze(1)?),
             Pooling::Mean => {
                 let h = self.norm.forward(&out.hidden)?;
                 let (h, m) = if self.cls {
@@ -49,10 +59,12 @@ impl Pooler {
                 Ok(sum.broadcast_div(&count)?)
             }
             Pooling::Memory => {
-                let mem = out
-                    .memory
-                    .as_ref()
-                    .ok_or_else(|| Error::config("head.pooling", "`memory` pooling needs a Luna-family encoder"))?;
+                let mem = out.memory.as_ref().ok_or_else(|| {
+                    Error::config(
+                        "head.pooling",
+                        "`memory` pooling needs a Luna-family encoder",
+                    )
+                })?;
                 Ok(self.norm.forward(mem)?.mean(1)?)
             }
         }
@@ -75,7 +87,11 @@ impl ClassifierHead {
         Ok(Self {
             pooler: Pooler::new(d, cfg.pooling, cls, vb.clone())?,
             fc1: linear(d, f, vb.pp("fc1"))?,
-            fc2: if cfg.extra_layer { Some(linear(f, f, vb.pp("fc2"))?) } else { None },
+            fc2: if cfg.extra_layer {
+                Some(linear(f, f, vb.pp("fc2"))?)
+            } else {
+                None
+            },
             out: linear(f, cfg.num_classes, vb.pp("out"))?,
         })
     }
@@ -102,7 +118,13 @@ pub struct PairHead {
 
 impl PairHead {
     /// Builds the head for width `d` under `vb`.
-    pub fn new(cfg: &HeadConfig, features: PairFeatures, d: usize, cls: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        cfg: &HeadConfig,
+        features: PairFeatures,
+        d: usize,
+        cls: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let f = cfg.hidden_dim;
         let in_dim = match features {
             PairFeatures::Concat => 2 * d,
@@ -123,7 +145,9 @@ impl PairHead {
         let v = self.pooler.pool(b)?;
         let feats = match self.features {
             PairFeatures::Concat => Tensor::cat(&[&u, &v], D::Minus1)?,
-            PairFeatures::Interaction => Tensor::cat(&[&u, &v, &(&u * &v)?, &(&u - &v)?], D::Minus1)?,
+            PairFeatures::Interaction => {
+                Tensor::cat(&[&u, &v, &(&u * &v)?, &(&u - &v)?], D::Minus1)?
+            }
         };
         let h = self.fc1.forward(&feats)?.gelu_erf()?;
         let h = self.fc2.forward(&h)?.gelu_erf()?;

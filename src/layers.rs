@@ -18,14 +18,20 @@ use crate::error::Result;
 /// as PyTorch's `nn.Linear`.
 pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<candle_nn::Linear> {
     let bound = 1.0 / (in_dim as f64).sqrt();
-    let init = Init::Uniform { lo: -bound, up: bound };
+    let init = Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
     let w = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
     let b = vb.get_with_hints(out_dim, "bias", init)?;
     Ok(candle_nn::Linear::new(w, Some(b)))
 }
 
 /// Computes `f` in f32 for half-precision inputs and casts back.
-fn in_f32(x: &Tensor, f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>) -> candle_core::Result<Tensor> {
+fn in_f32(
+    x: &Tensor,
+    f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
     match x.dtype() {
         DType::F16 | DType::BF16 => f(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype()),
         _ => f(x),
@@ -62,7 +68,11 @@ impl LayerNorm {
     pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
         let bias = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
-        Ok(Self { weight, bias, eps: Self::EPS })
+        Ok(Self {
+            weight,
+            bias,
+            eps: Self::EPS,
+        })
     }
 }
 
@@ -99,7 +109,9 @@ impl Default for DropoutRng {
 impl DropoutRng {
     /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
-        Self { inner: Arc::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed))) }
+        Self {
+            inner: Arc::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed))),
+        }
     }
 
     /// Restarts the generator from `seed` (e.g. `run_seed ^ step`).
@@ -111,7 +123,9 @@ impl DropoutRng {
     fn keep_mask(&self, n: usize, p: f64) -> Vec<f32> {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let scale = (1.0 / (1.0 - p)) as f32;
-        (0..n).map(|_| if g.random::<f64>() < p { 0.0 } else { scale }).collect()
+        (0..n)
+            .map(|_| if g.random::<f64>() < p { 0.0 } else { scale })
+            .collect()
     }
 }
 
@@ -152,14 +166,22 @@ pub struct FeedForward {
 impl FeedForward {
     /// Creates `fc1` and `fc2` under `vb`.
     pub fn new(d: usize, f: usize, dropout: Dropout, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { fc1: linear(d, f, vb.pp("fc1"))?, fc2: linear(f, d, vb.pp("fc2"))?, drop: dropout })
+        Ok(Self {
+            fc1: linear(d, f, vb.pp("fc1"))?,
+            fc2: linear(f, d, vb.pp("fc2"))?,
+            drop: dropout,
+        })
     }
 }
 
 impl ModuleT for FeedForward {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         // CPU f32 / f64: fc1's bias add and the GELU as one fused kernel with its own backward.
-        if let Some(b1) = self.fc1.bias().filter(|_| crate::kernels::enabled("gelu", x)) {
+        if let Some(b1) = self
+            .fc1
+            .bias()
+            .filter(|_| crate::kernels::enabled("gelu", x))
+        {
             let dims = x.dims();
             let rows = x.elem_count() / dims[dims.len() - 1];
             let x2 = x.contiguous()?.reshape((rows, dims[dims.len() - 1]))?;

@@ -95,8 +95,8 @@ pub mod unpack;
 
 pub use block::{Block, BlockDims, LunaBlock, LunaBlockOutput, TransformerBlock};
 pub use config::{
-    BlockConfig, EncoderConfig, FilterConfig, HeadConfig, InputConfig, LunaConfig, ModelConfig, PairFeatures, Pooling,
-    Positions, Projections, Scale,
+    BlockConfig, EncoderConfig, FilterConfig, HeadConfig, InputConfig, LunaConfig, ModelConfig,
+    PairFeatures, Pooling, Positions, Projections, Scale,
 };
 pub use encoder::{Encoder, EncoderOutput, LayerTrace};
 pub use error::{Error, Result};

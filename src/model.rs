@@ -65,7 +65,12 @@ impl Classifier {
     pub fn new(cfg: &ModelConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
         let encoder = Encoder::new(&cfg.encoder, rng, vb.clone())?;
-        let head = ClassifierHead::new(&cfg.head, cfg.encoder.d_model, cfg.encoder.cls, vb.pp("head"))?;
+        let head = ClassifierHead::new(
+            &cfg.head,
+            cfg.encoder.d_model,
+            cfg.encoder.cls,
+            vb.pp("head"),
+        )?;
         Ok(Self { encoder, head })
     }
 
@@ -76,11 +81,17 @@ impl Classifier {
 
     /// Logits `[B, classes]`.
     pub fn forward_t(&self, input: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
-        self.head.forward(&self.encoder.forward_t(input, mask, train)?)
+        self.head
+            .forward(&self.encoder.forward_t(input, mask, train)?)
     }
 
     /// Logits and the encoder output with every layer's trace.
-    pub fn forward_traced(&self, input: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<(Tensor, EncoderOutput)> {
+    pub fn forward_traced(
+        &self,
+        input: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<(Tensor, EncoderOutput)> {
         let out = self.encoder.forward_traced(input, mask, train)?;
         Ok((self.head.forward(&out)?, out))
     }
@@ -89,7 +100,8 @@ impl Classifier {
 impl ModuleT for Classifier {
     /// Logits; the mask is derived from the input (token id 0 is padding).
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        Classifier::forward_t(self, xs, None, train).map_err(|e| candle_core::Error::Msg(e.to_string()))
+        Classifier::forward_t(self, xs, None, train)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 }
 
@@ -97,9 +109,18 @@ impl PairClassifier {
     /// Builds encoder (`vb` root) and pair head (`head.…`).
     pub fn new(cfg: &ModelConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let features = cfg.head.pair.ok_or_else(|| Error::config("head.pair", "a pair model needs `pair` features"))?;
+        let features = cfg
+            .head
+            .pair
+            .ok_or_else(|| Error::config("head.pair", "a pair model needs `pair` features"))?;
         let encoder = Encoder::new(&cfg.encoder, rng, vb.clone())?;
-        let head = PairHead::new(&cfg.head, features, cfg.encoder.d_model, cfg.encoder.cls, vb.pp("head"))?;
+        let head = PairHead::new(
+            &cfg.head,
+            features,
+            cfg.encoder.d_model,
+            cfg.encoder.cls,
+            vb.pp("head"),
+        )?;
         Ok(Self { encoder, head })
     }
 
@@ -109,7 +130,14 @@ impl PairClassifier {
     }
 
     /// Logits `[B, classes]` for document pairs.
-    pub fn forward_t(&self, in1: &Tensor, m1: Option<&Tensor>, in2: &Tensor, m2: Option<&Tensor>, train: bool) -> Result<Tensor> {
+    pub fn forward_t(
+        &self,
+        in1: &Tensor,
+        m1: Option<&Tensor>,
+        in2: &Tensor,
+        m2: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
         let a = self.encoder.forward_t(in1, m1, train)?;
         let b = self.encoder.forward_t(in2, m2, train)?;
         self.head.forward(&a, &b)
@@ -138,9 +166,25 @@ impl Model {
     pub fn forward_t(&self, inputs: Inputs<'_>, train: bool) -> Result<Tensor> {
         match (self, inputs) {
             (Model::Single(m), Inputs::Single { input, mask }) => m.forward_t(input, mask, train),
-            (Model::Pair(m), Inputs::Pair { input1, mask1, input2, mask2 }) => m.forward_t(input1, mask1, input2, mask2, train),
-            (Model::Single(_), Inputs::Pair { .. }) => Err(Error::shape("inputs", "one document for a single-input model", "a pair")),
-            (Model::Pair(_), Inputs::Single { .. }) => Err(Error::shape("inputs", "two documents for a pair model", "one")),
+            (
+                Model::Pair(m),
+                Inputs::Pair {
+                    input1,
+                    mask1,
+                    input2,
+                    mask2,
+                },
+            ) => m.forward_t(input1, mask1, input2, mask2, train),
+            (Model::Single(_), Inputs::Pair { .. }) => Err(Error::shape(
+                "inputs",
+                "one document for a single-input model",
+                "a pair",
+            )),
+            (Model::Pair(_), Inputs::Single { .. }) => Err(Error::shape(
+                "inputs",
+                "two documents for a pair model",
+                "one",
+            )),
         }
     }
 }
@@ -155,7 +199,10 @@ pub const CONFIG_FILE: &str = "config.json";
 pub fn save_model(dir: &Path, cfg: &ModelConfig, store: &ParamStore) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let json = cfg.to_json()?;
-    store.save(&dir.join(WEIGHTS_FILE), Some(HashMap::from([("config".to_string(), json.clone())])))?;
+    store.save(
+        &dir.join(WEIGHTS_FILE),
+        Some(HashMap::from([("config".to_string(), json.clone())])),
+    )?;
     write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
 }
 
@@ -171,7 +218,9 @@ pub fn load_config(dir: &Path) -> Result<ModelConfig> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let wpath = dir.join(WEIGHTS_FILE);
             let meta = load_metadata(&wpath)?;
-            let json = meta.get("config").ok_or_else(|| Error::format(&wpath, "no `config` in the safetensors header"))?;
+            let json = meta
+                .get("config")
+                .ok_or_else(|| Error::format(&wpath, "no `config` in the safetensors header"))?;
             ModelConfig::from_json(json)
         }
         Err(e) => Err(Error::io(path, e)),
@@ -179,7 +228,11 @@ pub fn load_config(dir: &Path) -> Result<ModelConfig> {
 }
 
 /// Loads a model saved by [`save_model`]: its config, its parameters and the built model.
-pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<(ModelConfig, ParamStore, Model)> {
+pub fn load_model(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<(ModelConfig, ParamStore, Model)> {
     let cfg = load_config(dir)?;
     let store = ParamStore::new(0);
     let model = Model::new(&cfg, &DropoutRng::new(0), store.var_builder(dtype, device))?;

@@ -28,16 +28,20 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, exempt_norms_biases_temperature: false }
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            exempt_norms_biases_temperature: false,
+        }
     }
 }
 
 /// Whether a parameter name is a norm, a bias or a temperature (exempt from decay on request).
 pub fn is_decay_exempt(name: &str) -> bool {
     let last = name.rsplit('.').next().unwrap_or(name);
-    last == "bias"
-        || name.contains("norm")
-        || name.ends_with("log_temperature")
+    last == "bias" || name.contains("norm") || name.ends_with("log_temperature")
 }
 
 struct Slot {
@@ -59,7 +63,11 @@ pub struct AdamW {
 
 impl std::fmt::Debug for AdamW {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdamW").field("cfg", &self.cfg).field("params", &self.slots.len()).field("step", &self.step).finish()
+        f.debug_struct("AdamW")
+            .field("cfg", &self.cfg)
+            .field("params", &self.slots.len())
+            .field("step", &self.step)
+            .finish()
     }
 }
 
@@ -76,10 +84,21 @@ impl AdamW {
                     DType::F16 | DType::BF16 => Some(var.as_tensor().to_dtype(DType::F32)?),
                     _ => None,
                 };
-                Ok(Slot { name, var, m, v, master, decay })
+                Ok(Slot {
+                    name,
+                    var,
+                    m,
+                    v,
+                    master,
+                    decay,
+                })
             })
             .collect::<Result<_>>()?;
-        Ok(Self { cfg, slots, step: 0 })
+        Ok(Self {
+            cfg,
+            slots,
+            step: 0,
+        })
     }
 
     /// Number of updates applied.
@@ -89,7 +108,11 @@ impl AdamW {
 
     /// Names of the parameters that are decayed.
     pub fn decayed(&self) -> Vec<&str> {
-        self.slots.iter().filter(|s| s.decay).map(|s| s.name.as_str()).collect()
+        self.slots
+            .iter()
+            .filter(|s| s.decay)
+            .map(|s| s.name.as_str())
+            .collect()
     }
 
     /// One update with learning rate `lr`. Moments are kept in f32 whatever the parameter dtype,
@@ -102,7 +125,9 @@ impl AdamW {
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
         for s in &mut self.slots {
-            let Some(g) = grads.get(s.var.as_tensor()) else { continue };
+            let Some(g) = grads.get(s.var.as_tensor()) else {
+                continue;
+            };
             let g = g.to_dtype(DType::F32)?;
             s.m = ((&s.m * b1)? + (&g * (1.0 - b1))?)?;
             s.v = ((&s.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
@@ -142,18 +167,37 @@ impl AdamW {
     }
 
     /// Restores moments and step from a checkpoint; every parameter must be present.
-    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: u64, source: &std::path::Path) -> Result<()> {
+    pub fn load_state(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        step: u64,
+        source: &std::path::Path,
+    ) -> Result<()> {
         for s in &mut self.slots {
-            for (key, slot) in [(format!("m.{}", s.name), &mut s.m), (format!("v.{}", s.name), &mut s.v)] {
-                let t = tensors.get(&key).ok_or_else(|| Error::format(source, format!("missing optimizer state `{key}`")))?;
+            for (key, slot) in [
+                (format!("m.{}", s.name), &mut s.m),
+                (format!("v.{}", s.name), &mut s.v),
+            ] {
+                let t = tensors.get(&key).ok_or_else(|| {
+                    Error::format(source, format!("missing optimizer state `{key}`"))
+                })?;
                 if t.dims() != slot.dims() {
-                    return Err(Error::format(source, format!("optimizer state `{key}` has shape {:?}, expected {:?}", t.dims(), slot.dims())));
+                    return Err(Error::format(
+                        source,
+                        format!(
+                            "optimizer state `{key}` has shape {:?}, expected {:?}",
+                            t.dims(),
+                            slot.dims()
+                        ),
+                    ));
                 }
                 *slot = t.to_dtype(DType::F32)?.to_device(slot.device())?;
             }
             if s.master.is_some() {
                 let key = format!("master.{}", s.name);
-                let t = tensors.get(&key).ok_or_else(|| Error::format(source, format!("missing optimizer state `{key}`")))?;
+                let t = tensors.get(&key).ok_or_else(|| {
+                    Error::format(source, format!("missing optimizer state `{key}`"))
+                })?;
                 s.master = Some(t.to_dtype(DType::F32)?.to_device(s.var.device())?);
             }
         }
@@ -193,14 +237,19 @@ impl Schedule {
                 let w = warmup.max(1) as f64;
                 lr * (t / w).min(1.0) / t.max(w).sqrt()
             }
-            Schedule::Cosine { warmup, total, min_ratio } => {
+            Schedule::Cosine {
+                warmup,
+                total,
+                min_ratio,
+            } => {
                 let w = warmup as f64;
                 if t <= w && warmup > 0 {
                     return lr * t / w;
                 }
                 let span = (total as f64 - w).max(1.0);
                 let p = ((t - w) / span).clamp(0.0, 1.0);
-                lr * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
+                lr * (min_ratio
+                    + (1.0 - min_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
             }
             Schedule::Constant => lr,
         }
@@ -212,7 +261,11 @@ pub fn grad_norm(grads: &GradStore, vars: &[Var]) -> Result<f64> {
     let mut total = 0f64;
     for v in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            total += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            total += g
+                .to_dtype(DType::F32)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f32>()? as f64;
         }
     }
     Ok(total.sqrt())

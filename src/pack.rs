@@ -66,7 +66,17 @@ impl PackAttention {
         masked: bool,
         drop: Dropout,
     ) -> Self {
-        Self { q, k, v, o, filter, scale, heads, masked, drop }
+        Self {
+            q,
+            k,
+            v,
+            o,
+            filter,
+            scale,
+            heads,
+            masked,
+            drop,
+        }
     }
 
     /// The filter.
@@ -80,7 +90,13 @@ impl PackAttention {
     }
 
     /// Packs `x [B, L, d]` into memory `p [B, m, d]`; `mask [B, L]` float 0/1.
-    pub fn forward_t(&self, x: &Tensor, p: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Packed> {
+    pub fn forward_t(
+        &self,
+        x: &Tensor,
+        p: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Packed> {
         let mut k = self.k.forward(x)?;
         let mut v = match &self.v {
             Some(v) => v.forward(x)?,
@@ -116,6 +132,10 @@ impl PackAttention {
             Some(o) => o.forward(&y)?,
             None => y,
         };
-        Ok(Packed { memory: y, attention: a, mask: fmask })
+        Ok(Packed {
+            memory: y,
+            attention: a,
+            mask: fmask,
+        })
     }
 }

@@ -52,8 +52,14 @@ fn init_values(init: Init, shape: &Shape, rng: &mut impl Rng) -> Vec<f64> {
     match init {
         Init::Const(v) => vec![v; n],
         Init::Randn { mean, stdev } => normal_vec(rng, n, mean, stdev),
-        Init::Uniform { lo, up } => (0..n).map(|_| lo + (up - lo) * rng.random::<f64>()).collect(),
-        Init::Kaiming { dist, fan, non_linearity } => {
+        Init::Uniform { lo, up } => (0..n)
+            .map(|_| lo + (up - lo) * rng.random::<f64>())
+            .collect(),
+        Init::Kaiming {
+            dist,
+            fan,
+            non_linearity,
+        } => {
             let fan = fan.for_shape(shape).max(1) as f64;
             let std = non_linearity.gain() / fan.sqrt();
             match dist {
@@ -86,14 +92,20 @@ pub struct ParamStore {
 
 impl std::fmt::Debug for ParamStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ParamStore").field("seed", &self.seed).field("len", &self.len()).finish()
+        f.debug_struct("ParamStore")
+            .field("seed", &self.seed)
+            .field("len", &self.len())
+            .finish()
     }
 }
 
 impl ParamStore {
     /// An empty store whose parameters will be initialised from `seed`.
     pub fn new(seed: u64) -> Self {
-        Self { varmap: VarMap::new(), seed }
+        Self {
+            varmap: VarMap::new(),
+            seed,
+        }
     }
 
     /// The underlying [`VarMap`] (for optimisers: `store.varmap().all_vars()`).
@@ -129,7 +141,11 @@ impl ParamStore {
 
     /// Sorted `(name, shape)` of every parameter.
     pub fn names(&self) -> Vec<(String, Vec<usize>)> {
-        let mut v: Vec<_> = self.lock().iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
+        let mut v: Vec<_> = self
+            .lock()
+            .iter()
+            .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+            .collect();
         v.sort();
         v
     }
@@ -141,14 +157,21 @@ impl ParamStore {
 
     /// Every parameter, sorted by name.
     pub fn vars(&self) -> Vec<(String, Var)> {
-        let mut v: Vec<_> = self.lock().iter().map(|(k, t)| (k.clone(), t.clone())).collect();
+        let mut v: Vec<_> = self
+            .lock()
+            .iter()
+            .map(|(k, t)| (k.clone(), t.clone()))
+            .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
 
     /// Copies of every parameter, by name.
     pub fn tensors(&self) -> HashMap<String, Tensor> {
-        self.lock().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+        self.lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect()
     }
 
     /// Overwrites parameters from `tensors`. Every parameter of the store must be present with
@@ -162,14 +185,21 @@ impl ParamStore {
             if t.dims() != var.dims() {
                 return Err(Error::format(
                     source,
-                    format!("parameter `{name}` has shape {:?}, the model expects {:?}", t.dims(), var.dims()),
+                    format!(
+                        "parameter `{name}` has shape {:?}, the model expects {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
                 ));
             }
             let t = t.to_dtype(var.dtype())?.to_device(var.device())?;
             var.set(&t)?;
         }
         if let Some(extra) = tensors.keys().find(|k| !map.contains_key(*k)) {
-            return Err(Error::format(source, format!("unexpected parameter `{extra}` (not in the model)")));
+            return Err(Error::format(
+                source,
+                format!("unexpected parameter `{extra}` (not in the model)"),
+            ));
         }
         Ok(())
     }
@@ -190,24 +220,42 @@ impl ParamStore {
 }
 
 impl SimpleBackend for ParamStore {
-    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let mut map = self.lock();
         if let Some(v) = map.get(name) {
             if v.shape() != &s {
-                candle_core::bail!("parameter `{name}` exists with shape {:?}, asked for {:?}", v.dims(), s.dims());
+                candle_core::bail!(
+                    "parameter `{name}` exists with shape {:?}, asked for {:?}",
+                    v.dims(),
+                    s.dims()
+                );
             }
             return Ok(v.as_tensor().clone());
         }
         let mut rng = rng_for(self.seed, name);
         let values = init_values(h, &s, &mut rng);
-        let t = Tensor::from_vec(values, s, &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
+        let t = Tensor::from_vec(values, s, &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(dev)?;
         let var = Var::from_tensor(&t)?;
         let out = var.as_tensor().clone();
         map.insert(name.to_string(), var);
         Ok(out)
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         match self.lock().get(name) {
             Some(v) => Ok(v.as_tensor().clone()),
             None => candle_core::bail!("no parameter `{name}` in the store"),
@@ -222,9 +270,15 @@ impl SimpleBackend for ParamStore {
 /// Writes `path` atomically: the bytes go to `path.tmp-<pid>`, are synced, then renamed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let file_name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     {
         let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -248,13 +302,18 @@ fn st_dtype(dtype: DType) -> Result<safetensors::Dtype> {
         DType::U32 => safetensors::Dtype::U32,
         DType::U8 => safetensors::Dtype::U8,
         other => {
-            return Err(Error::Candle(candle_core::Error::Msg(format!("cannot save dtype {other:?} to safetensors"))))
+            return Err(Error::Candle(candle_core::Error::Msg(format!(
+                "cannot save dtype {other:?} to safetensors"
+            ))))
         }
     })
 }
 
 /// Serialises named tensors (any device) to safetensors bytes with optional metadata.
-pub fn tensors_to_bytes(tensors: &HashMap<String, Tensor>, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+pub fn tensors_to_bytes(
+    tensors: &HashMap<String, Tensor>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>> {
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let mut owned = Vec::with_capacity(names.len());
@@ -273,7 +332,8 @@ pub fn tensors_to_bytes(tensors: &HashMap<String, Tensor>, metadata: Option<Hash
                 .map_err(|e| Error::Candle(candle_core::Error::Msg(e.to_string())))
         })
         .collect::<Result<_>>()?;
-    safetensors::serialize(views, metadata).map_err(|e| Error::Candle(candle_core::Error::Msg(e.to_string())))
+    safetensors::serialize(views, metadata)
+        .map_err(|e| Error::Candle(candle_core::Error::Msg(e.to_string())))
 }
 
 fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
@@ -289,12 +349,20 @@ fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
         DType::I64 => le(flat.to_vec1::<i64>()?, i64::to_le_bytes),
         DType::U32 => le(flat.to_vec1::<u32>()?, u32::to_le_bytes),
         DType::U8 => flat.to_vec1::<u8>()?,
-        other => return Err(Error::Candle(candle_core::Error::Msg(format!("cannot save dtype {other:?}")))),
+        other => {
+            return Err(Error::Candle(candle_core::Error::Msg(format!(
+                "cannot save dtype {other:?}"
+            ))))
+        }
     })
 }
 
 /// Saves named tensors atomically to a safetensors file.
-pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path, metadata: Option<HashMap<String, String>>) -> Result<()> {
+pub fn save_tensors(
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let bytes = tensors_to_bytes(tensors, metadata)?;
     write_atomic(path, &bytes)
 }
@@ -318,14 +386,31 @@ pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
         let shape = view.shape().to_vec();
         let data = view.data();
         let t = match view.dtype() {
-            safetensors::Dtype::F32 => Tensor::from_vec(from_le(data, f32::from_le_bytes), shape, device)?,
-            safetensors::Dtype::F64 => Tensor::from_vec(from_le(data, f64::from_le_bytes), shape, device)?,
-            safetensors::Dtype::F16 => Tensor::from_vec(from_le(data, half::f16::from_le_bytes), shape, device)?,
-            safetensors::Dtype::BF16 => Tensor::from_vec(from_le(data, half::bf16::from_le_bytes), shape, device)?,
-            safetensors::Dtype::I64 => Tensor::from_vec(from_le(data, i64::from_le_bytes), shape, device)?,
-            safetensors::Dtype::U32 => Tensor::from_vec(from_le(data, u32::from_le_bytes), shape, device)?,
+            safetensors::Dtype::F32 => {
+                Tensor::from_vec(from_le(data, f32::from_le_bytes), shape, device)?
+            }
+            safetensors::Dtype::F64 => {
+                Tensor::from_vec(from_le(data, f64::from_le_bytes), shape, device)?
+            }
+            safetensors::Dtype::F16 => {
+                Tensor::from_vec(from_le(data, half::f16::from_le_bytes), shape, device)?
+            }
+            safetensors::Dtype::BF16 => {
+                Tensor::from_vec(from_le(data, half::bf16::from_le_bytes), shape, device)?
+            }
+            safetensors::Dtype::I64 => {
+                Tensor::from_vec(from_le(data, i64::from_le_bytes), shape, device)?
+            }
+            safetensors::Dtype::U32 => {
+                Tensor::from_vec(from_le(data, u32::from_le_bytes), shape, device)?
+            }
             safetensors::Dtype::U8 => Tensor::from_vec(data.to_vec(), shape, device)?,
-            other => return Err(Error::format(path, format!("tensor `{name}` has unsupported dtype {other:?}"))),
+            other => {
+                return Err(Error::format(
+                    path,
+                    format!("tensor `{name}` has unsupported dtype {other:?}"),
+                ))
+            }
         };
         out.insert(name, t);
     }

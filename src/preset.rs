@@ -35,15 +35,27 @@ impl BlockPreset {
 
     /// Looks a preset up by name (`convluna`, `convluna-masked`, `luna`, `luna-ma`, `transformer`).
     pub fn from_name(name: &str) -> Result<Self> {
-        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, p)| *p).ok_or_else(|| Error::UnknownPreset {
-            name: name.to_string(),
-            known: Self::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-        })
+        Self::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| *p)
+            .ok_or_else(|| Error::UnknownPreset {
+                name: name.to_string(),
+                known: Self::ALL
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     /// The preset's name.
     pub fn name(&self) -> &'static str {
-        Self::ALL.iter().find(|(_, p)| p == self).map(|(n, _)| *n).unwrap_or("?")
+        Self::ALL
+            .iter()
+            .find(|(_, p)| p == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
     }
 
     /// The block config with memory length `memory_len` (ignored by the Transformer) for
@@ -138,10 +150,18 @@ impl LraTask {
 
     /// Looks a task up by name.
     pub fn from_name(name: &str) -> Result<Self> {
-        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, t)| *t).ok_or_else(|| Error::UnknownPreset {
-            name: name.to_string(),
-            known: Self::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-        })
+        Self::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| Error::UnknownPreset {
+                name: name.to_string(),
+                known: Self::ALL
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     /// Input length (per document).
@@ -165,10 +185,20 @@ impl LraTask {
     /// The input kind with the task's vocabulary or pixel normalisation.
     pub fn input(&self) -> InputConfig {
         match self {
-            LraTask::Listops => InputConfig::Tokens { vocab_size: LISTOPS_VOCAB },
-            LraTask::Text | LraTask::Retrieval => InputConfig::Tokens { vocab_size: BYTE_VOCAB },
-            LraTask::Image => InputConfig::Pixels { mean: 0.48, std: 0.24 },
-            LraTask::Pathfinder | LraTask::PathX => InputConfig::Pixels { mean: 0.5, std: 0.5 },
+            LraTask::Listops => InputConfig::Tokens {
+                vocab_size: LISTOPS_VOCAB,
+            },
+            LraTask::Text | LraTask::Retrieval => InputConfig::Tokens {
+                vocab_size: BYTE_VOCAB,
+            },
+            LraTask::Image => InputConfig::Pixels {
+                mean: 0.48,
+                std: 0.24,
+            },
+            LraTask::Pathfinder | LraTask::PathX => InputConfig::Pixels {
+                mean: 0.5,
+                std: 0.5,
+            },
         }
     }
 
@@ -181,7 +211,14 @@ impl LraTask {
             LraTask::Image => (64, 0.01, 0.01, 700, 30_000, 0.0),
             LraTask::Pathfinder | LraTask::PathX => (128, 0.01, 0.01, 700, 125_000, 0.0),
         };
-        PaperSettings { batch_size, lr, weight_decay, warmup, steps, dropout }
+        PaperSettings {
+            batch_size,
+            lr,
+            weight_decay,
+            warmup,
+            steps,
+            dropout,
+        }
     }
 
     /// Number of layers in the authors' setups.

@@ -15,12 +15,16 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Value>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::format(path, format!("line {}: {e}", i + 1))))
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))
+        })
         .collect()
 }
 
 fn series(rows: &[&Value], key: &str) -> Vec<(f64, f64)> {
-    rows.iter().filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(key)?.as_f64()?))).collect()
+    rows.iter()
+        .filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(key)?.as_f64()?)))
+        .collect()
 }
 
 /// Writes `curves.svg` (and, for Luna-family runs, `memory.svg` and `memory-cosine.svg`) into
@@ -35,14 +39,20 @@ pub fn plot_run(out_dir: &Path, title: &str) -> Result<Vec<PathBuf>> {
             title: format!("{title}: loss"),
             x_label: "step".into(),
             y_label: "cross-entropy".into(),
-            series: vec![Series::new("train", series(&train, "loss")), Series::new("validation", series(&eval, "loss"))],
+            series: vec![
+                Series::new("train", series(&train, "loss")),
+                Series::new("validation", series(&eval, "loss")),
+            ],
             log_x: false,
         },
         Panel {
             title: format!("{title}: accuracy"),
             x_label: "step".into(),
             y_label: "accuracy".into(),
-            series: vec![Series::new("train", series(&train, "acc")), Series::new("validation", series(&eval, "acc"))],
+            series: vec![
+                Series::new("train", series(&train, "acc")),
+                Series::new("validation", series(&eval, "acc")),
+            ],
             log_x: false,
         },
     ];
@@ -50,7 +60,10 @@ pub fn plot_run(out_dir: &Path, title: &str) -> Result<Vec<PathBuf>> {
     write_panels(&p, &panels, 2)?;
     written.push(p);
 
-    let layers = eval.last().and_then(|e| e["diagnostics"].as_array()).map_or(0, |a| a.len());
+    let layers = eval
+        .last()
+        .and_then(|e| e["diagnostics"].as_array())
+        .map_or(0, |a| a.len());
     if layers > 0 {
         let per_layer = |key: &str, sub: Option<&str>| -> Vec<Series> {
             (0..layers)
@@ -71,10 +84,34 @@ pub fn plot_run(out_dir: &Path, title: &str) -> Result<Vec<PathBuf>> {
                 .collect()
         };
         let panels = vec![
-            Panel { title: "distinct memory vectors (cos ≥ 0.99)".into(), x_label: "step".into(), y_label: "count".into(), series: per_layer("", Some("distinct")), log_x: false },
-            Panel { title: "effective rank of memory".into(), x_label: "step".into(), y_label: "exp(H(σ))".into(), series: per_layer("", Some("effective_rank")), log_x: false },
-            Panel { title: "mean pairwise cosine of memory".into(), x_label: "step".into(), y_label: "cosine".into(), series: per_layer("", Some("mean_cosine")), log_x: false },
-            Panel { title: "pack-attention entropy / ln L".into(), x_label: "step".into(), y_label: "normalised entropy".into(), series: per_layer("pack_entropy", None), log_x: false },
+            Panel {
+                title: "distinct memory vectors (cos ≥ 0.99)".into(),
+                x_label: "step".into(),
+                y_label: "count".into(),
+                series: per_layer("", Some("distinct")),
+                log_x: false,
+            },
+            Panel {
+                title: "effective rank of memory".into(),
+                x_label: "step".into(),
+                y_label: "exp(H(σ))".into(),
+                series: per_layer("", Some("effective_rank")),
+                log_x: false,
+            },
+            Panel {
+                title: "mean pairwise cosine of memory".into(),
+                x_label: "step".into(),
+                y_label: "cosine".into(),
+                series: per_layer("", Some("mean_cosine")),
+                log_x: false,
+            },
+            Panel {
+                title: "pack-attention entropy / ln L".into(),
+                x_label: "step".into(),
+                y_label: "normalised entropy".into(),
+                series: per_layer("pack_entropy", None),
+                log_x: false,
+            },
         ];
         let p = out_dir.join("memory.svg");
         write_panels(&p, &panels, 2)?;
@@ -82,11 +119,26 @@ pub fn plot_run(out_dir: &Path, title: &str) -> Result<Vec<PathBuf>> {
     }
     let last_cos = rows.iter().rev().find_map(|r| {
         let m = r.get("final_memory_cosine")?.as_array()?;
-        Some(m.iter().map(|row| row.as_array().map(|v| v.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default()).collect::<Vec<Vec<f64>>>())
+        Some(
+            m.iter()
+                .map(|row| {
+                    row.as_array()
+                        .map(|v| v.iter().filter_map(|x| x.as_f64()).collect())
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<Vec<f64>>>(),
+        )
     });
     if let Some(m) = last_cos {
         let p = out_dir.join("memory-cosine.svg");
-        write_atomic(&p, heatmap_svg(&format!("{title}: cosine similarity of the final memory"), &m).as_bytes())?;
+        write_atomic(
+            &p,
+            heatmap_svg(
+                &format!("{title}: cosine similarity of the final memory"),
+                &m,
+            )
+            .as_bytes(),
+        )?;
         written.push(p);
     }
     Ok(written)

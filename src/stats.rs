@@ -136,7 +136,10 @@ pub fn welch(a: &[f64], b: &[f64]) -> Option<(f64, f64, f64)> {
     if a.len() < 2 || b.len() < 2 {
         return None;
     }
-    let (va, vb) = (std_dev(a).powi(2) / a.len() as f64, std_dev(b).powi(2) / b.len() as f64);
+    let (va, vb) = (
+        std_dev(a).powi(2) / a.len() as f64,
+        std_dev(b).powi(2) / b.len() as f64,
+    );
     if va + vb == 0.0 {
         return None;
     }
@@ -152,8 +155,19 @@ mod tests {
     #[test]
     fn t_quantiles_match_tables() {
         // t_{0.975} from standard tables
-        for (df, want) in [(1.0, 12.706), (2.0, 4.303), (4.0, 2.776), (10.0, 2.228), (30.0, 2.042), (1000.0, 1.962)] {
-            assert!((t_crit_95(df) - want).abs() < 2e-3, "df {df}: {}", t_crit_95(df));
+        for (df, want) in [
+            (1.0, 12.706),
+            (2.0, 4.303),
+            (4.0, 2.776),
+            (10.0, 2.228),
+            (30.0, 2.042),
+            (1000.0, 1.962),
+        ] {
+            assert!(
+                (t_crit_95(df) - want).abs() < 2e-3,
+                "df {df}: {}",
+                t_crit_95(df)
+            );
         }
         // t = 2, df = 10: two-sided p = 0.0734
         assert!((t_two_sided_p(2.0, 10.0) - 0.07339).abs() < 1e-4);

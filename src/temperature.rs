@@ -47,7 +47,9 @@ impl LogitScale {
     pub fn tau(&self) -> Result<Option<f64>> {
         Ok(match self {
             LogitScale::Constant(_) => None,
-            LogitScale::LogTemperature(t) => Some(t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?[0]),
+            LogitScale::LogTemperature(t) => {
+                Some(t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?[0])
+            }
         })
     }
 }

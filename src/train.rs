@@ -90,7 +90,11 @@ impl Default for TrainConfig {
             batch_size: 32,
             accumulate: 1,
             lr: 1e-3,
-            schedule: Schedule::Cosine { warmup: 100, total: 1000, min_ratio: 0.0 },
+            schedule: Schedule::Cosine {
+                warmup: 100,
+                total: 1000,
+                min_ratio: 0.0,
+            },
             optimizer: AdamWConfig::default(),
             clip_norm: Some(1.0),
             eval_every: 100,
@@ -123,11 +127,17 @@ impl TrainConfig {
             }
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(Error::config("train.lr", format!("must be positive, got {}", self.lr)));
+            return Err(Error::config(
+                "train.lr",
+                format!("must be positive, got {}", self.lr),
+            ));
         }
         if let Some(c) = self.clip_norm {
             if !(c.is_finite() && c > 0.0) {
-                return Err(Error::config("train.clip_norm", format!("must be positive, got {c}")));
+                return Err(Error::config(
+                    "train.clip_norm",
+                    format!("must be positive, got {c}"),
+                ));
             }
         }
         if !(self.optimizer.weight_decay >= 0.0 && self.optimizer.weight_decay.is_finite()) {
@@ -270,14 +280,26 @@ fn mix(seed: u64, step: u64) -> u64 {
 
 fn inputs(b: &Batch) -> Inputs<'_> {
     match (&b.input2, &b.mask2) {
-        (Some(i2), m2) => Inputs::Pair { input1: &b.input, mask1: Some(&b.mask), input2: i2, mask2: m2.as_ref() },
-        (None, _) => Inputs::Single { input: &b.input, mask: Some(&b.mask) },
+        (Some(i2), m2) => Inputs::Pair {
+            input1: &b.input,
+            mask1: Some(&b.mask),
+            input2: i2,
+            mask2: m2.as_ref(),
+        },
+        (None, _) => Inputs::Single {
+            input: &b.input,
+            mask: Some(&b.mask),
+        },
     }
 }
 
 fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
     let pred = logits.argmax(1)?.to_dtype(DType::U32)?;
-    Ok(pred.eq(&labels.to_dtype(DType::U32)?)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)
+    Ok(pred
+        .eq(&labels.to_dtype(DType::U32)?)?
+        .to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()? as usize)
 }
 
 fn file_sig(path: &Path) -> Result<(u64, u64)> {
@@ -287,7 +309,12 @@ fn file_sig(path: &Path) -> Result<(u64, u64)> {
 
 impl Trainer {
     /// Builds the model (parameters seeded by `cfg.seed`) in `dtype` on `device`.
-    pub fn new(model_cfg: &ModelConfig, cfg: &TrainConfig, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn new(
+        model_cfg: &ModelConfig,
+        cfg: &TrainConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         model_cfg.validate()?;
         cfg.validate()?;
         let store = ParamStore::new(cfg.seed);
@@ -356,10 +383,19 @@ impl Trainer {
     }
 
     /// Evaluates on (a prefix of) `ds` in its stored order.
-    pub fn evaluate(&self, ds: &dyn Dataset, split: &str, max_batches: Option<usize>, diagnostics: bool) -> Result<EvalMetrics> {
+    pub fn evaluate(
+        &self,
+        ds: &dyn Dataset,
+        split: &str,
+        max_batches: Option<usize>,
+        diagnostics: bool,
+    ) -> Result<EvalMetrics> {
         let n = ds.len();
         if n == 0 {
-            return Err(Error::config(format!("data.{split}"), "the data set is empty"));
+            return Err(Error::config(
+                format!("data.{split}"),
+                "the data set is empty",
+            ));
         }
         let bs = self.cfg.batch_size;
         let batches = n.div_ceil(bs).min(max_batches.unwrap_or(usize::MAX)).max(1);
@@ -377,7 +413,8 @@ impl Trainer {
             } else {
                 self.model.forward_t(inputs(&batch), false)?
             };
-            let loss = candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, &batch.labels)?.to_scalar::<f32>()? as f64;
+            let loss = candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, &batch.labels)?
+                .to_scalar::<f32>()? as f64;
             loss_sum += loss * idx.len() as f64;
             right += correct(&logits, &batch.labels)?;
             seen += idx.len();
@@ -395,7 +432,10 @@ impl Trainer {
     }
 
     #[allow(clippy::type_complexity)]
-    fn traced(&self, batch: &Batch) -> Result<(Tensor, Vec<LayerDiagnostics>, Option<Vec<Vec<f64>>>)> {
+    fn traced(
+        &self,
+        batch: &Batch,
+    ) -> Result<(Tensor, Vec<LayerDiagnostics>, Option<Vec<Vec<f64>>>)> {
         match &self.model {
             Model::Single(m) if self.model_cfg.encoder.block.luna().is_some() => {
                 let (logits, out) = m.forward_traced(&batch.input, Some(&batch.mask), false)?;
@@ -403,7 +443,11 @@ impl Trainer {
                 let d = diagnose(&trace, DISTINCT_THRESHOLD, self.cfg.diagnostic_examples)?;
                 let cos = match &out.memory {
                     Some(mem) => {
-                        let p = mem.narrow(0, 0, 1)?.squeeze(0)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+                        let p = mem
+                            .narrow(0, 0, 1)?
+                            .squeeze(0)?
+                            .to_dtype(DType::F64)?
+                            .to_vec2::<f64>()?;
                         Some(crate::diagnostics::cosine_matrix(&p))
                     }
                     None => None,
@@ -411,11 +455,21 @@ impl Trainer {
                 Ok((logits, d, cos))
             }
             Model::Pair(m) if self.model_cfg.encoder.block.luna().is_some() => {
-                let out = m.encoder().forward_traced(&batch.input, Some(&batch.mask), false)?;
-                let d = diagnose(&out.trace.unwrap_or_default(), DISTINCT_THRESHOLD, self.cfg.diagnostic_examples)?;
+                let out = m
+                    .encoder()
+                    .forward_traced(&batch.input, Some(&batch.mask), false)?;
+                let d = diagnose(
+                    &out.trace.unwrap_or_default(),
+                    DISTINCT_THRESHOLD,
+                    self.cfg.diagnostic_examples,
+                )?;
                 Ok((self.model.forward_t(inputs(batch), false)?, d, None))
             }
-            _ => Ok((self.model.forward_t(inputs(batch), false)?, Vec::new(), None)),
+            _ => Ok((
+                self.model.forward_t(inputs(batch), false)?,
+                Vec::new(),
+                None,
+            )),
         }
     }
 
@@ -434,7 +488,10 @@ impl Trainer {
 
     /// One optimisation step (with accumulation). Returns (loss, correct, examples, tokens,
     /// grad norm), or `None` when the step was skipped for a non-finite value.
-    fn train_step(&mut self, train: &dyn Dataset) -> Result<Option<(f64, usize, usize, usize, f64)>> {
+    fn train_step(
+        &mut self,
+        train: &dyn Dataset,
+    ) -> Result<Option<(f64, usize, usize, usize, f64)>> {
         let step = self.step + 1;
         self.rng.reseed(mix(self.cfg.seed, step as u64));
         let vars: Vec<Var> = self.vars.iter().map(|(_, v)| v.clone()).collect();
@@ -445,7 +502,8 @@ impl Trainer {
             let idx = self.next_indices(train)?;
             let batch = make_batch(train, &idx, self.pad(train), &self.device)?;
             let logits = self.model.forward_t(inputs(&batch), true)?;
-            let loss = candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, &batch.labels)?;
+            let loss =
+                candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, &batch.labels)?;
             let lv = loss.to_scalar::<f32>()? as f64;
             loss_sum += lv;
             right += correct(&logits, &batch.labels)?;
@@ -460,7 +518,8 @@ impl Trainer {
                 Some(a) => accumulate(a, g, &vars)?,
             }
         }
-        let mut grads = grads.ok_or_else(|| Error::config("train.accumulate", "must be at least 1"))?;
+        let mut grads =
+            grads.ok_or_else(|| Error::config("train.accumulate", "must be at least 1"))?;
         let norm = grad_norm(&grads, &vars)?;
         if !norm.is_finite() {
             return self.non_finite(step, "gradient norm", norm);
@@ -476,9 +535,18 @@ impl Trainer {
         Ok(Some((loss_sum / k as f64, right, seen, tokens, norm)))
     }
 
-    fn non_finite(&mut self, step: usize, what: &str, value: f64) -> Result<Option<(f64, usize, usize, usize, f64)>> {
+    fn non_finite(
+        &mut self,
+        step: usize,
+        what: &str,
+        value: f64,
+    ) -> Result<Option<(f64, usize, usize, usize, f64)>> {
         match self.cfg.non_finite {
-            NonFinitePolicy::Stop => Err(Error::NonFinite { step, what: what.to_string(), value }),
+            NonFinitePolicy::Stop => Err(Error::NonFinite {
+                step,
+                what: what.to_string(),
+                value,
+            }),
             NonFinitePolicy::Skip => {
                 self.skipped_steps += 1;
                 self.step = step;
@@ -499,8 +567,15 @@ impl Trainer {
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
             let json = self.model_cfg.to_json()?;
-            self.store.save(&tmp.join("model.safetensors"), Some(HashMap::from([("config".to_string(), json.clone())])))?;
-            save_tensors(&self.opt.state_tensors(), &tmp.join("optimizer.safetensors"), None)?;
+            self.store.save(
+                &tmp.join("model.safetensors"),
+                Some(HashMap::from([("config".to_string(), json.clone())])),
+            )?;
+            save_tensors(
+                &self.opt.state_tensors(),
+                &tmp.join("optimizer.safetensors"),
+                None,
+            )?;
             write_atomic(&tmp.join("config.json"), json.as_bytes())?;
             let mut files = HashMap::new();
             for f in ["model.safetensors", "optimizer.safetensors", "config.json"] {
@@ -517,7 +592,8 @@ impl Trainer {
                 model: self.model_cfg.clone(),
                 files,
             };
-            let s = serde_json::to_string_pretty(&state).map_err(|e| Error::format(&tmp, e.to_string()))?;
+            let s = serde_json::to_string_pretty(&state)
+                .map_err(|e| Error::format(&tmp, e.to_string()))?;
             write_atomic(&tmp.join("state.json"), s.as_bytes())?;
             std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
         }
@@ -531,11 +607,17 @@ impl Trainer {
 
     /// Removes checkpoint folders named by neither pointer (and stale temporary folders).
     fn prune(&self, root: &Path) -> Result<()> {
-        let keep: Vec<String> = ["LATEST", "BEST"].iter().filter_map(|p| std::fs::read_to_string(root.join(p)).ok()).map(|s| s.trim().to_string()).collect();
+        let keep: Vec<String> = ["LATEST", "BEST"]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(root.join(p)).ok())
+            .map(|s| s.trim().to_string())
+            .collect();
         let entries = std::fs::read_dir(root).map_err(|e| Error::io(root, e))?;
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let stale_tmp = name.starts_with('.') && name.contains(".tmp-") && !name.ends_with(&format!("-{}", std::process::id()));
+            let stale_tmp = name.starts_with('.')
+                && name.contains(".tmp-")
+                && !name.ends_with(&format!("-{}", std::process::id()));
             if (name.starts_with("step-") && !keep.contains(&name)) || stale_tmp {
                 let _ = std::fs::remove_dir_all(e.path());
             }
@@ -551,8 +633,9 @@ impl Trainer {
         let dir = root.join(name.trim());
         let sp = dir.join("state.json");
         let s = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
-        let state: CheckpointState = serde_json::from_str(&s)
-            .map_err(|e| Error::format(&sp, format!("line {} column {}: {e}", e.line(), e.column())))?;
+        let state: CheckpointState = serde_json::from_str(&s).map_err(|e| {
+            Error::format(&sp, format!("line {} column {}: {e}", e.line(), e.column()))
+        })?;
         for (f, (len, hash)) in &state.files {
             let fp = dir.join(f);
             let (l2, h2) = file_sig(&fp)?;
@@ -567,12 +650,16 @@ impl Trainer {
     pub fn resume(&mut self, out_dir: &Path) -> Result<usize> {
         let (dir, st) = Self::read_checkpoint(out_dir, "LATEST")?;
         if st.model != self.model_cfg {
-            return Err(Error::format(dir.join("state.json"), "the checkpoint's model config differs from this run's"));
+            return Err(Error::format(
+                dir.join("state.json"),
+                "the checkpoint's model config differs from this run's",
+            ));
         }
         self.store.load(&dir.join("model.safetensors"))?;
         let opt_path = dir.join("optimizer.safetensors");
         let ot = load_tensors(&opt_path, &self.device)?;
-        self.opt.load_state(&ot, st.step as u64 - st.skipped_steps as u64, &opt_path)?;
+        self.opt
+            .load_state(&ot, st.step as u64 - st.skipped_steps as u64, &opt_path)?;
         self.step = st.step;
         self.epoch = st.epoch;
         self.cursor = st.cursor;
@@ -592,7 +679,13 @@ impl Trainer {
     /// Trains to `cfg.steps`, evaluating, checkpointing and logging into `out_dir`; with
     /// `resume`, continues from `out_dir`'s latest checkpoint. Ends with a test evaluation of
     /// the best checkpoint.
-    pub fn fit(&mut self, splits: &Splits, out_dir: &Path, resume: bool, observer: &mut dyn FnMut(&Event)) -> Result<Summary> {
+    pub fn fit(
+        &mut self,
+        splits: &Splits,
+        out_dir: &Path,
+        resume: bool,
+        observer: &mut dyn FnMut(&Event),
+    ) -> Result<Summary> {
         self.fit_until(splits, out_dir, resume, None, observer)?
             .ok_or_else(|| Error::config("train.steps", "training stopped before its last step"))
     }
@@ -617,19 +710,32 @@ impl Trainer {
             let old = std::fs::read_to_string(&metrics_path).unwrap_or_default();
             let kept: Vec<&str> = old
                 .lines()
-                .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v.get("step").and_then(|s| s.as_u64())).is_some_and(|st| st as usize <= s))
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                        .is_some_and(|st| st as usize <= s)
+                })
                 .collect();
-            write_atomic(&metrics_path, (kept.join("\n") + if kept.is_empty() { "" } else { "\n" }).as_bytes())?;
+            write_atomic(
+                &metrics_path,
+                (kept.join("\n") + if kept.is_empty() { "" } else { "\n" }).as_bytes(),
+            )?;
         } else {
             write_atomic(&metrics_path, b"")?;
         }
-        let mut metrics = std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+        let mut metrics = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&metrics_path)
+            .map_err(|e| Error::io(&metrics_path, e))?;
         let mut log = |v: serde_json::Value| -> Result<()> {
             writeln!(metrics, "{v}").map_err(|e| Error::io(&metrics_path, e))?;
             metrics.flush().map_err(|e| Error::io(&metrics_path, e))
         };
         let t0 = Instant::now();
-        let (mut acc_loss, mut acc_right, mut acc_seen, mut acc_tokens, mut acc_steps) = (0f64, 0usize, 0usize, 0usize, 0usize);
+        let (mut acc_loss, mut acc_right, mut acc_seen, mut acc_tokens, mut acc_steps) =
+            (0f64, 0usize, 0usize, 0usize, 0usize);
         let mut t_log = Instant::now();
         let train = splits.train.as_ref();
         while self.step < self.cfg.steps {
@@ -658,7 +764,8 @@ impl Trainer {
                         elapsed_s: t0.elapsed().as_secs_f64(),
                     };
                     if logged {
-                        let mut v = serde_json::to_value(&m).map_err(|e| Error::format(&metrics_path, e.to_string()))?;
+                        let mut v = serde_json::to_value(&m)
+                            .map_err(|e| Error::format(&metrics_path, e.to_string()))?;
                         v["kind"] = "train".into();
                         log(v)?;
                         (acc_loss, acc_right, acc_seen, acc_tokens, acc_steps) = (0.0, 0, 0, 0, 0);
@@ -669,8 +776,14 @@ impl Trainer {
             }
             let eval_now = step % self.cfg.eval_every == 0 || step == self.cfg.steps;
             if eval_now {
-                let e = self.evaluate(splits.val.as_ref(), "val", self.cfg.eval_batches, self.cfg.diagnostics)?;
-                let mut v = serde_json::to_value(&e).map_err(|e| Error::format(&metrics_path, e.to_string()))?;
+                let e = self.evaluate(
+                    splits.val.as_ref(),
+                    "val",
+                    self.cfg.eval_batches,
+                    self.cfg.diagnostics,
+                )?;
+                let mut v = serde_json::to_value(&e)
+                    .map_err(|e| Error::format(&metrics_path, e.to_string()))?;
                 v["kind"] = "eval".into();
                 log(v)?;
                 let best = e.acc > self.best_val_acc;
@@ -690,7 +803,8 @@ impl Trainer {
         let best_step = self.load_best(out_dir)?;
         let mut test = self.evaluate(splits.test.as_ref(), "test", None, self.cfg.diagnostics)?;
         test.step = best_step;
-        let mut v = serde_json::to_value(&test).map_err(|e| Error::format(&metrics_path, e.to_string()))?;
+        let mut v =
+            serde_json::to_value(&test).map_err(|e| Error::format(&metrics_path, e.to_string()))?;
         v["kind"] = "test".into();
         log(v)?;
         observer(&Event::Test(test.clone()));
@@ -704,7 +818,8 @@ impl Trainer {
             wall_s,
             parameters: self.store.num_parameters(),
         };
-        let s = serde_json::to_string_pretty(&summary).map_err(|e| Error::format(out_dir, e.to_string()))?;
+        let s = serde_json::to_string_pretty(&summary)
+            .map_err(|e| Error::format(out_dir, e.to_string()))?;
         write_atomic(&out_dir.join("summary.json"), s.as_bytes())?;
         Ok(Some(summary))
     }

@@ -30,8 +30,24 @@ pub struct UnpackAttention {
 
 impl UnpackAttention {
     /// Assembles an unpack attention; `v = None` uses Y_p itself as values.
-    pub fn new(q: Linear, k: Linear, v: Option<Linear>, o: Linear, scale: LogitScale, heads: usize, drop: Dropout) -> Self {
-        Self { q, k, v, o, scale, heads, drop }
+    pub fn new(
+        q: Linear,
+        k: Linear,
+        v: Option<Linear>,
+        o: Linear,
+        scale: LogitScale,
+        heads: usize,
+        drop: Dropout,
+    ) -> Self {
+        Self {
+            q,
+            k,
+            v,
+            o,
+            scale,
+            heads,
+            drop,
+        }
     }
 
     /// The logit scale (to read τ_u).

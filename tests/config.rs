@@ -27,7 +27,11 @@ fn expect_field(c: &ModelConfig, field: &str) {
         other => panic!("expected a config error on `{field}`, got {other:?}"),
     }
     // constructors refuse it too, with the same error
-    let r = Model::new(c, &DropoutRng::new(0), ParamStore::new(0).var_builder(DType::F32, &Device::Cpu));
+    let r = Model::new(
+        c,
+        &DropoutRng::new(0),
+        ParamStore::new(0).var_builder(DType::F32, &Device::Cpu),
+    );
     assert!(matches!(r, Err(Error::Config { .. })));
 }
 
@@ -89,25 +93,39 @@ fn memory_len_zero() {
 #[test]
 fn kernel_zero() {
     let mut c = base();
-    luna(&mut c).filter = FilterConfig::Conv { kernel: 0, stride: 1, per_channel: false };
+    luna(&mut c).filter = FilterConfig::Conv {
+        kernel: 0,
+        stride: 1,
+        per_channel: false,
+    };
     expect_field(&c, "encoder.block.filter.kernel");
 }
 #[test]
 fn stride_zero() {
     let mut c = base();
-    luna(&mut c).filter = FilterConfig::MaxPool { kernel: 2, stride: 0 };
+    luna(&mut c).filter = FilterConfig::MaxPool {
+        kernel: 2,
+        stride: 0,
+    };
     expect_field(&c, "encoder.block.filter.stride");
 }
 #[test]
 fn stride_larger_than_input() {
     let mut c = base();
-    luna(&mut c).filter = FilterConfig::Conv { kernel: 2, stride: 100, per_channel: false };
+    luna(&mut c).filter = FilterConfig::Conv {
+        kernel: 2,
+        stride: 100,
+        per_channel: false,
+    };
     expect_field(&c, "encoder.block.filter.stride");
 }
 #[test]
 fn pool_window_larger_than_input() {
     let mut c = base();
-    luna(&mut c).filter = FilterConfig::MaxPool { kernel: 100, stride: 1 };
+    luna(&mut c).filter = FilterConfig::MaxPool {
+        kernel: 100,
+        stride: 1,
+    };
     expect_field(&c, "encoder.block.filter.kernel");
 }
 #[test]
@@ -131,7 +149,10 @@ fn tiny_vocab() {
 #[test]
 fn pixel_std_zero() {
     let mut c = base();
-    c.encoder.input = InputConfig::Pixels { mean: 0.5, std: 0.0 };
+    c.encoder.input = InputConfig::Pixels {
+        mean: 0.5,
+        std: 0.0,
+    };
     expect_field(&c, "encoder.input.std");
 }
 #[test]
@@ -169,8 +190,14 @@ fn zero_hidden() {
 }
 #[test]
 fn unknown_preset_and_task() {
-    assert!(matches!(BlockPreset::from_name("lunar"), Err(Error::UnknownPreset { .. })));
-    assert!(matches!(LraTask::from_name("cifar"), Err(Error::UnknownPreset { .. })));
+    assert!(matches!(
+        BlockPreset::from_name("lunar"),
+        Err(Error::UnknownPreset { .. })
+    ));
+    assert!(matches!(
+        LraTask::from_name("cifar"),
+        Err(Error::UnknownPreset { .. })
+    ));
     for (n, p) in BlockPreset::ALL {
         assert_eq!(BlockPreset::from_name(n).unwrap(), p);
         assert_eq!(p.name(), n);
@@ -184,15 +211,43 @@ fn shape_errors_name_the_input() {
     let store = ParamStore::new(0);
     let m = Classifier::new(&c, &DropoutRng::new(0), store.var_builder(DType::F32, &dev)).unwrap();
     let ids = Tensor::new(&[[1u32, 2, 3]], &dev).unwrap();
-    let e = m.forward_t(&ids.reshape(3).unwrap(), None, false).unwrap_err();
-    assert!(matches!(&e, Error::Shape { input, .. } if input == "input"), "{e}");
-    let e = m.forward_t(&ids, Some(&Tensor::ones((1, 4), DType::F32, &dev).unwrap()), false).unwrap_err();
-    assert!(matches!(&e, Error::Shape { input, .. } if input == "mask"), "{e}");
-    let e = m.forward_t(&Tensor::new(&[[1u32, 99]], &dev).unwrap(), None, false).unwrap_err();
+    let e = m
+        .forward_t(&ids.reshape(3).unwrap(), None, false)
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Shape { input, .. } if input == "input"),
+        "{e}"
+    );
+    let e = m
+        .forward_t(
+            &ids,
+            Some(&Tensor::ones((1, 4), DType::F32, &dev).unwrap()),
+            false,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Shape { input, .. } if input == "mask"),
+        "{e}"
+    );
+    let e = m
+        .forward_t(&Tensor::new(&[[1u32, 99]], &dev).unwrap(), None, false)
+        .unwrap_err();
     assert!(e.to_string().contains("token ids in [0, 16)"), "{e}");
-    let e = m.forward_t(&Tensor::zeros((1, 65), DType::U32, &dev).unwrap(), None, false).unwrap_err();
+    let e = m
+        .forward_t(
+            &Tensor::zeros((1, 65), DType::U32, &dev).unwrap(),
+            None,
+            false,
+        )
+        .unwrap_err();
     assert!(e.to_string().contains("max_len"), "{e}");
-    let e = m.forward_t(&Tensor::zeros((1, 5), DType::F32, &dev).unwrap(), None, false).unwrap_err();
+    let e = m
+        .forward_t(
+            &Tensor::zeros((1, 5), DType::F32, &dev).unwrap(),
+            None,
+            false,
+        )
+        .unwrap_err();
     assert!(e.to_string().contains("integer token ids"), "{e}");
 }
 
@@ -219,28 +274,58 @@ fn checkpoint_round_trip_and_names() {
     let m = Classifier::new(&c, &DropoutRng::new(0), store.var_builder(DType::F32, &dev)).unwrap();
     let names: Vec<String> = store.names().into_iter().map(|(n, _)| n).collect();
     for expected in [
-        "embed.weight", "pos.weight", "cls", "memory", "layers.0.attn.q_proj.weight", "layers.0.attn.k_proj.bias",
-        "layers.0.attn.o_proj.weight", "layers.0.filter.weight", "layers.0.pack_log_temperature",
-        "layers.0.norm_x.weight", "layers.0.norm_p.bias", "layers.0.norm_ffn.weight", "layers.0.ffn.fc1.weight",
-        "head.norm.weight", "head.fc1.weight", "head.out.bias",
+        "embed.weight",
+        "pos.weight",
+        "cls",
+        "memory",
+        "layers.0.attn.q_proj.weight",
+        "layers.0.attn.k_proj.bias",
+        "layers.0.attn.o_proj.weight",
+        "layers.0.filter.weight",
+        "layers.0.pack_log_temperature",
+        "layers.0.norm_x.weight",
+        "layers.0.norm_p.bias",
+        "layers.0.norm_ffn.weight",
+        "layers.0.ffn.fc1.weight",
+        "head.norm.weight",
+        "head.fc1.weight",
+        "head.out.bias",
     ] {
-        assert!(names.iter().any(|n| n == expected), "missing {expected} in {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "missing {expected} in {names:?}"
+        );
     }
-    assert_eq!(store.get("layers.0.ffn.fc1.weight").unwrap().dims(), &[64, 32], "Linear weight is [out, in]");
+    assert_eq!(
+        store.get("layers.0.ffn.fc1.weight").unwrap().dims(),
+        &[64, 32],
+        "Linear weight is [out, in]"
+    );
     assert_eq!(store.get("layers.0.filter.weight").unwrap().dims(), &[4, 4]);
     save_model(&dir, &c, &store).unwrap();
     let (c2, _, m2) = load_model(&dir, DType::F32, &dev).unwrap();
     assert_eq!(c2, c);
     let ids = Tensor::new(&[[1u32, 2, 3, 15, 0]], &dev).unwrap();
     let a = m.forward_t(&ids, None, false).unwrap();
-    let b = m2.forward_t(Inputs::Single { input: &ids, mask: None }, false).unwrap();
+    let b = m2
+        .forward_t(
+            Inputs::Single {
+                input: &ids,
+                mask: None,
+            },
+            false,
+        )
+        .unwrap();
     assert_eq!(common::max_abs_diff(&a, &b), 0.0);
     // a truncated checkpoint is a clear error naming the file
     let w = dir.join("model.safetensors");
     let bytes = std::fs::read(&w).unwrap();
     std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
     let e = load_model(&dir, DType::F32, &dev).unwrap_err();
-    assert!(matches!(&e, Error::Format { path, .. } if path.ends_with("model.safetensors")), "{e}");
+    assert!(
+        matches!(&e, Error::Format { path, .. } if path.ends_with("model.safetensors")),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -254,7 +339,8 @@ fn same_seed_same_weights_different_seed_different() {
     for s in [&s1, &s2, &s3] {
         Classifier::new(&c, &DropoutRng::new(0), s.var_builder(DType::F32, &dev)).unwrap();
     }
-    let w = |s: &ParamStore| common::to_vec(s.get("layers.0.attn.q_proj.weight").unwrap().as_tensor());
+    let w =
+        |s: &ParamStore| common::to_vec(s.get("layers.0.attn.q_proj.weight").unwrap().as_tensor());
     assert_eq!(w(&s1), w(&s2));
     assert_ne!(w(&s1), w(&s3));
 }

@@ -22,7 +22,11 @@ impl Dataset for Toy {
             Sequence::Tokens((0..n).map(|j| (j % 15 + 1) as u32).collect())
         };
         let doc2 = self.pair.then(|| Sequence::Tokens(vec![7; n + 2]));
-        Ok(Example { doc, doc2, label: (index % 3) as u32 })
+        Ok(Example {
+            doc,
+            doc2,
+            label: (index % 3) as u32,
+        })
     }
     fn num_classes(&self) -> usize {
         3
@@ -45,8 +49,16 @@ impl Dataset for MixedKinds {
         2
     }
     fn get(&self, index: usize) -> convluna::Result<Example> {
-        let doc = if index == 0 { Sequence::Tokens(vec![1, 2]) } else { Sequence::Pixels(vec![3, 4]) };
-        Ok(Example { doc, doc2: None, label: 0 })
+        let doc = if index == 0 {
+            Sequence::Tokens(vec![1, 2])
+        } else {
+            Sequence::Pixels(vec![3, 4])
+        };
+        Ok(Example {
+            doc,
+            doc2: None,
+            label: 0,
+        })
     }
     fn num_classes(&self) -> usize {
         2
@@ -60,7 +72,11 @@ impl Dataset for MixedKinds {
 }
 
 fn toy(lens: &[usize]) -> Toy {
-    Toy { lens: lens.to_vec(), pixels: false, pair: false }
+    Toy {
+        lens: lens.to_vec(),
+        pixels: false,
+        pair: false,
+    }
 }
 
 #[test]
@@ -71,7 +87,14 @@ fn token_batch_pads_and_masks() {
     assert_eq!(b.input.dtype(), DType::U32);
     assert_eq!(b.mask.dtype(), DType::F32);
     let ids = b.input.to_vec2::<u32>().unwrap();
-    assert_eq!(ids, vec![vec![1, 2, 3, 0, 0], vec![1, 2, 3, 4, 5], vec![1, 0, 0, 0, 0]]);
+    assert_eq!(
+        ids,
+        vec![
+            vec![1, 2, 3, 0, 0],
+            vec![1, 2, 3, 4, 5],
+            vec![1, 0, 0, 0, 0]
+        ]
+    );
     let mask = b.mask.to_vec2::<f32>().unwrap();
     assert_eq!(mask[0], vec![1.0, 1.0, 1.0, 0.0, 0.0]);
     assert_eq!(mask[2], vec![1.0, 0.0, 0.0, 0.0, 0.0]);
@@ -80,7 +103,10 @@ fn token_batch_pads_and_masks() {
     assert!(b.input2.is_none() && b.mask2.is_none());
     // Fixed length pads further and truncates longer documents.
     let b = make_batch(&ds, &[1, 3], PadTo::Fixed(4), &Device::Cpu).unwrap();
-    assert_eq!(b.input.to_vec2::<u32>().unwrap(), vec![vec![1, 2, 3, 4], vec![1, 2, 3, 4]]);
+    assert_eq!(
+        b.input.to_vec2::<u32>().unwrap(),
+        vec![vec![1, 2, 3, 4], vec![1, 2, 3, 4]]
+    );
     assert_eq!(b.tokens, 8);
     let b = make_batch(&ds, &[2], PadTo::Fixed(8), &Device::Cpu).unwrap();
     assert_eq!(b.input.dims(), &[1, 8]);
@@ -89,16 +115,30 @@ fn token_batch_pads_and_masks() {
 
 #[test]
 fn pixel_and_pair_batches() {
-    let ds = Toy { lens: vec![4, 4, 4], pixels: true, pair: false };
+    let ds = Toy {
+        lens: vec![4, 4, 4],
+        pixels: true,
+        pair: false,
+    };
     let b = make_batch(&ds, &[2, 0], PadTo::Longest, &Device::Cpu).unwrap();
     assert_eq!(b.input.dtype(), DType::F32);
-    assert_eq!(b.input.to_vec2::<f32>().unwrap(), vec![vec![2.0, 12.0, 22.0, 32.0], vec![0.0, 10.0, 20.0, 30.0]]);
+    assert_eq!(
+        b.input.to_vec2::<f32>().unwrap(),
+        vec![vec![2.0, 12.0, 22.0, 32.0], vec![0.0, 10.0, 20.0, 30.0]]
+    );
     assert_eq!(b.mask.to_vec2::<f32>().unwrap(), vec![vec![1.0; 4]; 2]);
-    let ds = Toy { lens: vec![2, 3], pixels: false, pair: true };
+    let ds = Toy {
+        lens: vec![2, 3],
+        pixels: false,
+        pair: true,
+    };
     let b = make_batch(&ds, &[0, 1], PadTo::Longest, &Device::Cpu).unwrap();
     assert_eq!(b.input.dims(), &[2, 3]);
     assert_eq!(b.input2.as_ref().unwrap().dims(), &[2, 5]);
-    assert_eq!(b.mask2.as_ref().unwrap().to_vec2::<f32>().unwrap()[0], vec![1.0, 1.0, 1.0, 1.0, 0.0]);
+    assert_eq!(
+        b.mask2.as_ref().unwrap().to_vec2::<f32>().unwrap()[0],
+        vec![1.0, 1.0, 1.0, 1.0, 0.0]
+    );
     assert_eq!(b.tokens, 2 + 3 + 4 + 5);
 }
 
@@ -108,7 +148,10 @@ fn batch_errors() {
     assert!(make_batch(&ds, &[], PadTo::Longest, &Device::Cpu).is_err());
     assert!(make_batch(&ds, &[0], PadTo::Fixed(0), &Device::Cpu).is_err());
     let lo = ListOpsDataset::generated(&ListOpsConfig::small(), 4, 0, 200);
-    assert!(make_batch(&lo, &[0, 9], PadTo::Longest, &Device::Cpu).is_err(), "index out of range is an error");
+    assert!(
+        make_batch(&lo, &[0, 9], PadTo::Longest, &Device::Cpu).is_err(),
+        "index out of range is an error"
+    );
     let mixed = MixedKinds;
     assert!(make_batch(&mixed, &[0, 1], PadTo::Longest, &Device::Cpu).is_err());
     assert!(bucketed_batches(&ds, &[0, 1], 0, 4).is_err());
@@ -117,7 +160,13 @@ fn batch_errors() {
 #[test]
 fn generated_data_batches_for_the_model() {
     let splits = ListOpsDataset::generate_splits(&ListOpsConfig::small(), 32, 4, 4, 1, 200);
-    let b = make_batch(&*splits.train, &(0..8).collect::<Vec<_>>(), PadTo::Fixed(200), &Device::Cpu).unwrap();
+    let b = make_batch(
+        &*splits.train,
+        &(0..8).collect::<Vec<_>>(),
+        PadTo::Fixed(200),
+        &Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(b.input.dims(), &[8, 200]);
     let max_id = b.input.max_all().unwrap().to_scalar::<u32>().unwrap();
     assert!(max_id < convluna::preset::LISTOPS_VOCAB as u32);
@@ -155,7 +204,11 @@ fn bucketing_groups_similar_lengths() {
     assert_eq!(b.len(), 5);
     let mut all = b.concat();
     all.sort();
-    assert_eq!(all, (0..40).collect::<Vec<_>>(), "every example exactly once");
+    assert_eq!(
+        all,
+        (0..40).collect::<Vec<_>>(),
+        "every example exactly once"
+    );
     // Within one bucket of 40, each batch spans a narrow length range.
     let spread: usize = b
         .iter()
@@ -172,7 +225,11 @@ fn bucketing_groups_similar_lengths() {
         })
         .sum();
     assert!(spread * 3 < plain_spread, "{spread} vs {plain_spread}");
-    assert_eq!(b, bucketed_batches(&ds, &order, 8, 40).unwrap(), "deterministic");
+    assert_eq!(
+        b,
+        bucketed_batches(&ds, &order, 8, 40).unwrap(),
+        "deterministic"
+    );
     // A last, smaller batch is kept.
     let b = bucketed_batches(&ds, &order[..19], 8, 16).unwrap();
     assert_eq!(b.iter().map(|x| x.len()).sum::<usize>(), 19);

@@ -11,7 +11,11 @@ use proptest::prelude::*;
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn tmpdir(tag: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("convluna-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let p = std::env::temp_dir().join(format!(
+        "convluna-{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p).unwrap();
     p
@@ -23,7 +27,11 @@ fn fixtures() -> PathBuf {
 
 /// The fixture's record `i` (see tests/fixtures/data/README.md).
 fn cifar_rgb(i: usize, p: usize) -> (u8, u8, u8) {
-    (((i * 7 + p) % 256) as u8, ((p * 3 + i) % 256) as u8, ((255 + 256 * 8 - p - i) % 256) as u8)
+    (
+        ((i * 7 + p) % 256) as u8,
+        ((p * 3 + i) % 256) as u8,
+        ((255 + 256 * 8 - p - i) % 256) as u8,
+    )
 }
 
 #[test]
@@ -81,7 +89,11 @@ fn reads_fashion_mnist_fixture_gz_or_not() {
                     assert_eq!(v, 0, "border pixel ({r}, {c})");
                 } else {
                     let (rr, cc, i) = (r - 2, c - 2, first);
-                    let want = if (rr + cc + i) % 3 != 0 { ((i * 31 + rr * 5 + cc * 11 + seed) % 256) as u8 } else { 0 };
+                    let want = if (rr + cc + i) % 3 != 0 {
+                        ((i * 31 + rr * 5 + cc * 11 + seed) % 256) as u8
+                    } else {
+                        0
+                    };
                     assert_eq!(v, want, "pixel ({r}, {c})");
                 }
             }
@@ -96,19 +108,33 @@ fn real_fashion_mnist_when_installed() {
         Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist")),
         Some(PathBuf::from("/usr/share/datasets/fashion-mnist")),
     ];
-    let Some(dir) = candidates.into_iter().flatten().find(|d| d.join("train-images-idx3-ubyte.gz").is_file()) else {
+    let Some(dir) = candidates
+        .into_iter()
+        .flatten()
+        .find(|d| d.join("train-images-idx3-ubyte.gz").is_file())
+    else {
         println!("note: Fashion-MNIST not installed (scripts/fetch-data.sh or apt-get install dataset-fashion-mnist); skipped");
         return;
     };
     let s = read_fashion_mnist_dir(&dir).unwrap();
     println!("{}", s.summary());
-    assert_eq!((s.train.len(), s.val.len(), s.test.len()), (54_000, 6_000, 10_000));
-    let counts: Vec<usize> = [&s.train, &s.val].iter().map(|d| label_counts(&***d).unwrap()).fold(vec![0; 10], |a, c| {
-        a.iter().zip(c).map(|(x, y)| x + y).collect()
-    });
+    assert_eq!(
+        (s.train.len(), s.val.len(), s.test.len()),
+        (54_000, 6_000, 10_000)
+    );
+    let counts: Vec<usize> = [&s.train, &s.val]
+        .iter()
+        .map(|d| label_counts(&***d).unwrap())
+        .fold(vec![0; 10], |a, c| {
+            a.iter().zip(c).map(|(x, y)| x + y).collect()
+        });
     assert_eq!(counts, vec![6000; 10]);
     assert_eq!(label_counts(&*s.test).unwrap(), vec![1000; 10]);
-    println!("train per class {:?}, val per class {:?}", label_counts(&*s.train).unwrap(), label_counts(&*s.val).unwrap());
+    println!(
+        "train per class {:?}, val per class {:?}",
+        label_counts(&*s.train).unwrap(),
+        label_counts(&*s.val).unwrap()
+    );
     let ex = s.test.get(0).unwrap();
     assert_eq!(ex.doc.len(), 1024);
     assert_eq!(ex.label, 9, "the first test image is an ankle boot");
@@ -134,18 +160,33 @@ fn error_wrong_idx_magic() {
     let dir = tmpdir("idx-magic");
     let p = write(&dir, "labels", &idx(0x0000_0803, &[2, 1, 1], &[1, 2]));
     match read_idx(&p, 0x0000_0801) {
-        Err(Error::Data(DataError::BadMagic { expected: 0x801, found: 0x803, path })) => assert_eq!(path, p),
+        Err(Error::Data(DataError::BadMagic {
+            expected: 0x801,
+            found: 0x803,
+            path,
+        })) => assert_eq!(path, p),
         other => panic!("unexpected {other:?}"),
     }
     let err = read_idx(&p, 0x801).err().unwrap();
     assert!(err.to_string().contains("0x00000803"), "{err}");
     // In place of the training images.
     let d2 = tmpdir("idx-magic2");
-    for f in ["train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] {
+    for f in [
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ] {
         std::fs::copy(fixtures().join("fashion-mnist").join(f), d2.join(f)).unwrap();
     }
-    write(&d2, "train-images-idx3-ubyte", &idx(0x0000_0801, &[10], &[0; 10]));
-    assert!(matches!(read_fashion_mnist_dir(&d2), Err(Error::Data(DataError::BadMagic { .. }))));
+    write(
+        &d2,
+        "train-images-idx3-ubyte",
+        &idx(0x0000_0801, &[10], &[0; 10]),
+    );
+    assert!(matches!(
+        read_fashion_mnist_dir(&d2),
+        Err(Error::Data(DataError::BadMagic { .. }))
+    ));
 }
 
 #[test]
@@ -154,16 +195,31 @@ fn error_truncated_files() {
     // IDX: 3 images of 2×2 promised, 2.5 present → record 2 is the first incomplete one.
     let p = write(&dir, "img", &idx(0x803, &[3, 2, 2], &[7; 10]));
     match read_idx(&p, 0x803) {
-        Err(Error::Data(DataError::Truncated { at: Location::Record(2), .. })) => {}
+        Err(Error::Data(DataError::Truncated {
+            at: Location::Record(2),
+            ..
+        })) => {}
         other => panic!("unexpected {other:?}"),
     }
     let p = write(&dir, "hdr", &[0, 0, 8, 3, 0, 0]);
-    assert!(matches!(read_idx(&p, 0x803), Err(Error::Data(DataError::Truncated { at: Location::File, .. }))));
+    assert!(matches!(
+        read_idx(&p, 0x803),
+        Err(Error::Data(DataError::Truncated {
+            at: Location::File,
+            ..
+        }))
+    ));
     let p = write(&dir, "tiny", &[0, 0]);
-    assert!(matches!(read_idx(&p, 0x803), Err(Error::Data(DataError::Truncated { .. }))));
+    assert!(matches!(
+        read_idx(&p, 0x803),
+        Err(Error::Data(DataError::Truncated { .. }))
+    ));
     // Trailing bytes are malformed too.
     let p = write(&dir, "long", &idx(0x801, &[2], &[1, 2, 3]));
-    assert!(matches!(read_idx(&p, 0x801), Err(Error::Data(DataError::Malformed { .. }))));
+    assert!(matches!(
+        read_idx(&p, 0x801),
+        Err(Error::Data(DataError::Malformed { .. }))
+    ));
     // A truncated gzip stream is an I/O error naming the file.
     let gz = std::fs::read(fixtures().join("fashion-mnist/train-images-idx3-ubyte.gz")).unwrap();
     let p = write(&dir, "cut.gz", &gz[..gz.len() / 2]);
@@ -179,7 +235,11 @@ fn error_truncated_files() {
     bytes.extend(&rec[..1500]);
     let p = write(&dir, "data_batch_1.bin", &bytes);
     match read_cifar10_batch(&p) {
-        Err(Error::Data(DataError::Truncated { at: Location::Record(1), path, .. })) => assert_eq!(path, p),
+        Err(Error::Data(DataError::Truncated {
+            at: Location::Record(1),
+            path,
+            ..
+        })) => assert_eq!(path, p),
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -194,37 +254,60 @@ fn error_labels_out_of_range() {
     }
     let p = write(&dir, "b.bin", &bytes);
     match read_cifar10_batch(&p) {
-        Err(Error::Data(DataError::LabelOutOfRange { at: Location::Record(1), label, num_classes: 10, .. })) => assert_eq!(label, "10"),
+        Err(Error::Data(DataError::LabelOutOfRange {
+            at: Location::Record(1),
+            label,
+            num_classes: 10,
+            ..
+        })) => assert_eq!(label, "10"),
         other => panic!("unexpected {other:?}"),
     }
     let img = write(&dir, "i", &idx(0x803, &[2, 28, 28], &[0; 2 * 784]));
     let lab = write(&dir, "l", &idx(0x801, &[2], &[4, 12]));
     match read_idx_pair(&img, &lab, 10, "x") {
-        Err(Error::Data(DataError::LabelOutOfRange { at: Location::Record(1), .. })) => {}
+        Err(Error::Data(DataError::LabelOutOfRange {
+            at: Location::Record(1),
+            ..
+        })) => {}
         other => panic!("unexpected {:?}", other.err()),
     }
     // Counts that disagree.
     let lab = write(&dir, "l3", &idx(0x801, &[3], &[1, 2, 3]));
-    assert!(matches!(read_idx_pair(&img, &lab, 10, "x"), Err(Error::Data(DataError::Malformed { .. }))));
+    assert!(matches!(
+        read_idx_pair(&img, &lab, 10, "x"),
+        Err(Error::Data(DataError::Malformed { .. }))
+    ));
     // Images too large for 32×32.
     let big = write(&dir, "big", &idx(0x803, &[1, 40, 40], &[0; 1600]));
     let lab1 = write(&dir, "l1", &idx(0x801, &[1], &[1]));
-    assert!(matches!(read_idx_pair(&big, &lab1, 10, "x"), Err(Error::Data(DataError::Malformed { .. }))));
+    assert!(matches!(
+        read_idx_pair(&big, &lab1, 10, "x"),
+        Err(Error::Data(DataError::Malformed { .. }))
+    ));
 }
 
 #[test]
 fn error_empty_dataset() {
     let dir = tmpdir("img-empty");
     let p = write(&dir, "e.bin", &[]);
-    assert!(matches!(read_cifar10_batch(&p), Err(Error::Data(DataError::Empty { .. }))));
+    assert!(matches!(
+        read_cifar10_batch(&p),
+        Err(Error::Data(DataError::Empty { .. }))
+    ));
     let img = write(&dir, "i", &idx(0x803, &[0, 28, 28], &[]));
     let lab = write(&dir, "l", &idx(0x801, &[0], &[]));
-    assert!(matches!(read_idx_pair(&img, &lab, 10, "x"), Err(Error::Data(DataError::Empty { .. }))));
+    assert!(matches!(
+        read_idx_pair(&img, &lab, 10, "x"),
+        Err(Error::Data(DataError::Empty { .. }))
+    ));
     match read_cifar10_dir(&dir) {
         Err(Error::Io { path, .. }) => assert!(path.ends_with("data_batch_1.bin")),
         other => panic!("unexpected {:?}", other.err()),
     }
-    assert!(matches!(read_fashion_mnist_dir(&dir), Err(Error::Io { .. })));
+    assert!(matches!(
+        read_fashion_mnist_dir(&dir),
+        Err(Error::Io { .. })
+    ));
 }
 
 proptest! {

@@ -11,7 +11,11 @@ use proptest::prelude::*;
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn tmpdir(tag: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("convluna-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let p = std::env::temp_dir().join(format!(
+        "convluna-{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p).unwrap();
     p
@@ -80,7 +84,11 @@ mod lra_eval {
             "[MED" => {
                 args.sort();
                 let n = args.len();
-                let m = if n % 2 == 1 { args[n / 2] as f64 } else { (args[n / 2 - 1] + args[n / 2]) as f64 / 2.0 };
+                let m = if n % 2 == 1 {
+                    args[n / 2] as f64
+                } else {
+                    (args[n / 2 - 1] + args[n / 2]) as f64 / 2.0
+                };
                 m.floor() as u32
             }
             o => panic!("unknown operator {o}"),
@@ -90,7 +98,10 @@ mod lra_eval {
 
 #[test]
 fn labels_match_independent_evaluator() {
-    for (cfg, n) in [(ListOpsConfig::official(), 150), (ListOpsConfig::small(), 400)] {
+    for (cfg, n) in [
+        (ListOpsConfig::official(), 150),
+        (ListOpsConfig::small(), 400),
+    ] {
         for (src, label) in generate_listops(&cfg, n, 21) {
             assert_eq!(lra_eval::value(&src), label, "{src}");
             let ids = encode_listops(&src).unwrap();
@@ -102,14 +113,30 @@ fn labels_match_independent_evaluator() {
 
 #[test]
 fn length_bounds_hold() {
-    for cfg in [ListOpsConfig::official(), ListOpsConfig::small(), ListOpsConfig { min_len: 3, max_len: 9, ..ListOpsConfig::small() }] {
+    for cfg in [
+        ListOpsConfig::official(),
+        ListOpsConfig::small(),
+        ListOpsConfig {
+            min_len: 3,
+            max_len: 9,
+            ..ListOpsConfig::small()
+        },
+    ] {
         let ds = ListOpsDataset::generated(&cfg, 120, 3, usize::MAX);
         for i in 0..ds.len() {
             let len = ds.length(i).unwrap();
-            assert!(len > cfg.min_len && len < cfg.max_len, "{len} outside ({}, {})", cfg.min_len, cfg.max_len);
+            assert!(
+                len > cfg.min_len && len < cfg.max_len,
+                "{len} outside ({}, {})",
+                cfg.min_len,
+                cfg.max_len
+            );
             let ex = ds.get(i).unwrap();
             let ids = ex.doc.tokens().unwrap();
-            assert!(ids.iter().all(|&t| (1..16).contains(&t)), "ids use the vocabulary, never 0");
+            assert!(
+                ids.iter().all(|&t| (1..16).contains(&t)),
+                "ids use the vocabulary, never 0"
+            );
         }
     }
     // Truncation to the task length.
@@ -122,9 +149,20 @@ fn length_bounds_hold() {
 fn official_statistics_match_lra() {
     // LRA: about 8 % of draws kept, mean length about 1,040; within 10 %.
     let s = listops_stats(&ListOpsConfig::official(), 300_000, 0).unwrap();
-    println!("official: keep-rate {:.4}, mean length {:.1}, label shares {:?}", s.keep_rate, s.mean_len, s.label_shares);
-    assert!((0.072..=0.088).contains(&s.keep_rate), "keep-rate {}", s.keep_rate);
-    assert!((936.0..=1144.0).contains(&s.mean_len), "mean length {}", s.mean_len);
+    println!(
+        "official: keep-rate {:.4}, mean length {:.1}, label shares {:?}",
+        s.keep_rate, s.mean_len, s.label_shares
+    );
+    assert!(
+        (0.072..=0.088).contains(&s.keep_rate),
+        "keep-rate {}",
+        s.keep_rate
+    );
+    assert!(
+        (936.0..=1144.0).contains(&s.mean_len),
+        "mean length {}",
+        s.mean_len
+    );
     // The generator's own counters agree.
     let mut g = ListOpsGenerator::new(&ListOpsConfig::official(), 1).unwrap();
     for _ in 0..2000 {
@@ -140,9 +178,16 @@ fn small_preset_statistics() {
     let cfg = ListOpsConfig::small();
     let s = listops_stats(&cfg, 200_000, 0).unwrap();
     let majority = s.label_shares.iter().cloned().fold(0.0, f64::max);
-    println!("small: keep-rate {:.4}, mean length {:.1}, majority label share {majority:.4}", s.keep_rate, s.mean_len);
+    println!(
+        "small: keep-rate {:.4}, mean length {:.1}, majority label share {majority:.4}",
+        s.keep_rate, s.mean_len
+    );
     assert!(s.keep_rate > 0.2, "keep-rate {}", s.keep_rate);
-    assert!((50.0..90.0).contains(&s.mean_len), "mean length {}", s.mean_len);
+    assert!(
+        (50.0..90.0).contains(&s.mean_len),
+        "mean length {}",
+        s.mean_len
+    );
     assert!(majority < 0.2);
     let splits = ListOpsDataset::generate_splits(&cfg, 2000, 200, 200, 5, 200);
     let m = majority_fraction(&*splits.train).unwrap();
@@ -193,7 +238,11 @@ fn tsv_writer_round_trips() {
     write_listops_dir(&dir, &cfg, 40, 10, 10, 77).unwrap();
     let read = read_listops_dir(&dir, 2000).unwrap();
     let gen = ListOpsDataset::generate_splits(&cfg, 40, 10, 10, 77, 2000);
-    for (a, b) in [(&read.train, &gen.train), (&read.val, &gen.val), (&read.test, &gen.test)] {
+    for (a, b) in [
+        (&read.train, &gen.train),
+        (&read.val, &gen.val),
+        (&read.test, &gen.test),
+    ] {
         assert_eq!(a.len(), b.len());
         for i in 0..a.len() {
             assert_eq!(a.get(i).unwrap(), b.get(i).unwrap());
@@ -207,7 +256,10 @@ fn tsv_writer_round_trips() {
     write_listops_tsv(&dir.join("x.tsv"), &rows).unwrap();
     let ds = ListOpsDataset::from_tsv(&dir.join("x.tsv"), 2000).unwrap();
     for (i, (src, label)) in rows.iter().enumerate() {
-        assert_eq!(ds.get(i).unwrap().doc, Sequence::Tokens(encode_listops(src).unwrap()));
+        assert_eq!(
+            ds.get(i).unwrap().doc,
+            Sequence::Tokens(encode_listops(src).unwrap())
+        );
         assert_eq!(ds.label(i).unwrap(), *label);
     }
     std::fs::remove_dir_all(dir).ok();
@@ -218,7 +270,10 @@ fn reads_fixture_written_by_lra_code() {
     // The fixture was written with a transcription of LRA's listops.py and Python's csv module
     // (header, `\r\n` line ends); its labels come from LRA's `to_value`.
     let splits = read_listops_dir(&fixture_dir(), 2000).unwrap();
-    assert_eq!((splits.train.len(), splits.val.len(), splits.test.len()), (24, 6, 6));
+    assert_eq!(
+        (splits.train.len(), splits.val.len(), splits.test.len()),
+        (24, 6, 6)
+    );
     for d in [&splits.train, &splits.val, &splits.test] {
         assert_eq!(d.num_classes(), 10);
         for i in 0..d.len() {
@@ -239,24 +294,45 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 #[test]
 fn error_wrong_column_count() {
     let dir = tmpdir("listops-cols");
-    let p = write(&dir, "bad.tsv", "Source\tTarget\n[MAX 1 2 ]\t2\n[MIN 1 2 ]\t1\textra\n");
+    let p = write(
+        &dir,
+        "bad.tsv",
+        "Source\tTarget\n[MAX 1 2 ]\t2\n[MIN 1 2 ]\t1\textra\n",
+    );
     let err = ListOpsDataset::from_tsv(&p, 2000).err().unwrap();
     match &err {
-        Error::Data(DataError::ColumnCount { at: Location::Line(3), expected: 2, found: 3, path }) => assert_eq!(path, &p),
+        Error::Data(DataError::ColumnCount {
+            at: Location::Line(3),
+            expected: 2,
+            found: 3,
+            path,
+        }) => assert_eq!(path, &p),
         e => panic!("unexpected {e:?}"),
     }
     assert!(err.to_string().contains("bad.tsv, line 3"), "{err}");
     let p = write(&dir, "one.tsv", "[MAX 1 2 ] 2\n");
-    assert!(matches!(ListOpsDataset::from_tsv(&p, 2000), Err(Error::Data(DataError::ColumnCount { found: 1, .. }))));
+    assert!(matches!(
+        ListOpsDataset::from_tsv(&p, 2000),
+        Err(Error::Data(DataError::ColumnCount { found: 1, .. }))
+    ));
 }
 
 #[test]
 fn error_label_out_of_range() {
     let dir = tmpdir("listops-label");
     for (label, line) in [("10", 2), ("-1", 2), ("x", 2), ("", 2), ("3.0", 2)] {
-        let p = write(&dir, "bad.tsv", &format!("Source\tTarget\n[MAX 1 2 ]\t{label}\n"));
+        let p = write(
+            &dir,
+            "bad.tsv",
+            &format!("Source\tTarget\n[MAX 1 2 ]\t{label}\n"),
+        );
         match ListOpsDataset::from_tsv(&p, 2000) {
-            Err(Error::Data(DataError::LabelOutOfRange { at, num_classes: 10, label: l, .. })) => {
+            Err(Error::Data(DataError::LabelOutOfRange {
+                at,
+                num_classes: 10,
+                label: l,
+                ..
+            })) => {
                 assert_eq!(at, Location::Line(line));
                 assert_eq!(l, label);
             }
@@ -268,49 +344,112 @@ fn error_label_out_of_range() {
 #[test]
 fn error_unknown_token() {
     let dir = tmpdir("listops-token");
-    let p = write(&dir, "bad.tsv", "Source\tTarget\n( ( [MAX 1 ) 2 ] )\t2\n( ( [FIRST 1 ) 2 ] )\t1\n");
+    let p = write(
+        &dir,
+        "bad.tsv",
+        "Source\tTarget\n( ( [MAX 1 ) 2 ] )\t2\n( ( [FIRST 1 ) 2 ] )\t1\n",
+    );
     match ListOpsDataset::from_tsv(&p, 2000) {
-        Err(Error::Data(DataError::UnknownToken { at: Location::Line(3), token, .. })) => assert_eq!(token, "[FIRST"),
+        Err(Error::Data(DataError::UnknownToken {
+            at: Location::Line(3),
+            token,
+            ..
+        })) => assert_eq!(token, "[FIRST"),
         other => panic!("unexpected {:?}", other.err()),
     }
-    assert!(matches!(encode_listops("[MAX 12 3 ]"), Err(Error::Data(DataError::UnknownToken { .. }))));
-    assert_eq!(encode_listops("( ( ( [MAX 2 ) 9 ) ] )").unwrap(), vec![12, 3, 10, 15]);
+    assert!(matches!(
+        encode_listops("[MAX 12 3 ]"),
+        Err(Error::Data(DataError::UnknownToken { .. }))
+    ));
+    assert_eq!(
+        encode_listops("( ( ( [MAX 2 ) 9 ) ] )").unwrap(),
+        vec![12, 3, 10, 15]
+    );
 }
 
 #[test]
 fn error_empty_dataset_and_other_malformed_rows() {
     let dir = tmpdir("listops-empty");
     let p = write(&dir, "empty.tsv", "Source\tTarget\n");
-    assert!(matches!(ListOpsDataset::from_tsv(&p, 2000), Err(Error::Data(DataError::Empty { .. }))));
+    assert!(matches!(
+        ListOpsDataset::from_tsv(&p, 2000),
+        Err(Error::Data(DataError::Empty { .. }))
+    ));
     let p = write(&dir, "nothing.tsv", "");
-    assert!(matches!(ListOpsDataset::from_tsv(&p, 2000), Err(Error::Data(DataError::Empty { .. }))));
+    assert!(matches!(
+        ListOpsDataset::from_tsv(&p, 2000),
+        Err(Error::Data(DataError::Empty { .. }))
+    ));
     let p = write(&dir, "nosrc.tsv", "( )\t3\n");
-    assert!(matches!(ListOpsDataset::from_tsv(&p, 2000), Err(Error::Data(DataError::Malformed { at: Location::Line(1), .. }))));
-    let p = write(&dir, "twohead.tsv", "Source\tTarget\n1\t1\nSource\tTarget\n");
-    assert!(matches!(ListOpsDataset::from_tsv(&p, 2000), Err(Error::Data(DataError::Malformed { at: Location::Line(3), .. }))));
+    assert!(matches!(
+        ListOpsDataset::from_tsv(&p, 2000),
+        Err(Error::Data(DataError::Malformed {
+            at: Location::Line(1),
+            ..
+        }))
+    ));
+    let p = write(
+        &dir,
+        "twohead.tsv",
+        "Source\tTarget\n1\t1\nSource\tTarget\n",
+    );
+    assert!(matches!(
+        ListOpsDataset::from_tsv(&p, 2000),
+        Err(Error::Data(DataError::Malformed {
+            at: Location::Line(3),
+            ..
+        }))
+    ));
     // Blank lines are skipped and counted; no header is fine.
     let p = write(&dir, "blank.tsv", "[MAX 1 2 ]\t2\r\n\r\n[SM 5 6 ]\t1\r\n");
     let ds = ListOpsDataset::from_tsv(&p, 2000).unwrap();
     assert_eq!((ds.len(), ds.skipped()), (2, 1));
-    assert!(matches!(ListOpsDataset::from_tsv(&dir.join("missing.tsv"), 2000), Err(Error::Io { .. })));
-    assert!(matches!(read_listops_dir(&dir, 2000), Err(Error::Io { .. })));
+    assert!(matches!(
+        ListOpsDataset::from_tsv(&dir.join("missing.tsv"), 2000),
+        Err(Error::Io { .. })
+    ));
+    assert!(matches!(
+        read_listops_dir(&dir, 2000),
+        Err(Error::Io { .. })
+    ));
 }
 
 #[test]
 fn invalid_configs_are_errors() {
     let base = ListOpsConfig::official();
     for cfg in [
-        ListOpsConfig { min_len: 10, max_len: 11, ..base.clone() },
-        ListOpsConfig { max_depth: 2, max_args: 3, min_len: 10, ..base.clone() },
-        ListOpsConfig { leaf_prob: 1.0, ..base.clone() },
-        ListOpsConfig { max_args: 1, ..base.clone() },
+        ListOpsConfig {
+            min_len: 10,
+            max_len: 11,
+            ..base.clone()
+        },
+        ListOpsConfig {
+            max_depth: 2,
+            max_args: 3,
+            min_len: 10,
+            ..base.clone()
+        },
+        ListOpsConfig {
+            leaf_prob: 1.0,
+            ..base.clone()
+        },
+        ListOpsConfig {
+            max_args: 1,
+            ..base.clone()
+        },
     ] {
         assert!(cfg.validate().is_err(), "{cfg:?}");
         assert!(ListOpsDataset::try_generated(&cfg, 1, 0, 100).is_err());
         assert!(listops_stats(&cfg, 10, 0).is_err());
     }
     // Fewer distinct trees than asked for: an error, not a hang.
-    let tiny = ListOpsConfig { min_len: 3, max_len: 5, max_depth: 2, max_args: 2, leaf_prob: 0.0 };
+    let tiny = ListOpsConfig {
+        min_len: 3,
+        max_len: 5,
+        max_depth: 2,
+        max_args: 2,
+        leaf_prob: 0.0,
+    };
     let mut g = ListOpsGenerator::new(&tiny, 0).unwrap();
     g.patience = 20_000;
     let mut found = 0;

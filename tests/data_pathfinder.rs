@@ -12,7 +12,11 @@ use proptest::prelude::*;
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn tmpdir(tag: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("convluna-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let p = std::env::temp_dir().join(format!(
+        "convluna-{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p).unwrap();
     p
@@ -24,7 +28,10 @@ fn fixture() -> PathBuf {
 
 /// Whether the two marker pixels are in one 8-connected component of lit (non-zero) pixels.
 fn connected(pixels: &[u8], side: usize, a: (usize, usize), b: (usize, usize)) -> bool {
-    assert!(pixels[a.0 * side + a.1] > 0 && pixels[b.0 * side + b.1] > 0, "markers must be lit");
+    assert!(
+        pixels[a.0 * side + a.1] > 0 && pixels[b.0 * side + b.1] > 0,
+        "markers must be lit"
+    );
     let mut seen = vec![false; side * side];
     let mut queue = VecDeque::from([a]);
     seen[a.0 * side + a.1] = true;
@@ -55,7 +62,12 @@ fn check_labels(cfg: &PathfinderConfig, n: u64, seed: u64) -> usize {
         let s = pathfinder_sample(cfg, seed, i).unwrap();
         assert_eq!(s.pixels.len(), cfg.size * cfg.size);
         let c = connected(&s.pixels, cfg.size, s.markers[0], s.markers[1]);
-        assert_eq!(c, s.label == 1, "sample {i}: label {} but markers connected = {c}", s.label);
+        assert_eq!(
+            c,
+            s.label == 1,
+            "sample {i}: label {} but markers connected = {c}",
+            s.label
+        );
         positives += s.label as usize;
     }
     positives
@@ -113,11 +125,20 @@ const PINNED_HASH: u64 = 0x29d2_364b_8286_d131;
 #[test]
 fn images_look_like_pathfinder() {
     // Two targets plus most distractors: a reasonable share of lit pixels, two bright markers.
-    for (cfg, lo, hi) in [(PathfinderConfig::easy(), 0.08, 0.45), (PathfinderConfig::hard(), 0.15, 0.6)] {
+    for (cfg, lo, hi) in [
+        (PathfinderConfig::easy(), 0.08, 0.45),
+        (PathfinderConfig::hard(), 0.15, 0.6),
+    ] {
         let data = generate_pathfinder(&cfg, 50, 9);
-        let lit: f64 = data.iter().map(|(p, _)| p.iter().filter(|&&v| v > 0).count() as f64 / p.len() as f64).sum::<f64>() / 50.0;
+        let lit: f64 = data
+            .iter()
+            .map(|(p, _)| p.iter().filter(|&&v| v > 0).count() as f64 / p.len() as f64)
+            .sum::<f64>()
+            / 50.0;
         assert!((lo..hi).contains(&lit), "mean lit share {lit}");
-        assert!(data.iter().all(|(p, _)| p.iter().filter(|&&v| v == 255).count() >= 2));
+        assert!(data
+            .iter()
+            .all(|(p, _)| p.iter().filter(|&&v| v == 255).count() >= 2));
     }
 }
 
@@ -149,9 +170,14 @@ fn official_layout_round_trips() {
         assert_eq!(ex.label, *label);
     }
     let splits = read_pathfinder_dir(&dir, (80, 10, 10)).unwrap();
-    assert_eq!((splits.train.len(), splits.val.len(), splits.test.len()), (20, 2, 3));
-    let mut labels: Vec<u32> =
-        [&splits.train, &splits.val, &splits.test].iter().flat_map(|d| (0..d.len()).map(|i| d.label(i).unwrap())).collect();
+    assert_eq!(
+        (splits.train.len(), splits.val.len(), splits.test.len()),
+        (20, 2, 3)
+    );
+    let mut labels: Vec<u32> = [&splits.train, &splits.val, &splits.test]
+        .iter()
+        .flat_map(|d| (0..d.len()).map(|i| d.label(i).unwrap()))
+        .collect();
     let mut expected: Vec<u32> = gen.iter().map(|g| g.1).collect();
     labels.sort();
     expected.sort();
@@ -163,7 +189,11 @@ fn official_layout_round_trips() {
 fn reads_fixture_and_skips_empty_image() {
     let ds = PngDataset::open(&fixture()).unwrap();
     assert_eq!(ds.len(), 6);
-    assert_eq!(ds.skipped(), 1, "the zero-byte sample_6.png is skipped and counted");
+    assert_eq!(
+        ds.skipped(),
+        1,
+        "the zero-byte sample_6.png is skipped and counted"
+    );
     let labels: Vec<u32> = (0..6).map(|i| ds.get(i).unwrap().label).collect();
     assert_eq!(labels, vec![0, 0, 0, 0, 1, 0]);
     // The fixture was written by the generator (easy, seed 7): same bytes today.
@@ -212,10 +242,19 @@ fn good_png() -> Vec<u8> {
 
 #[test]
 fn error_wrong_column_count() {
-    let dir = layout("pf-cols", "imgs/0 sample_0.png 0 1\nimgs/0 sample_1.png 1\n", &[("sample_0.png", good_png())]);
+    let dir = layout(
+        "pf-cols",
+        "imgs/0 sample_0.png 0 1\nimgs/0 sample_1.png 1\n",
+        &[("sample_0.png", good_png())],
+    );
     let err = PngDataset::open(&dir).err().expect("must fail");
     match &err {
-        Error::Data(DataError::ColumnCount { at: Location::Line(2), expected: 4, found: 3, path }) => {
+        Error::Data(DataError::ColumnCount {
+            at: Location::Line(2),
+            expected: 4,
+            found: 3,
+            path,
+        }) => {
             assert!(path.ends_with("metadata/0.npy"))
         }
         e => panic!("unexpected {e:?}"),
@@ -225,18 +264,33 @@ fn error_wrong_column_count() {
 
 #[test]
 fn error_label_out_of_range() {
-    let dir = layout("pf-label", "imgs/0 sample_0.png 0 2 1 14\n", &[("sample_0.png", good_png())]);
+    let dir = layout(
+        "pf-label",
+        "imgs/0 sample_0.png 0 2 1 14\n",
+        &[("sample_0.png", good_png())],
+    );
     match PngDataset::open(&dir) {
-        Err(Error::Data(DataError::LabelOutOfRange { at: Location::Line(1), num_classes: 2, label, .. })) => assert_eq!(label, "2"),
+        Err(Error::Data(DataError::LabelOutOfRange {
+            at: Location::Line(1),
+            num_classes: 2,
+            label,
+            ..
+        })) => assert_eq!(label, "2"),
         other => panic!("unexpected {:?}", other.err()),
     }
 }
 
 #[test]
 fn error_missing_image() {
-    let dir = layout("pf-missing", "imgs/0 sample_0.png 0 1\nimgs/0 sample_9.png 1 0\n", &[("sample_0.png", good_png())]);
+    let dir = layout(
+        "pf-missing",
+        "imgs/0 sample_0.png 0 1\nimgs/0 sample_9.png 1 0\n",
+        &[("sample_0.png", good_png())],
+    );
     match PngDataset::open(&dir) {
-        Err(Error::Data(DataError::MissingFile { line: 2, path, .. })) => assert!(path.ends_with("sample_9.png")),
+        Err(Error::Data(DataError::MissingFile { line: 2, path, .. })) => {
+            assert!(path.ends_with("sample_9.png"))
+        }
         other => panic!("unexpected {:?}", other.err()),
     }
 }
@@ -246,17 +300,31 @@ fn error_unreadable_png() {
     let dir = layout(
         "pf-bad",
         "imgs/0 sample_0.png 0 1\nimgs/0 sample_1.png 1 0\n",
-        &[("sample_0.png", good_png()), ("sample_1.png", b"\x89PNG\r\n\x1a\nnot really".to_vec())],
+        &[
+            ("sample_0.png", good_png()),
+            ("sample_1.png", b"\x89PNG\r\n\x1a\nnot really".to_vec()),
+        ],
     );
     let ds = PngDataset::open(&dir).unwrap();
     assert!(ds.get(0).is_ok());
     match ds.get(1) {
-        Err(Error::Data(DataError::BadImage { path, at: Location::Record(1), .. })) => assert!(path.ends_with("sample_1.png")),
+        Err(Error::Data(DataError::BadImage {
+            path,
+            at: Location::Record(1),
+            ..
+        })) => assert!(path.ends_with("sample_1.png")),
         other => panic!("unexpected {other:?}"),
     }
     // An unreadable first image fails at open.
-    let dir = layout("pf-bad0", "imgs/0 sample_0.png 0 1\n", &[("sample_0.png", b"garbage".to_vec())]);
-    assert!(matches!(PngDataset::open(&dir), Err(Error::Data(DataError::BadImage { .. }))));
+    let dir = layout(
+        "pf-bad0",
+        "imgs/0 sample_0.png 0 1\n",
+        &[("sample_0.png", b"garbage".to_vec())],
+    );
+    assert!(matches!(
+        PngDataset::open(&dir),
+        Err(Error::Data(DataError::BadImage { .. }))
+    ));
 }
 
 #[test]
@@ -264,15 +332,35 @@ fn error_wrongly_sized_png() {
     let dir = layout(
         "pf-size",
         "imgs/0 sample_0.png 0 1\nimgs/0 sample_1.png 1 0\n",
-        &[("sample_0.png", good_png()), ("sample_1.png", encode_grey_png(&[1u8; 16 * 16], 16, 16).unwrap())],
+        &[
+            ("sample_0.png", good_png()),
+            (
+                "sample_1.png",
+                encode_grey_png(&[1u8; 16 * 16], 16, 16).unwrap(),
+            ),
+        ],
     );
     let ds = PngDataset::open(&dir).unwrap();
     match ds.get(1) {
-        Err(Error::Data(DataError::ImageSize { expected: (32, 32), found: (16, 16), path })) => assert!(path.ends_with("sample_1.png")),
+        Err(Error::Data(DataError::ImageSize {
+            expected: (32, 32),
+            found: (16, 16),
+            path,
+        })) => assert!(path.ends_with("sample_1.png")),
         other => panic!("unexpected {other:?}"),
     }
-    let dir = layout("pf-rect", "imgs/0 sample_0.png 0 1\n", &[("sample_0.png", encode_grey_png(&[1u8; 32 * 16], 32, 16).unwrap())]);
-    assert!(matches!(PngDataset::open(&dir), Err(Error::Data(DataError::ImageSize { .. }))));
+    let dir = layout(
+        "pf-rect",
+        "imgs/0 sample_0.png 0 1\n",
+        &[(
+            "sample_0.png",
+            encode_grey_png(&[1u8; 32 * 16], 32, 16).unwrap(),
+        )],
+    );
+    assert!(matches!(
+        PngDataset::open(&dir),
+        Err(Error::Data(DataError::ImageSize { .. }))
+    ));
 }
 
 #[test]
@@ -303,19 +391,31 @@ fn decodes_colour_pngs_to_grey() {
 
 #[test]
 fn config_names_and_validation() {
-    assert_eq!(PathfinderConfig::hard().dir_name(), "curv_contour_length_14");
+    assert_eq!(
+        PathfinderConfig::hard().dir_name(),
+        "curv_contour_length_14"
+    );
     assert_eq!(PathfinderConfig::easy().dir_name(), "curv_baseline");
     assert_eq!(PathfinderConfig::easy().num_distractors, 10);
     assert_eq!(PathfinderConfig::intermediate().num_distractors, 6);
     assert_eq!(PathfinderConfig::hard().num_distractors, 5);
     assert_eq!(PathfinderConfig::hard().distractor_length, 4);
-    assert_eq!(PathfinderConfig::from_difficulty("hard", 128).unwrap().size, 128);
+    assert_eq!(
+        PathfinderConfig::from_difficulty("hard", 128).unwrap().size,
+        128
+    );
     assert!(PathfinderConfig::from_difficulty("medium", 32).is_err());
-    let bad = PathfinderConfig { paddle_length: f64::NAN, ..PathfinderConfig::easy() };
+    let bad = PathfinderConfig {
+        paddle_length: f64::NAN,
+        ..PathfinderConfig::easy()
+    };
     assert!(bad.validate().is_err());
     assert!(pathfinder_sample(&bad, 0, 0).is_err());
     // A snake that cannot fit is an error, not a hang.
-    let impossible = PathfinderConfig { contour_length: 400, ..PathfinderConfig::easy() };
+    let impossible = PathfinderConfig {
+        contour_length: 400,
+        ..PathfinderConfig::easy()
+    };
     assert!(pathfinder_sample(&impossible, 0, 0).is_err());
 }
 

@@ -13,7 +13,11 @@ use proptest::prelude::*;
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn tmpdir(tag: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("convluna-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let p = std::env::temp_dir().join(format!(
+        "convluna-{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p).unwrap();
     p
@@ -37,8 +41,14 @@ fn reads_aan_fixture() {
     let labels: Vec<u32> = (0..4).map(|i| s.train.get(i).unwrap().label).collect();
     assert_eq!(labels, vec![1, 0, 1, 0], "labels written 1.0 / 0.0 / 1 / 0");
     let ex = s.val.get(0).unwrap();
-    assert_eq!(text(&ex.doc), "Evaluating translation output with n-gram precision.");
-    assert_eq!(text(ex.doc2.as_ref().unwrap()), "BLEU: a method for automatic evaluation of machine translation.");
+    assert_eq!(
+        text(&ex.doc),
+        "Evaluating translation output with n-gram precision."
+    );
+    assert_eq!(
+        text(ex.doc2.as_ref().unwrap()),
+        "BLEU: a method for automatic evaluation of machine translation."
+    );
     assert!(text(s.train.get(3).unwrap().doc2.as_ref().unwrap()).ends_with("cafés."));
     // Truncation per document.
     let short = read_aan_dir(&fixtures().join("aan"), 8).unwrap();
@@ -62,25 +72,46 @@ fn aan_errors() {
     let good = "1.0\ta\tb\tx y\tz w\n";
     let p = write(&dir, "cols.tsv", &format!("{good}0.0\ta\tb\tonly four\n"));
     match AanDataset::open(&p, 100) {
-        Err(Error::Data(DataError::ColumnCount { at: Location::Line(2), expected: 5, found: 4, path })) => assert_eq!(path, p),
+        Err(Error::Data(DataError::ColumnCount {
+            at: Location::Line(2),
+            expected: 5,
+            found: 4,
+            path,
+        })) => assert_eq!(path, p),
         other => panic!("unexpected {:?}", other.err()),
     }
     let p = write(&dir, "six.tsv", "1.0\ta\tb\tx\ty\tz\n");
-    assert!(matches!(AanDataset::open(&p, 100), Err(Error::Data(DataError::ColumnCount { found: 6, .. }))));
+    assert!(matches!(
+        AanDataset::open(&p, 100),
+        Err(Error::Data(DataError::ColumnCount { found: 6, .. }))
+    ));
     for label in ["2.0", "0.5", "yes", "", "-1", "nan"] {
-        let p = write(&dir, "label.tsv", &format!("{good}{good}{label}\ta\tb\tx\ty\n"));
+        let p = write(
+            &dir,
+            "label.tsv",
+            &format!("{good}{good}{label}\ta\tb\tx\ty\n"),
+        );
         match AanDataset::open(&p, 100) {
-            Err(Error::Data(DataError::LabelOutOfRange { at: Location::Line(3), num_classes: 2, .. })) => {}
+            Err(Error::Data(DataError::LabelOutOfRange {
+                at: Location::Line(3),
+                num_classes: 2,
+                ..
+            })) => {}
             other => panic!("label {label:?}: unexpected {:?}", other.err()),
         }
     }
     let p = write(&dir, "empty.tsv", "");
-    assert!(matches!(AanDataset::open(&p, 100), Err(Error::Data(DataError::Empty { .. }))));
+    assert!(matches!(
+        AanDataset::open(&p, 100),
+        Err(Error::Data(DataError::Empty { .. }))
+    ));
     let p = write(&dir, "blank.tsv", &format!("\n{good}\r\n{good}"));
     let ds = AanDataset::open(&p, 100).unwrap();
     assert_eq!((ds.len(), ds.skipped()), (2, 2));
     assert_eq!(text(&ds.get(1).unwrap().doc), "x y");
-    let err = AanDataset::open(&dir.join("missing.tsv"), 100).err().unwrap();
+    let err = AanDataset::open(&dir.join("missing.tsv"), 100)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("missing.tsv"));
     std::fs::remove_dir_all(dir).ok();
 }
@@ -93,7 +124,11 @@ impl Dataset for Corpus {
         self.0.len()
     }
     fn get(&self, index: usize) -> convluna::Result<Example> {
-        Ok(Example { doc: Sequence::Tokens(vec![index as u32 + 1; 1 + index % 4]), doc2: None, label: self.0[index] })
+        Ok(Example {
+            doc: Sequence::Tokens(vec![index as u32 + 1; 1 + index % 4]),
+            doc2: None,
+            label: self.0[index],
+        })
     }
     fn num_classes(&self) -> usize {
         5
@@ -128,7 +163,8 @@ fn pair_substitute_is_balanced_and_same_class() {
     // Deterministic in the seed.
     let again = pair_substitute(corpus.clone(), 501, 3);
     let other = pair_substitute(corpus.clone(), 501, 4);
-    let pairs_of = |d: &Arc<dyn Dataset>| (0..d.len()).map(|i| d.get(i).unwrap()).collect::<Vec<_>>();
+    let pairs_of =
+        |d: &Arc<dyn Dataset>| (0..d.len()).map(|i| d.get(i).unwrap()).collect::<Vec<_>>();
     assert_eq!(pairs_of(&pairs), pairs_of(&again));
     assert_ne!(pairs_of(&pairs), pairs_of(&other));
     // Impossible corpora are errors.
@@ -140,7 +176,10 @@ fn pair_substitute_is_balanced_and_same_class() {
 fn pair_substitute_from_a_text_fixture() {
     let corpus = read_bbc(&fixtures().join("text/bbc"), 4000).unwrap();
     // The 1-document validation split cannot give positive pairs: an error, not a panic.
-    assert!(matches!(pair_substitute_splits(&corpus, 40, 4, 4, 9), Err(Error::Data(DataError::Empty { .. }))));
+    assert!(matches!(
+        pair_substitute_splits(&corpus, 40, 4, 4, 9),
+        Err(Error::Data(DataError::Empty { .. }))
+    ));
     let train = try_pair_substitute(corpus.train.clone(), 40, 9).unwrap();
     assert_eq!(train.len(), 40);
     assert!(train.name().contains("bbc (substitute)"));
@@ -176,12 +215,19 @@ fn pair_substitute_on_real_corpora_when_fetched() {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data"));
     let mut any = false;
-    for (name, path) in [("bbc", dir.join("bbc")), ("spam-assassin", dir.join("spam-assassin"))] {
+    for (name, path) in [
+        ("bbc", dir.join("bbc")),
+        ("spam-assassin", dir.join("spam-assassin")),
+    ] {
         if !path.is_dir() {
             continue;
         }
         any = true;
-        let corpus = if name == "bbc" { read_bbc(&path, 4000).unwrap() } else { read_spam_assassin(&path, 4000).unwrap() };
+        let corpus = if name == "bbc" {
+            read_bbc(&path, 4000).unwrap()
+        } else {
+            read_spam_assassin(&path, 4000).unwrap()
+        };
         let s = pair_substitute_splits(&corpus, 2000, 200, 200, 1).unwrap();
         println!("{name} pairs:\n{}", s.summary());
         for d in [&s.train, &s.val, &s.test] {
@@ -191,6 +237,9 @@ fn pair_substitute_on_real_corpora_when_fetched() {
         assert!(b.input.dims()[1] <= 4000 && b.input2.unwrap().dims()[1] <= 4000);
     }
     if !any {
-        println!("note: no text substitute in {} (run scripts/fetch-data.sh); skipped", dir.display());
+        println!(
+            "note: no text substitute in {} (run scripts/fetch-data.sh); skipped",
+            dir.display()
+        );
     }
 }

@@ -11,7 +11,11 @@ use proptest::prelude::*;
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn tmpdir(tag: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("convluna-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let p = std::env::temp_dir().join(format!(
+        "convluna-{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p).unwrap();
     p
@@ -23,11 +27,18 @@ fn fixtures() -> PathBuf {
 
 /// The folder `scripts/fetch-data.sh` fills: `$CONVLUNA_DATA` or `./data`.
 fn data_dir() -> PathBuf {
-    std::env::var_os("CONVLUNA_DATA").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data"))
+    std::env::var_os("CONVLUNA_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data"))
 }
 
 fn bytes_of(ex: &Example) -> Vec<u8> {
-    ex.doc.tokens().unwrap().iter().map(|&t| (t - 1) as u8).collect()
+    ex.doc
+        .tokens()
+        .unwrap()
+        .iter()
+        .map(|&t| (t - 1) as u8)
+        .collect()
 }
 
 fn all_docs(s: &Splits) -> Vec<(String, u32)> {
@@ -50,7 +61,16 @@ fn reads_imdb_layout() {
     let docs = all_docs(&s);
     assert!(docs.iter().all(|(t, _)| !t.contains("Unlabelled")));
     for (t, l) in &docs {
-        let neg = ["Two hours", "Wooden", "I wanted", "Caf", "Loud", "The trailer"].iter().any(|p| t.starts_with(p));
+        let neg = [
+            "Two hours",
+            "Wooden",
+            "I wanted",
+            "Caf",
+            "Loud",
+            "The trailer",
+        ]
+        .iter()
+        .any(|p| t.starts_with(p));
         assert_eq!(*l, u32::from(!neg), "{t}");
     }
     // The parent folder works too, ids are byte + 1, UTF-8 stays bytes.
@@ -58,7 +78,10 @@ fn reads_imdb_layout() {
     assert_eq!(s2.test.len(), 3);
     let test = s2.test.get(0).unwrap();
     let raw = std::fs::read(fixtures().join("aclImdb/test/neg/0_3.txt")).unwrap();
-    assert_eq!(test.doc, Sequence::Tokens(raw.iter().map(|&b| b as u32 + 1).collect()));
+    assert_eq!(
+        test.doc,
+        Sequence::Tokens(raw.iter().map(|&b| b as u32 + 1).collect())
+    );
     let cafe = docs.iter().find(|(t, _)| t.starts_with("Caf")).unwrap();
     assert!(cafe.0.starts_with("Café"));
 }
@@ -80,8 +103,15 @@ fn reads_class_folders_and_bbc() {
     let ds = read_class_folders(&fixtures().join("bbc"), 4000, "text: bbc-like").unwrap();
     assert_eq!((ds.len(), ds.num_classes()), (12, 3));
     assert_eq!(label_counts(&*ds).unwrap(), vec![4, 4, 4]);
-    assert_eq!(bytes_of(&ds.get(4).unwrap()), b"The home side won the match with a late goal.\n");
-    assert_eq!(ds.get(4).unwrap().label, 1, "classes sorted by name: business, sport, tech");
+    assert_eq!(
+        bytes_of(&ds.get(4).unwrap()),
+        b"The home side won the match with a late goal.\n"
+    );
+    assert_eq!(
+        ds.get(4).unwrap().label,
+        1,
+        "classes sorted by name: business, sport, tech"
+    );
     let s = read_bbc(&fixtures().join("bbc"), 4000).unwrap();
     assert_eq!((s.train.len(), s.val.len(), s.test.len()), (9, 1, 2));
     assert!(s.train.name().contains("(substitute)"));
@@ -99,12 +129,17 @@ fn reads_spam_assassin_without_headers() {
     assert_eq!((s.train.len(), s.val.len(), s.test.len()), (4, 0, 1));
     assert!(s.train.name().contains("spam-assassin (substitute)"));
     for (t, _) in &docs {
-        assert!(!t.contains("X-Spam") && !t.contains("Subject:") && !t.contains("Return-Path"), "header leaked: {t}");
+        assert!(
+            !t.contains("X-Spam") && !t.contains("Subject:") && !t.contains("Return-Path"),
+            "header leaked: {t}"
+        );
     }
     let spam: Vec<&String> = docs.iter().filter(|d| d.1 == 1).map(|d| &d.0).collect();
     assert_eq!(spam.len(), 2);
     assert!(spam.iter().any(|t| t.starts_with("Claim your prize")));
-    assert!(docs.iter().any(|(t, l)| *l == 0 && t == "Lunch at noon on Friday?\r\n"));
+    assert!(docs
+        .iter()
+        .any(|(t, l)| *l == 0 && t == "Lunch at noon on Friday?\r\n"));
     // The data/ folder itself works too.
     let s2 = read_spam_assassin(&fixtures().join("spam-assassin/data"), 4000).unwrap();
     assert_eq!(all_docs(&s2), docs);
@@ -112,10 +147,19 @@ fn reads_spam_assassin_without_headers() {
 
 #[test]
 fn header_stripping() {
-    assert_eq!(strip_email_headers(b"From: a\nSubject: b\n\nbody\n\nmore"), b"body\n\nmore");
-    assert_eq!(strip_email_headers(b"From a@b Mon\r\nX: y\r\n\r\nbody"), b"body");
+    assert_eq!(
+        strip_email_headers(b"From: a\nSubject: b\n\nbody\n\nmore"),
+        b"body\n\nmore"
+    );
+    assert_eq!(
+        strip_email_headers(b"From a@b Mon\r\nX: y\r\n\r\nbody"),
+        b"body"
+    );
     assert_eq!(strip_email_headers(b"Subject: only headers\n"), b"");
-    assert_eq!(strip_email_headers(b"no header here\n\nbody"), b"no header here\n\nbody");
+    assert_eq!(
+        strip_email_headers(b"no header here\n\nbody"),
+        b"no header here\n\nbody"
+    );
     assert_eq!(strip_email_headers(b""), b"");
     assert_eq!(strip_email_headers(b"Subject: x\n\n"), b"");
 }
@@ -126,12 +170,18 @@ fn error_cases() {
     // One class folder only.
     std::fs::create_dir_all(dir.join("only/a")).unwrap();
     std::fs::write(dir.join("only/a/1.txt"), "x").unwrap();
-    assert!(matches!(read_class_folders(&dir.join("only"), 100, "t"), Err(Error::Data(DataError::Empty { .. }))));
+    assert!(matches!(
+        read_class_folders(&dir.join("only"), 100, "t"),
+        Err(Error::Data(DataError::Empty { .. }))
+    ));
     // Class folders without documents (empty files are skipped, leaving nothing).
     std::fs::create_dir_all(dir.join("none/a")).unwrap();
     std::fs::create_dir_all(dir.join("none/b")).unwrap();
     std::fs::write(dir.join("none/b/1.txt"), "").unwrap();
-    assert!(matches!(read_class_folders(&dir.join("none"), 100, "t"), Err(Error::Data(DataError::Empty { .. }))));
+    assert!(matches!(
+        read_class_folders(&dir.join("none"), 100, "t"),
+        Err(Error::Data(DataError::Empty { .. }))
+    ));
     // Missing folders are I/O errors naming the path.
     match read_imdb_dir(&dir.join("nowhere"), 100) {
         Err(Error::Io { path, .. }) => assert!(path.ends_with("nowhere/train/neg")),
@@ -141,8 +191,14 @@ fn error_cases() {
     std::fs::create_dir_all(dir.join("sa/easy-ham-1")).unwrap();
     std::fs::create_dir_all(dir.join("sa/spam-1")).unwrap();
     std::fs::write(dir.join("sa/spam-1/1.txt"), "Subject: x\n").unwrap();
-    assert!(matches!(read_spam_assassin(&dir.join("sa"), 100), Err(Error::Data(DataError::Empty { .. }))));
-    assert!(matches!(read_spam_assassin(&dir.join("none"), 100), Err(Error::Data(DataError::Empty { .. }))));
+    assert!(matches!(
+        read_spam_assassin(&dir.join("sa"), 100),
+        Err(Error::Data(DataError::Empty { .. }))
+    ));
+    assert!(matches!(
+        read_spam_assassin(&dir.join("none"), 100),
+        Err(Error::Data(DataError::Empty { .. }))
+    ));
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -171,11 +227,22 @@ fn real_substitutes_when_fetched() {
         // Headers are gone: no body starts with the mbox `From ` line, and SpamAssassin's own
         // verdict header survives only where a message quotes it in its text (6 of 6,046).
         let docs = all_docs(&s);
-        assert!(docs.iter().all(|(t, _)| !t.starts_with("From ") && !t.starts_with("Return-Path:")));
-        let quoted = docs.iter().filter(|(t, _)| t.contains("X-Spam-Status:")).count();
-        assert!(quoted * 200 < docs.len(), "{quoted} bodies contain X-Spam-Status");
+        assert!(docs
+            .iter()
+            .all(|(t, _)| !t.starts_with("From ") && !t.starts_with("Return-Path:")));
+        let quoted = docs
+            .iter()
+            .filter(|(t, _)| t.contains("X-Spam-Status:"))
+            .count();
+        assert!(
+            quoted * 200 < docs.len(),
+            "{quoted} bodies contain X-Spam-Status"
+        );
     } else {
-        println!("note: {} absent (run scripts/fetch-data.sh); SpamAssassin check skipped", spam.display());
+        println!(
+            "note: {} absent (run scripts/fetch-data.sh); SpamAssassin check skipped",
+            spam.display()
+        );
     }
     let bbc = dir.join("bbc");
     if bbc.is_dir() {
@@ -184,7 +251,10 @@ fn real_substitutes_when_fetched() {
         assert_eq!(s.train.len() + s.val.len() + s.test.len(), 2225);
         assert_eq!(s.train.num_classes(), 5);
     } else {
-        println!("note: {} absent (run scripts/fetch-data.sh); BBC check skipped", bbc.display());
+        println!(
+            "note: {} absent (run scripts/fetch-data.sh); BBC check skipped",
+            bbc.display()
+        );
     }
 }
 

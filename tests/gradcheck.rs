@@ -15,15 +15,24 @@ const F: usize = 12;
 fn check_luna(cfg: &LunaConfig, masked_lens: &[usize]) -> f64 {
     let dev = Device::Cpu;
     let store = ParamStore::new(7);
-    let block = LunaBlock::new(cfg, &dims(D, H, F), &DropoutRng::new(0), store.var_builder(DType::F64, &dev)).unwrap();
+    let block = LunaBlock::new(
+        cfg,
+        &dims(D, H, F),
+        &DropoutRng::new(0),
+        store.var_builder(DType::F64, &dev),
+    )
+    .unwrap();
     let x = Var::from_tensor(&randn(&[B, L, D], 1, DType::F64, &dev)).unwrap();
     let p = Var::from_tensor(&randn(&[B, M, D], 2, DType::F64, &dev)).unwrap();
     let rx = randn(&[B, L, D], 3, DType::F64, &dev);
     let rp = randn(&[B, M, D], 4, DType::F64, &dev);
     let mask = mask(masked_lens, L, DType::F64, &dev);
     let loss = || {
-        let o = block.forward_t(x.as_tensor(), p.as_tensor(), Some(&mask), false).unwrap();
-        ((o.x * &rx).unwrap().sum_all().unwrap() + (o.memory * &rp).unwrap().sum_all().unwrap()).unwrap()
+        let o = block
+            .forward_t(x.as_tensor(), p.as_tensor(), Some(&mask), false)
+            .unwrap();
+        ((o.x * &rx).unwrap().sum_all().unwrap() + (o.memory * &rp).unwrap().sum_all().unwrap())
+            .unwrap()
     };
     let mut vars = store.vars();
     vars.push(("input.x".into(), x.clone()));
@@ -44,10 +53,38 @@ fn convluna_every_filter_masked_and_unmasked() {
 #[test]
 fn luna_variants_and_scales() {
     let cfgs = [
-        luna_cfg(M, Projections::Shared, Scale::InvSqrtHeadDim, Scale::InvSqrtHeadDim, FilterConfig::Identity, true),
-        luna_cfg(M, Projections::Separate, Scale::InvSqrtHeadDim, Scale::InvSqrtHeadDim, FilterConfig::Identity, true),
-        luna_cfg(M, Projections::Separate, Scale::FixedTemperature { tau: 0.5 }, Scale::LearnedTemperature { init: -0.2 }, FilterConfig::authors_conv(), true),
-        luna_cfg(1, Projections::SharedNoValue, Scale::LearnedTemperature { init: 0.0 }, Scale::None, FilterConfig::authors_conv(), true),
+        luna_cfg(
+            M,
+            Projections::Shared,
+            Scale::InvSqrtHeadDim,
+            Scale::InvSqrtHeadDim,
+            FilterConfig::Identity,
+            true,
+        ),
+        luna_cfg(
+            M,
+            Projections::Separate,
+            Scale::InvSqrtHeadDim,
+            Scale::InvSqrtHeadDim,
+            FilterConfig::Identity,
+            true,
+        ),
+        luna_cfg(
+            M,
+            Projections::Separate,
+            Scale::FixedTemperature { tau: 0.5 },
+            Scale::LearnedTemperature { init: -0.2 },
+            FilterConfig::authors_conv(),
+            true,
+        ),
+        luna_cfg(
+            1,
+            Projections::SharedNoValue,
+            Scale::LearnedTemperature { init: 0.0 },
+            Scale::None,
+            FilterConfig::authors_conv(),
+            true,
+        ),
     ];
     for c in &cfgs {
         check_luna(c, &[L, 4]);
@@ -58,17 +95,33 @@ fn luna_variants_and_scales() {
 fn transformer_block() {
     let dev = Device::Cpu;
     let store = ParamStore::new(3);
-    let block = TransformerBlock::new(&dims(D, H, F), &DropoutRng::new(0), store.var_builder(DType::F64, &dev)).unwrap();
+    let block = TransformerBlock::new(
+        &dims(D, H, F),
+        &DropoutRng::new(0),
+        store.var_builder(DType::F64, &dev),
+    )
+    .unwrap();
     let x = Var::from_tensor(&randn(&[B, L, D], 1, DType::F64, &dev)).unwrap();
     let rx = randn(&[B, L, D], 3, DType::F64, &dev);
     let mask = mask(&[L, 5], L, DType::F64, &dev);
-    let loss = || (block.forward_t(x.as_tensor(), Some(&mask), false).unwrap() * &rx).unwrap().sum_all().unwrap();
+    let loss = || {
+        (block.forward_t(x.as_tensor(), Some(&mask), false).unwrap() * &rx)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
     let mut vars = store.vars();
     vars.push(("input.x".into(), x.clone()));
     gradcheck(&vars, loss, 5);
 }
 
-fn small_model(block: BlockConfig, input: InputConfig, pooling: Pooling, pair: Option<PairFeatures>, extra: bool) -> ModelConfig {
+fn small_model(
+    block: BlockConfig,
+    input: InputConfig,
+    pooling: Pooling,
+    pair: Option<PairFeatures>,
+    extra: bool,
+) -> ModelConfig {
     ModelConfig {
         encoder: EncoderConfig {
             input,
@@ -83,37 +136,110 @@ fn small_model(block: BlockConfig, input: InputConfig, pooling: Pooling, pair: O
             cls: true,
             block,
         },
-        head: HeadConfig { num_classes: 3, hidden_dim: F, pooling, extra_layer: extra, pair },
+        head: HeadConfig {
+            num_classes: 3,
+            hidden_dim: F,
+            pooling,
+            extra_layer: extra,
+            pair,
+        },
     }
 }
 
 #[test]
 fn encoders_and_heads() {
     let dev = Device::Cpu;
-    let ids = Tensor::new(&[[3u32, 5, 7, 1, 2, 9, 4, 6], [4, 9, 2, 8, 0, 0, 0, 0]], &dev).unwrap();
-    let ids2 = Tensor::new(&[[1u32, 2, 3, 0, 0, 0, 0, 0], [4, 9, 2, 8, 6, 5, 1, 1]], &dev).unwrap();
-    let pixels = randn(&[2, 8], 9, DType::F64, &dev).affine(127.0, 128.0).unwrap();
+    let ids = Tensor::new(
+        &[[3u32, 5, 7, 1, 2, 9, 4, 6], [4, 9, 2, 8, 0, 0, 0, 0]],
+        &dev,
+    )
+    .unwrap();
+    let ids2 = Tensor::new(
+        &[[1u32, 2, 3, 0, 0, 0, 0, 0], [4, 9, 2, 8, 6, 5, 1, 1]],
+        &dev,
+    )
+    .unwrap();
+    let pixels = randn(&[2, 8], 9, DType::F64, &dev)
+        .affine(127.0, 128.0)
+        .unwrap();
     let r = randn(&[2, 3], 5, DType::F64, &dev);
     let cases = [
-        small_model(BlockPreset::ConvlunaMasked.block(M, D), InputConfig::Tokens { vocab_size: 10 }, Pooling::Cls, None, false),
-        small_model(BlockPreset::Luna.block(M, D), InputConfig::Tokens { vocab_size: 10 }, Pooling::Mean, None, false),
-        small_model(BlockPreset::LunaMa.block(M, D), InputConfig::Tokens { vocab_size: 10 }, Pooling::Memory, Some(PairFeatures::Interaction), false),
-        small_model(BlockPreset::Transformer.block(M, D), InputConfig::Pixels { mean: 0.5, std: 0.5 }, Pooling::Cls, None, true),
-        small_model(BlockPreset::Convluna.block(M, D), InputConfig::Tokens { vocab_size: 10 }, Pooling::Cls, Some(PairFeatures::Concat), false),
+        small_model(
+            BlockPreset::ConvlunaMasked.block(M, D),
+            InputConfig::Tokens { vocab_size: 10 },
+            Pooling::Cls,
+            None,
+            false,
+        ),
+        small_model(
+            BlockPreset::Luna.block(M, D),
+            InputConfig::Tokens { vocab_size: 10 },
+            Pooling::Mean,
+            None,
+            false,
+        ),
+        small_model(
+            BlockPreset::LunaMa.block(M, D),
+            InputConfig::Tokens { vocab_size: 10 },
+            Pooling::Memory,
+            Some(PairFeatures::Interaction),
+            false,
+        ),
+        small_model(
+            BlockPreset::Transformer.block(M, D),
+            InputConfig::Pixels {
+                mean: 0.5,
+                std: 0.5,
+            },
+            Pooling::Cls,
+            None,
+            true,
+        ),
+        small_model(
+            BlockPreset::Convluna.block(M, D),
+            InputConfig::Tokens { vocab_size: 10 },
+            Pooling::Cls,
+            Some(PairFeatures::Concat),
+            false,
+        ),
     ];
     for cfg in &cfgs_iter(&cases) {
         let store = ParamStore::new(11);
-        let model = Model::new(cfg, &DropoutRng::new(0), store.var_builder(DType::F64, &dev)).unwrap();
+        let model = Model::new(
+            cfg,
+            &DropoutRng::new(0),
+            store.var_builder(DType::F64, &dev),
+        )
+        .unwrap();
         // learned positions start at zero; move them so their gradient is exercised off zero
         let pos = store.get("pos.weight").unwrap();
-        pos.set(&randn(pos.dims(), 21, DType::F64, &dev).affine(0.1, 0.0).unwrap()).unwrap();
+        pos.set(
+            &randn(pos.dims(), 21, DType::F64, &dev)
+                .affine(0.1, 0.0)
+                .unwrap(),
+        )
+        .unwrap();
         let loss = || {
             let inputs = match (&model, cfg.encoder.input) {
-                (Model::Pair(_), _) => Inputs::Pair { input1: &ids, mask1: None, input2: &ids2, mask2: None },
-                (_, InputConfig::Pixels { .. }) => Inputs::Single { input: &pixels, mask: None },
-                _ => Inputs::Single { input: &ids, mask: None },
+                (Model::Pair(_), _) => Inputs::Pair {
+                    input1: &ids,
+                    mask1: None,
+                    input2: &ids2,
+                    mask2: None,
+                },
+                (_, InputConfig::Pixels { .. }) => Inputs::Single {
+                    input: &pixels,
+                    mask: None,
+                },
+                _ => Inputs::Single {
+                    input: &ids,
+                    mask: None,
+                },
             };
-            (model.forward_t(inputs, false).unwrap() * &r).unwrap().sum_all().unwrap()
+            (model.forward_t(inputs, false).unwrap() * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
         };
         // token embeddings of unused ids legitimately get no gradient; check the rest
         let vars: Vec<_> = store.vars().into_iter().collect();

@@ -10,7 +10,13 @@ const H: usize = 4;
 const F: usize = 24;
 
 fn block(cfg: &LunaConfig, dtype: DType) -> LunaBlock {
-    LunaBlock::new(cfg, &dims(D, H, F), &DropoutRng::new(0), ParamStore::new(5).var_builder(dtype, &Device::Cpu)).unwrap()
+    LunaBlock::new(
+        cfg,
+        &dims(D, H, F),
+        &DropoutRng::new(0),
+        ParamStore::new(5).var_builder(dtype, &Device::Cpu),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -25,13 +31,18 @@ fn appending_padding_changes_nothing_at_real_tokens() {
         let a = blk.forward_t(&x, &p, Some(&m), false).unwrap();
         for extra in [1usize, 3, 8] {
             // garbage (not zeros) at the padded positions: the mask alone must exclude them
-            let pad = randn(&[1, extra, D], 40 + extra as u64, DType::F32, &dev).affine(5.0, 1.0).unwrap();
+            let pad = randn(&[1, extra, D], 40 + extra as u64, DType::F32, &dev)
+                .affine(5.0, 1.0)
+                .unwrap();
             let xp = Tensor::cat(&[&x, &pad], 1).unwrap();
             let mp = mask(&[n], n + extra, DType::F32, &dev);
             let b = blk.forward_t(&xp, &p, Some(&mp), false).unwrap();
             let dx = max_abs_diff(&a.x, &b.x.narrow(1, 0, n).unwrap());
             let dm = max_abs_diff(&a.memory, &b.memory);
-            assert!(dx < 1e-5 && dm < 1e-5, "{name} +{extra} pads: Δx {dx:.2e}, Δmemory {dm:.2e}");
+            assert!(
+                dx < 1e-5 && dm < 1e-5,
+                "{name} +{extra} pads: Δx {dx:.2e}, Δmemory {dm:.2e}"
+            );
         }
     }
 }
@@ -40,19 +51,35 @@ fn appending_padding_changes_nothing_at_real_tokens() {
 fn unmasked_mode_lets_padding_in() {
     // The authors' behaviour: with masking off, padding changes the memory.
     let dev = Device::Cpu;
-    let blk = block(&convluna(4, FilterConfig::authors_conv(), false), DType::F32);
+    let blk = block(
+        &convluna(4, FilterConfig::authors_conv(), false),
+        DType::F32,
+    );
     let x = randn(&[1, 6, D], 1, DType::F32, &dev);
     let p = randn(&[1, 4, D], 2, DType::F32, &dev);
-    let a = blk.forward_t(&x, &p, Some(&mask(&[6], 6, DType::F32, &dev)), false).unwrap();
-    let xp = Tensor::cat(&[&x, &Tensor::zeros((1, 3, D), DType::F32, &dev).unwrap()], 1).unwrap();
-    let b = blk.forward_t(&xp, &p, Some(&mask(&[6], 9, DType::F32, &dev)), false).unwrap();
+    let a = blk
+        .forward_t(&x, &p, Some(&mask(&[6], 6, DType::F32, &dev)), false)
+        .unwrap();
+    let xp = Tensor::cat(
+        &[&x, &Tensor::zeros((1, 3, D), DType::F32, &dev).unwrap()],
+        1,
+    )
+    .unwrap();
+    let b = blk
+        .forward_t(&xp, &p, Some(&mask(&[6], 9, DType::F32, &dev)), false)
+        .unwrap();
     assert!(max_abs_diff(&a.memory, &b.memory) > 1e-4);
 }
 
 #[test]
 fn encoder_padding_invariance_with_cls() {
     let dev = Device::Cpu;
-    for preset in [BlockPreset::ConvlunaMasked, BlockPreset::Luna, BlockPreset::LunaMa, BlockPreset::Transformer] {
+    for preset in [
+        BlockPreset::ConvlunaMasked,
+        BlockPreset::Luna,
+        BlockPreset::LunaMa,
+        BlockPreset::Transformer,
+    ] {
         let cfg = EncoderConfig {
             input: InputConfig::Tokens { vocab_size: 12 },
             max_len: 16,
@@ -66,7 +93,12 @@ fn encoder_padding_invariance_with_cls() {
             cls: true,
             block: preset.block(3, D),
         };
-        let enc = Encoder::new(&cfg, &DropoutRng::new(1), ParamStore::new(3).var_builder(DType::F32, &dev)).unwrap();
+        let enc = Encoder::new(
+            &cfg,
+            &DropoutRng::new(1),
+            ParamStore::new(3).var_builder(DType::F32, &dev),
+        )
+        .unwrap();
         let ids = Tensor::new(&[[3u32, 5, 7, 1, 11, 2]], &dev).unwrap();
         let ids_p = Tensor::new(&[[3u32, 5, 7, 1, 11, 2, 0, 0, 0, 0]], &dev).unwrap();
         let a = enc.forward_t(&ids, None, false).unwrap();
@@ -90,7 +122,12 @@ fn permuting_the_batch_permutes_outputs() {
         let perm = Tensor::new(&[2u32, 0, 1], &dev).unwrap();
         let a = blk.forward_t(&x, &p, Some(&m), false).unwrap();
         let b = blk
-            .forward_t(&x.index_select(&perm, 0).unwrap(), &p.index_select(&perm, 0).unwrap(), Some(&m.index_select(&perm, 0).unwrap()), false)
+            .forward_t(
+                &x.index_select(&perm, 0).unwrap(),
+                &p.index_select(&perm, 0).unwrap(),
+                Some(&m.index_select(&perm, 0).unwrap()),
+                false,
+            )
             .unwrap();
         assert!(max_abs_diff(&a.x.index_select(&perm, 0).unwrap(), &b.x) < 1e-5);
         assert!(max_abs_diff(&a.memory.index_select(&perm, 0).unwrap(), &b.memory) < 1e-5);
@@ -101,7 +138,14 @@ fn permuting_the_batch_permutes_outputs() {
 fn single_memory_slot_works() {
     let dev = Device::Cpu;
     let blk = block(&convluna(1, FilterConfig::authors_conv(), true), DType::F32);
-    let out = blk.forward_t(&randn(&[2, 5, D], 1, DType::F32, &dev), &randn(&[2, 1, D], 2, DType::F32, &dev), None, false).unwrap();
+    let out = blk
+        .forward_t(
+            &randn(&[2, 5, D], 1, DType::F32, &dev),
+            &randn(&[2, 1, D], 2, DType::F32, &dev),
+            None,
+            false,
+        )
+        .unwrap();
     assert_eq!(out.memory.dims(), &[2, 1, D]);
     assert_eq!(out.pack_attention.dims(), &[2, H, 1, 5]);
     // pack attention rows are distributions
@@ -113,20 +157,82 @@ fn single_memory_slot_works() {
 fn sequences_shorter_than_the_kernel() {
     let dev = Device::Cpu;
     // stride-1 convolution pads: any length works, even 1
-    let blk = block(&convluna(2, FilterConfig::Conv { kernel: 4, stride: 1, per_channel: false }, true), DType::F32);
-    let out = blk.forward_t(&randn(&[1, 1, D], 1, DType::F32, &dev), &randn(&[1, 2, D], 2, DType::F32, &dev), None, false).unwrap();
+    let blk = block(
+        &convluna(
+            2,
+            FilterConfig::Conv {
+                kernel: 4,
+                stride: 1,
+                per_channel: false,
+            },
+            true,
+        ),
+        DType::F32,
+    );
+    let out = blk
+        .forward_t(
+            &randn(&[1, 1, D], 1, DType::F32, &dev),
+            &randn(&[1, 2, D], 2, DType::F32, &dev),
+            None,
+            false,
+        )
+        .unwrap();
     assert_eq!(out.x.dims(), &[1, 1, D]);
     // masked pooling / stride > 1 pads the sequence to one window: defined
-    for f in [FilterConfig::MaxPool { kernel: 4, stride: 2 }, FilterConfig::Conv { kernel: 4, stride: 2, per_channel: false }] {
+    for f in [
+        FilterConfig::MaxPool {
+            kernel: 4,
+            stride: 2,
+        },
+        FilterConfig::Conv {
+            kernel: 4,
+            stride: 2,
+            per_channel: false,
+        },
+    ] {
         let blk = block(&convluna(2, f, true), DType::F32);
-        let out = blk.forward_t(&randn(&[1, 3, D], 1, DType::F32, &dev), &randn(&[1, 2, D], 2, DType::F32, &dev), None, false).unwrap();
+        let out = blk
+            .forward_t(
+                &randn(&[1, 3, D], 1, DType::F32, &dev),
+                &randn(&[1, 2, D], 2, DType::F32, &dev),
+                None,
+                false,
+            )
+            .unwrap();
         assert_eq!(out.pack_attention.dims(), &[1, H, 2, 2]);
     }
     // unmasked (authors') pooling / stride > 1 cannot: a typed error, not a panic
-    for f in [FilterConfig::MaxPool { kernel: 4, stride: 2 }, FilterConfig::Conv { kernel: 4, stride: 2, per_channel: false }] {
+    for f in [
+        FilterConfig::MaxPool {
+            kernel: 4,
+            stride: 2,
+        },
+        FilterConfig::Conv {
+            kernel: 4,
+            stride: 2,
+            per_channel: false,
+        },
+    ] {
         let blk = block(&convluna(2, f, false), DType::F32);
-        let err = blk.forward_t(&randn(&[1, 3, D], 1, DType::F32, &dev), &randn(&[1, 2, D], 2, DType::F32, &dev), None, false).unwrap_err();
-        assert!(matches!(err, Error::SequenceTooShort { len: 3, kernel: 4, stride: 2 }), "{err}");
+        let err = blk
+            .forward_t(
+                &randn(&[1, 3, D], 1, DType::F32, &dev),
+                &randn(&[1, 2, D], 2, DType::F32, &dev),
+                None,
+                false,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::SequenceTooShort {
+                    len: 3,
+                    kernel: 4,
+                    stride: 2
+                }
+            ),
+            "{err}"
+        );
     }
 }
 
@@ -137,7 +243,10 @@ fn filtered_mask_follows_the_windows() {
     // the window rule itself, on a same-padded window (conv k=4 s=1: 1 left, 2 right):
     // position 5 reads 4..7, which holds 4 → valid
     let w = Window::conv(4, 1);
-    assert_eq!(to_vec(&filter::windowed_mask(&w, &m).unwrap()), vec![1., 1., 1., 1., 1., 1., 0., 0., 0.]);
+    assert_eq!(
+        to_vec(&filter::windowed_mask(&w, &m).unwrap()),
+        vec![1., 1., 1., 1., 1., 1., 0., 0., 0.]
+    );
     // but a stride-1 conv keeps the length and therefore the mask itself
     let store = ParamStore::new(0);
     let conv = ConvFilter::new(4, 1, false, 2, 2, store.var_builder(DType::F32, &dev)).unwrap();
@@ -149,9 +258,15 @@ fn filtered_mask_follows_the_windows() {
     assert_eq!(Window::conv(4, 1).coverage_pad(9), 0);
     // pool k=4 s=2: windows 0..3, 2..5, 4..7 → valid, valid, valid (4 is valid)
     let w = Window::pool(4, 2);
-    assert_eq!(to_vec(&filter::windowed_mask(&w, &m).unwrap()), vec![1., 1., 1.]);
+    assert_eq!(
+        to_vec(&filter::windowed_mask(&w, &m).unwrap()),
+        vec![1., 1., 1.]
+    );
     let m = mask(&[3], 9, DType::F32, &dev);
-    assert_eq!(to_vec(&filter::windowed_mask(&w, &m).unwrap()), vec![1., 1., 0.]);
+    assert_eq!(
+        to_vec(&filter::windowed_mask(&w, &m).unwrap()),
+        vec![1., 1., 0.]
+    );
 }
 
 #[test]
@@ -159,7 +274,12 @@ fn all_padding_example_gives_finite_output() {
     let dev = Device::Cpu;
     let blk = block(&convluna(2, FilterConfig::authors_conv(), true), DType::F32);
     let out = blk
-        .forward_t(&randn(&[2, 6, D], 1, DType::F32, &dev), &randn(&[2, 2, D], 2, DType::F32, &dev), Some(&mask(&[6, 0], 6, DType::F32, &dev)), false)
+        .forward_t(
+            &randn(&[2, 6, D], 1, DType::F32, &dev),
+            &randn(&[2, 2, D], 2, DType::F32, &dev),
+            Some(&mask(&[6, 0], 6, DType::F32, &dev)),
+            false,
+        )
         .unwrap();
     assert!(to_vec(&out.x).iter().all(|v| v.is_finite()));
     assert!(to_vec(&out.memory).iter().all(|v| v.is_finite()));
@@ -172,9 +292,18 @@ fn half_precision_forward_runs_and_tracks_f32() {
     let x = randn(&[2, 8, D], 1, DType::F32, &dev);
     let p = randn(&[2, 4, D], 2, DType::F32, &dev);
     let m = mask(&[8, 5], 8, DType::F32, &dev);
-    let a = block(&cfg, DType::F32).forward_t(&x, &p, Some(&m), false).unwrap();
+    let a = block(&cfg, DType::F32)
+        .forward_t(&x, &p, Some(&m), false)
+        .unwrap();
     for dt in [DType::BF16, DType::F16] {
-        let b = block(&cfg, dt).forward_t(&x.to_dtype(dt).unwrap(), &p.to_dtype(dt).unwrap(), Some(&m), false).unwrap();
+        let b = block(&cfg, dt)
+            .forward_t(
+                &x.to_dtype(dt).unwrap(),
+                &p.to_dtype(dt).unwrap(),
+                Some(&m),
+                false,
+            )
+            .unwrap();
         let d = max_abs_diff(&a.x, &b.x);
         assert!(d < 0.1, "{dt:?}: {d}");
     }
@@ -185,9 +314,21 @@ fn dropout_only_in_training_and_reproducible() {
     let dev = Device::Cpu;
     let mut cfg = convluna(4, FilterConfig::authors_conv(), true);
     cfg.residual_dropout = true;
-    let d = BlockDims { d_model: D, num_heads: H, ffn_dim: F, dropout: 0.3, attention_dropout: 0.3 };
+    let d = BlockDims {
+        d_model: D,
+        num_heads: H,
+        ffn_dim: F,
+        dropout: 0.3,
+        attention_dropout: 0.3,
+    };
     let rng = DropoutRng::new(9);
-    let blk = LunaBlock::new(&cfg, &d, &rng, ParamStore::new(5).var_builder(DType::F32, &dev)).unwrap();
+    let blk = LunaBlock::new(
+        &cfg,
+        &d,
+        &rng,
+        ParamStore::new(5).var_builder(DType::F32, &dev),
+    )
+    .unwrap();
     let x = randn(&[2, 8, D], 1, DType::F32, &dev);
     let p = randn(&[2, 4, D], 2, DType::F32, &dev);
     let e1 = blk.forward_t(&x, &p, None, false).unwrap();

@@ -17,17 +17,27 @@ use convluna::*;
 fn fixture(name: &str) -> (PathBuf, HashMap<String, Tensor>) {
     // the source tree of the build, or (a binary carried to another machine) `tests/fixtures`
     // below the working directory, or CONVLUNA_FIXTURES
-    let dir = std::env::var_os("CONVLUNA_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
-        let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-        if built.exists() { built } else { PathBuf::from("tests/fixtures") }
-    });
+    let dir = std::env::var_os("CONVLUNA_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+            if built.exists() {
+                built
+            } else {
+                PathBuf::from("tests/fixtures")
+            }
+        });
     let path = dir.join(format!("{name}.safetensors"));
     let (dtype, _) = test_dtype();
     let t = load_tensors(&path, &test_device()).unwrap_or_else(|e| panic!("{e}"));
     let t = t
         .into_iter()
         .map(|(k, v)| {
-            let v = if v.dtype() == DType::F32 && !k.starts_with("input.ids") { v.to_dtype(dtype).unwrap() } else { v };
+            let v = if v.dtype() == DType::F32 && !k.starts_with("input.ids") {
+                v.to_dtype(dtype).unwrap()
+            } else {
+                v
+            };
             (k, v)
         })
         .collect();
@@ -35,7 +45,9 @@ fn fixture(name: &str) -> (PathBuf, HashMap<String, Tensor>) {
 }
 
 fn with_prefix(t: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
-    t.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone()))).collect()
+    t.iter()
+        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone())))
+        .collect()
 }
 
 /// Largest |a − b| relative to max(1, max |b|); panics above TOL.
@@ -44,33 +56,108 @@ fn agree(what: &str, got: &Tensor, want: &Tensor) -> f64 {
     let err = max_abs_diff(got, want);
     let scale = to_vec(want).iter().fold(1.0f64, |m, v| m.max(v.abs()));
     let rel = err / scale;
-    assert!(rel <= tol, "{what}: max |Δ| = {err:.3e} (scale {scale:.2}), above {tol:e}");
+    assert!(
+        rel <= tol,
+        "{what}: max |Δ| = {err:.3e} (scale {scale:.2}), above {tol:e}"
+    );
     rel
 }
 
 fn block_cfg(case: &str, masked: bool) -> Option<LunaConfig> {
-    let conv = |k, s, pc| FilterConfig::Conv { kernel: k, stride: s, per_channel: pc };
+    let conv = |k, s, pc| FilterConfig::Conv {
+        kernel: k,
+        stride: s,
+        per_channel: pc,
+    };
     let tau = Scale::LearnedTemperature { init: 0.0 };
     Some(match case {
-        "convluna_conv4s1" => luna_cfg(3, Projections::SharedNoValue, tau, Scale::None, conv(4, 1, false), masked),
-        "convluna_conv4s2" => luna_cfg(3, Projections::SharedNoValue, tau, Scale::None, conv(4, 2, false), masked),
-        "convluna_pool4s2" => luna_cfg(3, Projections::SharedNoValue, tau, Scale::None, FilterConfig::MaxPool { kernel: 4, stride: 2 }, masked),
-        "convluna_identity" => luna_cfg(3, Projections::SharedNoValue, tau, Scale::None, FilterConfig::Identity, masked),
-        "convluna_depthwise3s1" => luna_cfg(3, Projections::SharedNoValue, tau, tau, conv(3, 1, true), masked),
-        "luna_authors" => luna_cfg(3, Projections::Shared, Scale::InvSqrtHeadDim, Scale::InvSqrtHeadDim, FilterConfig::Identity, masked),
-        "luna_ma" => luna_cfg(3, Projections::Separate, Scale::InvSqrtHeadDim, Scale::InvSqrtHeadDim, FilterConfig::Identity, masked),
+        "convluna_conv4s1" => luna_cfg(
+            3,
+            Projections::SharedNoValue,
+            tau,
+            Scale::None,
+            conv(4, 1, false),
+            masked,
+        ),
+        "convluna_conv4s2" => luna_cfg(
+            3,
+            Projections::SharedNoValue,
+            tau,
+            Scale::None,
+            conv(4, 2, false),
+            masked,
+        ),
+        "convluna_pool4s2" => luna_cfg(
+            3,
+            Projections::SharedNoValue,
+            tau,
+            Scale::None,
+            FilterConfig::MaxPool {
+                kernel: 4,
+                stride: 2,
+            },
+            masked,
+        ),
+        "convluna_identity" => luna_cfg(
+            3,
+            Projections::SharedNoValue,
+            tau,
+            Scale::None,
+            FilterConfig::Identity,
+            masked,
+        ),
+        "convluna_depthwise3s1" => luna_cfg(
+            3,
+            Projections::SharedNoValue,
+            tau,
+            tau,
+            conv(3, 1, true),
+            masked,
+        ),
+        "luna_authors" => luna_cfg(
+            3,
+            Projections::Shared,
+            Scale::InvSqrtHeadDim,
+            Scale::InvSqrtHeadDim,
+            FilterConfig::Identity,
+            masked,
+        ),
+        "luna_ma" => luna_cfg(
+            3,
+            Projections::Separate,
+            Scale::InvSqrtHeadDim,
+            Scale::InvSqrtHeadDim,
+            FilterConfig::Identity,
+            masked,
+        ),
         "transformer" => return None,
         other => panic!("unknown case {other}"),
     })
 }
 
-fn check_grads(case: &str, store: &ParamStore, grads: &candle_core::backprop::GradStore, f: &HashMap<String, Tensor>) -> f64 {
+fn check_grads(
+    case: &str,
+    store: &ParamStore,
+    grads: &candle_core::backprop::GradStore,
+    f: &HashMap<String, Tensor>,
+) -> f64 {
     let want = with_prefix(f, "grad.param.");
-    assert_eq!(want.len(), store.len(), "{case}: fixture has {} parameter gradients, model {} parameters", want.len(), store.len());
+    assert_eq!(
+        want.len(),
+        store.len(),
+        "{case}: fixture has {} parameter gradients, model {} parameters",
+        want.len(),
+        store.len()
+    );
     let mut worst: f64 = 0.0;
     for (name, var) in store.vars() {
-        let w = want.get(&name).unwrap_or_else(|| panic!("{case}: no gradient for `{name}` in the fixture"));
-        let g = grads.get(&var).cloned().unwrap_or_else(|| var.zeros_like().unwrap());
+        let w = want
+            .get(&name)
+            .unwrap_or_else(|| panic!("{case}: no gradient for `{name}` in the fixture"));
+        let g = grads
+            .get(&var)
+            .cloned()
+            .unwrap_or_else(|| var.zeros_like().unwrap());
         worst = worst.max(agree(&format!("{case}: grad of {name}"), &g, w));
     }
     worst
@@ -89,31 +176,55 @@ fn run_block(case: &str, masked: bool) -> f64 {
         Some(c) => Block::Luna(LunaBlock::new(c, &d, &rng, vb).unwrap()),
         None => Block::Transformer(TransformerBlock::new(&d, &rng, vb).unwrap()),
     };
-    store.assign(&with_prefix(&f, "param."), &path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    store
+        .assign(&with_prefix(&f, "param."), &path)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     let x = Var::from_tensor(&f["input.x"]).unwrap();
     let mask = &f["input.mask"];
     let mut worst: f64 = 0.0;
     let (loss, mem) = match &blk {
         Block::Luna(b) => {
             let p = Var::from_tensor(&f["input.memory"]).unwrap();
-            let o = b.forward_t(x.as_tensor(), p.as_tensor(), Some(mask), false).unwrap();
+            let o = b
+                .forward_t(x.as_tensor(), p.as_tensor(), Some(mask), false)
+                .unwrap();
             worst = worst.max(agree(&format!("{name}: output.x"), &o.x, &f["output.x"]));
-            worst = worst.max(agree(&format!("{name}: output.memory"), &o.memory, &f["output.memory"]));
-            worst = worst.max(agree(&format!("{name}: pack attention"), &o.pack_attention, &f["output.pack_attention"]));
-            let loss = ((&o.x * &f["input.rx"]).unwrap().sum_all().unwrap() + (&o.memory * &f["input.rp"]).unwrap().sum_all().unwrap()).unwrap();
+            worst = worst.max(agree(
+                &format!("{name}: output.memory"),
+                &o.memory,
+                &f["output.memory"],
+            ));
+            worst = worst.max(agree(
+                &format!("{name}: pack attention"),
+                &o.pack_attention,
+                &f["output.pack_attention"],
+            ));
+            let loss = ((&o.x * &f["input.rx"]).unwrap().sum_all().unwrap()
+                + (&o.memory * &f["input.rp"]).unwrap().sum_all().unwrap())
+            .unwrap();
             (loss, Some(p))
         }
         Block::Transformer(b) => {
             // the Transformer block takes its key mask as an argument: `_nomask` = no mask
-            let y = b.forward_t(x.as_tensor(), masked.then_some(mask), false).unwrap();
+            let y = b
+                .forward_t(x.as_tensor(), masked.then_some(mask), false)
+                .unwrap();
             worst = worst.max(agree(&format!("{name}: output.x"), &y, &f["output.x"]));
             ((&y * &f["input.rx"]).unwrap().sum_all().unwrap(), None)
         }
     };
     let grads = loss.backward().unwrap();
-    worst = worst.max(agree(&format!("{name}: grad.x"), grads.get(&x).unwrap(), &f["grad.x"]));
+    worst = worst.max(agree(
+        &format!("{name}: grad.x"),
+        grads.get(&x).unwrap(),
+        &f["grad.x"],
+    ));
     if let Some(p) = mem {
-        worst = worst.max(agree(&format!("{name}: grad.memory"), grads.get(&p).unwrap(), &f["grad.memory"]));
+        worst = worst.max(agree(
+            &format!("{name}: grad.memory"),
+            grads.get(&p).unwrap(),
+            &f["grad.memory"],
+        ));
     }
     worst = worst.max(check_grads(&name, &store, &grads, &f));
     eprintln!("parity {name}: largest relative error {worst:.2e}");
@@ -133,7 +244,10 @@ block_case!(convluna_conv_k4_s1, "convluna_conv4s1");
 block_case!(convluna_conv_k4_s2, "convluna_conv4s2");
 block_case!(convluna_pool_k4_s2, "convluna_pool4s2");
 block_case!(convluna_identity, "convluna_identity");
-block_case!(convluna_depthwise_k3_s1_unpack_temperature, "convluna_depthwise3s1");
+block_case!(
+    convluna_depthwise_k3_s1_unpack_temperature,
+    "convluna_depthwise3s1"
+);
 block_case!(luna_authors, "luna_authors");
 block_case!(luna_ma, "luna_ma");
 block_case!(transformer, "transformer");
@@ -151,7 +265,10 @@ fn encoder_cfg(case: &str, masked: bool) -> ModelConfig {
             3,
         ),
         "encoder_transformer_image" => (
-            InputConfig::Pixels { mean: 0.5, std: 0.5 },
+            InputConfig::Pixels {
+                mean: 0.5,
+                std: 0.5,
+            },
             Positions::Sinusoidal,
             false,
             BlockConfig::Transformer,
@@ -186,32 +303,70 @@ fn encoder_cfg(case: &str, masked: bool) -> ModelConfig {
             cls,
             block,
         },
-        head: HeadConfig { num_classes: classes, hidden_dim: 32, pooling, extra_layer: extra, pair },
+        head: HeadConfig {
+            num_classes: classes,
+            hidden_dim: 32,
+            pooling,
+            extra_layer: extra,
+            pair,
+        },
     }
 }
 
 fn run_encoder(case: &str, masked: bool) -> f64 {
-    let name = if masked { case.to_string() } else { format!("{case}_nomask") };
+    let name = if masked {
+        case.to_string()
+    } else {
+        format!("{case}_nomask")
+    };
     let (path, f) = fixture(&name);
     let dev = test_device();
     let cfg = encoder_cfg(case, masked);
     let store = ParamStore::new(0);
-    let model = Model::new(&cfg, &DropoutRng::new(0), store.var_builder(test_dtype().0, &dev)).unwrap();
-    store.assign(&with_prefix(&f, "param."), &path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let model = Model::new(
+        &cfg,
+        &DropoutRng::new(0),
+        store.var_builder(test_dtype().0, &dev),
+    )
+    .unwrap();
+    store
+        .assign(&with_prefix(&f, "param."), &path)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     let logits = match &model {
         Model::Pair(_) => model
             .forward_t(
-                Inputs::Pair { input1: &f["input.ids1"], mask1: Some(&f["input.mask1"]), input2: &f["input.ids2"], mask2: Some(&f["input.mask2"]) },
+                Inputs::Pair {
+                    input1: &f["input.ids1"],
+                    mask1: Some(&f["input.mask1"]),
+                    input2: &f["input.ids2"],
+                    mask2: Some(&f["input.mask2"]),
+                },
                 false,
             )
             .unwrap(),
         Model::Single(_) => {
-            let input = f.get("input.ids").or_else(|| f.get("input.pixels")).unwrap();
-            model.forward_t(Inputs::Single { input, mask: Some(&f["input.mask"]) }, false).unwrap()
+            let input = f
+                .get("input.ids")
+                .or_else(|| f.get("input.pixels"))
+                .unwrap();
+            model
+                .forward_t(
+                    Inputs::Single {
+                        input,
+                        mask: Some(&f["input.mask"]),
+                    },
+                    false,
+                )
+                .unwrap()
         }
     };
     let mut worst = agree(&format!("{name}: logits"), &logits, &f["output.logits"]);
-    let grads = (&logits * &f["input.r"]).unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = (&logits * &f["input.r"])
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     worst = worst.max(check_grads(&name, &store, &grads, &f));
     eprintln!("parity {name}: largest relative error {worst:.2e}");
     worst

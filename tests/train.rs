@@ -16,14 +16,22 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn splits() -> Splits {
-    let cfg = ListOpsConfig { min_len: 4, max_len: 40, max_depth: 3, max_args: 4, leaf_prob: 0.5 };
+    let cfg = ListOpsConfig {
+        min_len: 4,
+        max_len: 40,
+        max_depth: 3,
+        max_args: 4,
+        leaf_prob: 0.5,
+    };
     ListOpsDataset::generate_splits(&cfg, 96, 24, 24, 3, 40)
 }
 
 fn model(block: BlockConfig) -> ModelConfig {
     ModelConfig {
         encoder: EncoderConfig {
-            input: InputConfig::Tokens { vocab_size: preset::LISTOPS_VOCAB },
+            input: InputConfig::Tokens {
+                vocab_size: preset::LISTOPS_VOCAB,
+            },
             max_len: 40,
             d_model: 16,
             num_heads: 2,
@@ -35,7 +43,13 @@ fn model(block: BlockConfig) -> ModelConfig {
             cls: true,
             block,
         },
-        head: HeadConfig { num_classes: 10, hidden_dim: 24, pooling: Pooling::Cls, extra_layer: false, pair: None },
+        head: HeadConfig {
+            num_classes: 10,
+            hidden_dim: 24,
+            pooling: Pooling::Cls,
+            extra_layer: false,
+            pair: None,
+        },
     }
 }
 
@@ -45,8 +59,16 @@ fn train_cfg(steps: usize) -> TrainConfig {
         batch_size: 8,
         accumulate: 2,
         lr: 3e-3,
-        schedule: Schedule::Cosine { warmup: 2, total: steps, min_ratio: 0.1 },
-        optimizer: AdamWConfig { weight_decay: 0.01, exempt_norms_biases_temperature: true, ..Default::default() },
+        schedule: Schedule::Cosine {
+            warmup: 2,
+            total: steps,
+            min_ratio: 0.1,
+        },
+        optimizer: AdamWConfig {
+            weight_decay: 0.01,
+            exempt_norms_biases_temperature: true,
+            ..Default::default()
+        },
         clip_norm: Some(1.0),
         eval_every: 4,
         eval_batches: Some(2),
@@ -73,7 +95,10 @@ fn killed_and_resumed_run_ends_with_the_same_weights() {
     // "killed" after step 8: the last checkpoint is the evaluation at step 8... use 7 → checkpoint at 6
     let b_dir = tmp("killed");
     let mut b = Trainer::new(&mc, &tc, DType::F32, &dev).unwrap();
-    assert!(b.fit_until(&data, &b_dir, false, Some(7), &mut |_| {}).unwrap().is_none());
+    assert!(b
+        .fit_until(&data, &b_dir, false, Some(7), &mut |_| {})
+        .unwrap()
+        .is_none());
     drop(b);
     let mut resumed_at = 0;
     let mut c = Trainer::new(&mc, &tc, DType::F32, &dev).unwrap();
@@ -84,7 +109,10 @@ fn killed_and_resumed_run_ends_with_the_same_weights() {
             }
         })
         .unwrap();
-    assert_eq!(resumed_at, 6, "resumes from the last checkpoint before the kill");
+    assert_eq!(
+        resumed_at, 6,
+        "resumes from the last checkpoint before the kill"
+    );
     let (wa, wc) = (a.weights(), c.weights());
     assert_eq!(wa.len(), wc.len());
     for (name, ta) in &wa {
@@ -98,7 +126,11 @@ fn killed_and_resumed_run_ends_with_the_same_weights() {
     let steps: Vec<u64> = text
         .lines()
         .filter(|l| l.contains("\"kind\":\"train\""))
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(steps, vec![2, 4, 6, 8, 10, 12, 13]);
     let plots = report::plot_run(&b_dir, "test").unwrap();
@@ -110,7 +142,11 @@ fn killed_and_resumed_run_ends_with_the_same_weights() {
 #[test]
 fn transformer_and_luna_train_too() {
     let data = splits();
-    for block in [BlockConfig::Transformer, BlockPreset::Luna.block(4, 16), BlockPreset::LunaMa.block(4, 16)] {
+    for block in [
+        BlockConfig::Transformer,
+        BlockPreset::Luna.block(4, 16),
+        BlockPreset::LunaMa.block(4, 16),
+    ] {
         let dir = tmp("families");
         let mut t = Trainer::new(&model(block), &train_cfg(4), DType::F32, &Device::Cpu).unwrap();
         let s = t.fit(&data, &dir, false, &mut |_| {}).unwrap();
@@ -152,7 +188,8 @@ fn corrupted_or_half_written_checkpoints_are_refused() {
     let tc = train_cfg(6);
     let dir = tmp("corrupt");
     let mut t = Trainer::new(&mc, &tc, DType::F32, &Device::Cpu).unwrap();
-    t.fit_until(&data, &dir, false, Some(4), &mut |_| {}).unwrap();
+    t.fit_until(&data, &dir, false, Some(4), &mut |_| {})
+        .unwrap();
     let ckpt = dir.join("checkpoints/step-00000004");
     // flip one byte of the weights
     let w = ckpt.join("model.safetensors");
@@ -162,11 +199,17 @@ fn corrupted_or_half_written_checkpoints_are_refused() {
     std::fs::write(&w, &bytes).unwrap();
     let mut r = Trainer::new(&mc, &tc, DType::F32, &Device::Cpu).unwrap();
     let e = r.resume(&dir).unwrap_err();
-    assert!(matches!(&e, Error::Format { path, reason } if path.ends_with("model.safetensors") && reason.contains("corrupted")), "{e}");
+    assert!(
+        matches!(&e, Error::Format { path, reason } if path.ends_with("model.safetensors") && reason.contains("corrupted")),
+        "{e}"
+    );
     // truncated state.json
     std::fs::write(ckpt.join("state.json"), b"{\"step\": 4, \"epo").unwrap();
     let e = r.resume(&dir).unwrap_err();
-    assert!(matches!(&e, Error::Format { path, .. } if path.ends_with("state.json")), "{e}");
+    assert!(
+        matches!(&e, Error::Format { path, .. } if path.ends_with("state.json")),
+        "{e}"
+    );
     // a pointer to a checkpoint that was never completed (killed before the rename)
     std::fs::write(dir.join("checkpoints/LATEST"), b"step-00000099").unwrap();
     let e = r.resume(&dir).unwrap_err();
@@ -183,7 +226,11 @@ fn schedules() {
     assert!((r.lr(1.0, 50) - 0.5 / 10.0).abs() < 1e-12);
     assert!((r.lr(1.0, 100) - 0.1).abs() < 1e-12);
     assert!((r.lr(1.0, 400) - 0.05).abs() < 1e-12);
-    let c = Schedule::Cosine { warmup: 10, total: 110, min_ratio: 0.0 };
+    let c = Schedule::Cosine {
+        warmup: 10,
+        total: 110,
+        min_ratio: 0.0,
+    };
     assert!((c.lr(2.0, 5) - 1.0).abs() < 1e-12);
     assert!((c.lr(2.0, 60) - 1.0).abs() < 1e-12);
     assert!(c.lr(2.0, 110).abs() < 1e-12);
@@ -198,10 +245,14 @@ fn bad_train_config_is_a_typed_error() {
     let mc = model(BlockConfig::Transformer);
     let mut tc = train_cfg(3);
     tc.batch_size = 0;
-    assert!(matches!(Trainer::new(&mc, &tc, DType::F32, &Device::Cpu), Err(Error::Config { field, .. }) if field == "train.batch_size"));
+    assert!(
+        matches!(Trainer::new(&mc, &tc, DType::F32, &Device::Cpu), Err(Error::Config { field, .. }) if field == "train.batch_size")
+    );
     let mut tc = train_cfg(3);
     tc.lr = -1.0;
-    assert!(matches!(Trainer::new(&mc, &tc, DType::F32, &Device::Cpu), Err(Error::Config { field, .. }) if field == "train.lr"));
+    assert!(
+        matches!(Trainer::new(&mc, &tc, DType::F32, &Device::Cpu), Err(Error::Config { field, .. }) if field == "train.lr")
+    );
 }
 
 #[test]
@@ -213,11 +264,21 @@ fn bf16_training_keeps_f32_master_weights() {
     let s = t.fit(&data, &dir, false, &mut |_| {}).unwrap();
     assert!(s.test.loss.is_finite());
     assert_eq!(t.params().get("cls").unwrap().dtype(), DType::BF16);
-    let opt = convluna::params::load_tensors(&dir.join("checkpoints/step-00000003/optimizer.safetensors"), &Device::Cpu).unwrap();
+    let opt = convluna::params::load_tensors(
+        &dir.join("checkpoints/step-00000003/optimizer.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let master = &opt["master.cls"];
     assert_eq!(master.dtype(), DType::F32);
     // the bf16 parameter is the rounded master weight
-    let p = t.params().get("cls").unwrap().as_tensor().to_dtype(DType::F32).unwrap();
+    let p = t
+        .params()
+        .get("cls")
+        .unwrap()
+        .as_tensor()
+        .to_dtype(DType::F32)
+        .unwrap();
     assert!(common::max_abs_diff(&master.to_dtype(DType::BF16).unwrap(), &p) < 1e-6);
     let _ = std::fs::remove_dir_all(&dir);
 }

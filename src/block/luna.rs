@@ -50,15 +50,31 @@ pub struct LunaBlock {
 
 impl LunaBlock {
     /// Builds the block described by `cfg` under `vb`.
-    pub fn new(cfg: &LunaConfig, dims: &BlockDims, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        cfg: &LunaConfig,
+        dims: &BlockDims,
+        rng: &DropoutRng,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         dims.check()?;
         cfg.filter.validate("filter", usize::MAX)?;
-        let f = filter::build(&cfg.filter, dims.num_heads, dims.head_dim(), vb.pp("filter"))?;
+        let f = filter::build(
+            &cfg.filter,
+            dims.num_heads,
+            dims.head_dim(),
+            vb.pp("filter"),
+        )?;
         Self::with_filter(cfg, dims, f, rng, vb)
     }
 
     /// Builds the block with a user-supplied filter (`cfg.filter` is ignored).
-    pub fn with_filter(cfg: &LunaConfig, dims: &BlockDims, filter: Arc<dyn Filter>, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
+    pub fn with_filter(
+        cfg: &LunaConfig,
+        dims: &BlockDims,
+        filter: Arc<dyn Filter>,
+        rng: &DropoutRng,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         dims.check()?;
         if cfg.memory_len == 0 {
             return Err(Error::config("memory_len", "must be at least 1"));
@@ -68,16 +84,31 @@ impl LunaBlock {
         let dh = dims.head_dim();
         let attn_drop = Dropout::new(dims.attention_dropout, rng.clone());
         let pack_scale = LogitScale::new(&cfg.pack_scale, dh, "pack_log_temperature", vb.clone())?;
-        let unpack_scale = LogitScale::new(&cfg.unpack_scale, dh, "unpack_log_temperature", vb.clone())?;
+        let unpack_scale =
+            LogitScale::new(&cfg.unpack_scale, dh, "unpack_log_temperature", vb.clone())?;
         let (pack, unpack) = match cfg.projections {
             Projections::SharedNoValue | Projections::Shared => {
                 let a = vb.pp("attn");
                 let q = linear(d, d, a.pp("q_proj"))?;
                 let k = linear(d, d, a.pp("k_proj"))?;
-                let v = if cfg.projections == Projections::Shared { Some(linear(d, d, a.pp("v_proj"))?) } else { None };
+                let v = if cfg.projections == Projections::Shared {
+                    Some(linear(d, d, a.pp("v_proj"))?)
+                } else {
+                    None
+                };
                 let o = linear(d, d, a.pp("o_proj"))?;
                 (
-                    PackAttention::new(q.clone(), k.clone(), v.clone(), Some(o.clone()), filter, pack_scale, h, cfg.mask_padding, attn_drop.clone()),
+                    PackAttention::new(
+                        q.clone(),
+                        k.clone(),
+                        v.clone(),
+                        Some(o.clone()),
+                        filter,
+                        pack_scale,
+                        h,
+                        cfg.mask_padding,
+                        attn_drop.clone(),
+                    ),
                     UnpackAttention::new(q, k, v, o, unpack_scale, h, attn_drop),
                 )
             }
@@ -131,8 +162,18 @@ impl LunaBlock {
     }
 
     /// `x [B, L, d]`, `memory [B, m, d]`, optional `mask [B, L]` (float 0/1).
-    pub fn forward_t(&self, x: &Tensor, memory: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<LunaBlockOutput> {
-        let Packed { memory: yp, attention, mask: pack_mask } = self.pack.forward_t(x, memory, mask, train)?;
+    pub fn forward_t(
+        &self,
+        x: &Tensor,
+        memory: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<LunaBlockOutput> {
+        let Packed {
+            memory: yp,
+            attention,
+            mask: pack_mask,
+        } = self.pack.forward_t(x, memory, mask, train)?;
         let yx = self.unpack.forward_t(x, &yp, train)?;
         let (yx, ypr) = match &self.residual_drop {
             Some(d) => (d.forward_t(&yx, train)?, d.forward_t(&yp, train)?),
@@ -140,7 +181,14 @@ impl LunaBlock {
         };
         let xa = self.norm_x.forward(&(x + yx)?)?;
         let p = self.norm_p.forward(&(memory + ypr)?)?;
-        let x = self.norm_ffn.forward(&(&xa + self.ffn.forward_t(&xa, train)?)?)?;
-        Ok(LunaBlockOutput { x, memory: p, pack_attention: attention, pack_mask })
+        let x = self
+            .norm_ffn
+            .forward(&(&xa + self.ffn.forward_t(&xa, train)?)?)?;
+        Ok(LunaBlockOutput {
+            x,
+            memory: p,
+            pack_attention: attention,
+            pack_mask,
+        })
     }
 }

@@ -32,7 +32,10 @@ impl BlockDims {
         if self.num_heads == 0 || self.d_model == 0 || self.d_model % self.num_heads != 0 {
             return Err(crate::Error::config(
                 "d_model",
-                format!("{} is not divisible by num_heads = {}", self.d_model, self.num_heads),
+                format!(
+                    "{} is not divisible by num_heads = {}",
+                    self.d_model, self.num_heads
+                ),
             ));
         }
         if self.ffn_dim == 0 {

@@ -26,9 +26,19 @@ impl TransformerBlock {
         let d = dims.d_model;
         Ok(Self {
             norm1: LayerNorm::new(d, vb.pp("norm1"))?,
-            attn: SelfAttention::new(d, dims.num_heads, Dropout::new(dims.attention_dropout, rng.clone()), vb.pp("attn"))?,
+            attn: SelfAttention::new(
+                d,
+                dims.num_heads,
+                Dropout::new(dims.attention_dropout, rng.clone()),
+                vb.pp("attn"),
+            )?,
             norm2: LayerNorm::new(d, vb.pp("norm2"))?,
-            ffn: FeedForward::new(d, dims.ffn_dim, Dropout::new(dims.dropout, rng.clone()), vb.pp("ffn"))?,
+            ffn: FeedForward::new(
+                d,
+                dims.ffn_dim,
+                Dropout::new(dims.dropout, rng.clone()),
+                vb.pp("ffn"),
+            )?,
         })
     }
 

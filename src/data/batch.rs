@@ -53,7 +53,11 @@ fn stack(docs: &[&Sequence], pad_to: PadTo, device: &Device) -> Result<(Tensor, 
         let mut data = vec![0f32; b * l];
         for (i, d) in docs.iter().enumerate() {
             let Sequence::Pixels(p) = d else {
-                return Err(Error::shape("batch", "all documents of one kind", "pixels mixed with tokens"));
+                return Err(Error::shape(
+                    "batch",
+                    "all documents of one kind",
+                    "pixels mixed with tokens",
+                ));
             };
             let n = p.len().min(l);
             for (j, &v) in p[..n].iter().enumerate() {
@@ -67,7 +71,11 @@ fn stack(docs: &[&Sequence], pad_to: PadTo, device: &Device) -> Result<(Tensor, 
         let mut data = vec![0u32; b * l];
         for (i, d) in docs.iter().enumerate() {
             let Sequence::Tokens(t) = d else {
-                return Err(Error::shape("batch", "all documents of one kind", "tokens mixed with pixels"));
+                return Err(Error::shape(
+                    "batch",
+                    "all documents of one kind",
+                    "tokens mixed with pixels",
+                ));
             };
             let n = t.len().min(l);
             data[i * l..i * l + n].copy_from_slice(&t[..n]);
@@ -82,7 +90,12 @@ fn stack(docs: &[&Sequence], pad_to: PadTo, device: &Device) -> Result<(Tensor, 
 /// Builds the batch of examples `indices` of `ds`: documents padded with id 0 (or pixel 0) to
 /// `pad_to`, masks, labels, and for pair data sets the second documents (padded separately
 /// with [`PadTo::Longest`]).
-pub fn make_batch(ds: &dyn Dataset, indices: &[usize], pad_to: PadTo, device: &Device) -> Result<Batch> {
+pub fn make_batch(
+    ds: &dyn Dataset,
+    indices: &[usize],
+    pad_to: PadTo,
+    device: &Device,
+) -> Result<Batch> {
     if indices.is_empty() {
         return Err(Error::shape("indices", "at least one example", 0));
     }
@@ -93,7 +106,15 @@ pub fn make_batch(ds: &dyn Dataset, indices: &[usize], pad_to: PadTo, device: &D
     let (input2, mask2) = if examples.iter().any(|e| e.doc2.is_some()) {
         let docs2: Vec<&Sequence> = examples
             .iter()
-            .map(|e| e.doc2.as_ref().ok_or_else(|| Error::shape("batch", "a second document in every example", "a missing one")))
+            .map(|e| {
+                e.doc2.as_ref().ok_or_else(|| {
+                    Error::shape(
+                        "batch",
+                        "a second document in every example",
+                        "a missing one",
+                    )
+                })
+            })
             .collect::<Result<_>>()?;
         let (i2, m2, t2) = stack(&docs2, pad_to, device)?;
         tokens += t2;
@@ -102,7 +123,14 @@ pub fn make_batch(ds: &dyn Dataset, indices: &[usize], pad_to: PadTo, device: &D
         (None, None)
     };
     let b = labels.len();
-    Ok(Batch { input, mask, input2, mask2, labels: Tensor::from_vec(labels, b, device)?, tokens })
+    Ok(Batch {
+        input,
+        mask,
+        input2,
+        mask2,
+        labels: Tensor::from_vec(labels, b, device)?,
+        tokens,
+    })
 }
 
 /// The order of `0..len` for `epoch`: identity when `shuffle` is false, otherwise a seeded
@@ -121,7 +149,12 @@ pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usiz
 /// sorted by length ([`Dataset::length`]) before it is cut into batches, and the batches of a
 /// bucket are then put in an order drawn from the bucket's contents, so similar lengths share
 /// a batch while the batch sequence stays mixed. Deterministic in `order`.
-pub fn bucketed_batches(ds: &dyn Dataset, order: &[usize], batch_size: usize, bucket_size: usize) -> Result<Vec<Vec<usize>>> {
+pub fn bucketed_batches(
+    ds: &dyn Dataset,
+    order: &[usize],
+    batch_size: usize,
+    bucket_size: usize,
+) -> Result<Vec<Vec<usize>>> {
     if batch_size == 0 {
         return Err(Error::config("batch_size", "must be positive"));
     }
@@ -130,10 +163,18 @@ pub fn bucketed_batches(ds: &dyn Dataset, order: &[usize], batch_size: usize, bu
     }
     let mut out = Vec::with_capacity(order.len().div_ceil(batch_size));
     for bucket in order.chunks(bucket_size) {
-        let mut keyed: Vec<(usize, usize)> = bucket.iter().map(|&i| Ok((ds.length(i)?, i))).collect::<Result<_>>()?;
+        let mut keyed: Vec<(usize, usize)> = bucket
+            .iter()
+            .map(|&i| Ok((ds.length(i)?, i)))
+            .collect::<Result<_>>()?;
         keyed.sort_by_key(|&(len, _)| len);
-        let mut batches: Vec<Vec<usize>> = keyed.chunks(batch_size).map(|c| c.iter().map(|&(_, i)| i).collect()).collect();
-        let seed = bucket.iter().fold(0x5EED_u64, |h, &i| mix_seed(h, i as u64));
+        let mut batches: Vec<Vec<usize>> = keyed
+            .chunks(batch_size)
+            .map(|c| c.iter().map(|&(_, i)| i).collect())
+            .collect();
+        let seed = bucket
+            .iter()
+            .fold(0x5EED_u64, |h, &i| mix_seed(h, i as u64));
         Rng::new(seed).shuffle(&mut batches);
         out.extend(batches);
     }

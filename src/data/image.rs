@@ -32,11 +32,29 @@ pub struct ImageDataset {
 impl ImageDataset {
     /// Images of `side × side` bytes concatenated in `pixels`, padded by `pad` zero pixels on
     /// every side when read.
-    pub fn new(pixels: Vec<u8>, labels: Vec<u8>, side: usize, pad: usize, num_classes: usize, name: &str) -> Result<Self> {
+    pub fn new(
+        pixels: Vec<u8>,
+        labels: Vec<u8>,
+        side: usize,
+        pad: usize,
+        num_classes: usize,
+        name: &str,
+    ) -> Result<Self> {
         if pixels.len() != labels.len() * side * side {
-            return Err(Error::shape("pixels", format!("{} bytes", labels.len() * side * side), pixels.len()));
+            return Err(Error::shape(
+                "pixels",
+                format!("{} bytes", labels.len() * side * side),
+                pixels.len(),
+            ));
         }
-        Ok(ImageDataset { pixels, labels, side, pad, num_classes, name: name.into() })
+        Ok(ImageDataset {
+            pixels,
+            labels,
+            side,
+            pad,
+            num_classes,
+            name: name.into(),
+        })
     }
 
     /// Side of the images as read (with padding).
@@ -64,7 +82,11 @@ impl Dataset for ImageDataset {
             }
             out
         };
-        Ok(Example { doc: Sequence::Pixels(pixels), doc2: None, label })
+        Ok(Example {
+            doc: Sequence::Pixels(pixels),
+            doc2: None,
+            label,
+        })
     }
     fn num_classes(&self) -> usize {
         self.num_classes
@@ -76,10 +98,13 @@ impl Dataset for ImageDataset {
         self.name.clone()
     }
     fn label(&self, index: usize) -> Result<u32> {
-        self.labels
-            .get(index)
-            .map(|&l| l as u32)
-            .ok_or_else(|| Error::shape("index", format!("an index below {}", self.labels.len()), index))
+        self.labels.get(index).map(|&l| l as u32).ok_or_else(|| {
+            Error::shape(
+                "index",
+                format!("an index below {}", self.labels.len()),
+                index,
+            )
+        })
     }
     fn length(&self, _index: usize) -> Result<usize> {
         Ok(self.max_len())
@@ -99,13 +124,20 @@ pub fn grey(r: u8, g: u8, b: u8) -> u8 {
 pub fn read_cifar10_batch(path: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if raw.is_empty() {
-        return Err(DataError::Empty { path: path.into(), reason: "no CIFAR-10 record".into() }.into());
+        return Err(DataError::Empty {
+            path: path.into(),
+            reason: "no CIFAR-10 record".into(),
+        }
+        .into());
     }
     if raw.len() % CIFAR_RECORD != 0 {
         return Err(DataError::Truncated {
             path: path.into(),
             at: Location::Record(raw.len() / CIFAR_RECORD),
-            reason: format!("{} bytes is not a whole number of {CIFAR_RECORD}-byte records", raw.len()),
+            reason: format!(
+                "{} bytes is not a whole number of {CIFAR_RECORD}-byte records",
+                raw.len()
+            ),
         }
         .into());
     }
@@ -135,7 +167,11 @@ pub fn read_cifar10_batch(path: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
 /// training batches are split 90/10 in file order into train and validation (as LRA's
 /// `train[:90%]` / `train[90%:]`).
 pub fn read_cifar10_dir(dir: &Path) -> Result<Splits> {
-    let root = if dir.join("cifar-10-batches-bin").is_dir() { dir.join("cifar-10-batches-bin") } else { dir.to_path_buf() };
+    let root = if dir.join("cifar-10-batches-bin").is_dir() {
+        dir.join("cifar-10-batches-bin")
+    } else {
+        dir.to_path_buf()
+    };
     let (mut px, mut lb) = (Vec::new(), Vec::new());
     for i in 1..=5 {
         let (p, l) = read_cifar10_batch(&root.join(format!("data_batch_{i}.bin")))?;
@@ -144,12 +180,28 @@ pub fn read_cifar10_dir(dir: &Path) -> Result<Splits> {
     }
     let (tp, tl) = read_cifar10_batch(&root.join("test_batch.bin"))?;
     let n = lb.len();
-    let train: Arc<dyn Dataset> = Arc::new(ImageDataset::new(px, lb, SIDE, 0, 10, "image: cifar-10")?);
+    let train: Arc<dyn Dataset> =
+        Arc::new(ImageDataset::new(px, lb, SIDE, 0, 10, "image: cifar-10")?);
     let n_train = n * 9 / 10;
     Ok(Splits {
-        train: Arc::new(Subset::new(train.clone(), (0..n_train).collect(), "image: cifar-10 [train]")),
-        val: Arc::new(Subset::new(train, (n_train..n).collect(), "image: cifar-10 [val]")),
-        test: Arc::new(ImageDataset::new(tp, tl, SIDE, 0, 10, "image: cifar-10 [test]")?),
+        train: Arc::new(Subset::new(
+            train.clone(),
+            (0..n_train).collect(),
+            "image: cifar-10 [train]",
+        )),
+        val: Arc::new(Subset::new(
+            train,
+            (n_train..n).collect(),
+            "image: cifar-10 [val]",
+        )),
+        test: Arc::new(ImageDataset::new(
+            tp,
+            tl,
+            SIDE,
+            0,
+            10,
+            "image: cifar-10 [test]",
+        )?),
     })
 }
 
@@ -167,29 +219,56 @@ pub struct IdxArray {
 pub fn read_idx(path: &Path, expected_magic: u32) -> Result<IdxArray> {
     let raw = read_maybe_gz(path)?;
     let header_err = |reason: &str| -> Error {
-        DataError::Truncated { path: path.into(), at: Location::File, reason: reason.into() }.into()
+        DataError::Truncated {
+            path: path.into(),
+            at: Location::File,
+            reason: reason.into(),
+        }
+        .into()
     };
     if raw.len() < 4 {
         return Err(header_err("shorter than the 4-byte magic number"));
     }
     let magic = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
     if magic != expected_magic {
-        return Err(DataError::BadMagic { path: path.into(), expected: expected_magic, found: magic }.into());
+        return Err(DataError::BadMagic {
+            path: path.into(),
+            expected: expected_magic,
+            found: magic,
+        }
+        .into());
     }
     let ndim = (magic & 0xff) as usize;
     let header = 4 + 4 * ndim;
     if raw.len() < header {
-        return Err(header_err(&format!("shorter than its {header}-byte header")));
+        return Err(header_err(&format!(
+            "shorter than its {header}-byte header"
+        )));
     }
     let dims: Vec<usize> = (0..ndim)
-        .map(|d| u32::from_be_bytes([raw[4 + 4 * d], raw[5 + 4 * d], raw[6 + 4 * d], raw[7 + 4 * d]]) as usize)
+        .map(|d| {
+            u32::from_be_bytes([
+                raw[4 + 4 * d],
+                raw[5 + 4 * d],
+                raw[6 + 4 * d],
+                raw[7 + 4 * d],
+            ]) as usize
+        })
         .collect();
-    let record: usize = dims.get(1..).unwrap_or(&[]).iter().fold(1usize, |a, &d| a.saturating_mul(d)).max(1);
-    let expected = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| DataError::Malformed {
-        path: path.into(),
-        at: Location::File,
-        reason: format!("dimensions {dims:?} overflow"),
-    })?;
+    let record: usize = dims
+        .get(1..)
+        .unwrap_or(&[])
+        .iter()
+        .fold(1usize, |a, &d| a.saturating_mul(d))
+        .max(1);
+    let expected = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| DataError::Malformed {
+            path: path.into(),
+            at: Location::File,
+            reason: format!("dimensions {dims:?} overflow"),
+        })?;
     let body = raw.len() - header;
     if body < expected {
         return Err(DataError::Truncated {
@@ -203,26 +282,44 @@ pub fn read_idx(path: &Path, expected_magic: u32) -> Result<IdxArray> {
         return Err(DataError::Malformed {
             path: path.into(),
             at: Location::Record(dims.first().copied().unwrap_or(0)),
-            reason: format!("{} bytes after the {expected} promised by the header {dims:?}", body - expected),
+            reason: format!(
+                "{} bytes after the {expected} promised by the header {dims:?}",
+                body - expected
+            ),
         }
         .into());
     }
-    Ok(IdxArray { dims, data: raw[header..].to_vec() })
+    Ok(IdxArray {
+        dims,
+        data: raw[header..].to_vec(),
+    })
 }
 
 /// Finds `stem` or `stem.gz` in `dir`.
 fn find_idx(dir: &Path, stem: &str) -> Result<PathBuf> {
-    for name in [stem.to_string(), format!("{stem}.gz"), stem.replacen("-idx", ".idx", 1)] {
+    for name in [
+        stem.to_string(),
+        format!("{stem}.gz"),
+        stem.replacen("-idx", ".idx", 1),
+    ] {
         let p = dir.join(&name);
         if p.is_file() {
             return Ok(p);
         }
     }
-    Err(Error::io(dir.join(format!("{stem}[.gz]")), std::io::Error::new(std::io::ErrorKind::NotFound, "IDX file not found")))
+    Err(Error::io(
+        dir.join(format!("{stem}[.gz]")),
+        std::io::Error::new(std::io::ErrorKind::NotFound, "IDX file not found"),
+    ))
 }
 
 /// Reads an image IDX file and its label IDX file into a data set padded to 32×32.
-pub fn read_idx_pair(images: &Path, labels: &Path, num_classes: usize, name: &str) -> Result<ImageDataset> {
+pub fn read_idx_pair(
+    images: &Path,
+    labels: &Path,
+    num_classes: usize,
+    name: &str,
+) -> Result<ImageDataset> {
     let img = read_idx(images, IDX_IMAGES_MAGIC)?;
     let lab = read_idx(labels, IDX_LABELS_MAGIC)?;
     let (n, rows, cols) = (img.dims[0], img.dims[1], img.dims[2]);
@@ -238,12 +335,20 @@ pub fn read_idx_pair(images: &Path, labels: &Path, num_classes: usize, name: &st
         return Err(DataError::Malformed {
             path: labels.into(),
             at: Location::File,
-            reason: format!("{} labels for {n} images in {}", lab.dims[0], images.display()),
+            reason: format!(
+                "{} labels for {n} images in {}",
+                lab.dims[0],
+                images.display()
+            ),
         }
         .into());
     }
     if n == 0 {
-        return Err(DataError::Empty { path: images.into(), reason: "no image".into() }.into());
+        return Err(DataError::Empty {
+            path: images.into(),
+            reason: "no image".into(),
+        }
+        .into());
     }
     if let Some(i) = lab.data.iter().position(|&l| l as usize >= num_classes) {
         return Err(DataError::LabelOutOfRange {
@@ -254,7 +359,14 @@ pub fn read_idx_pair(images: &Path, labels: &Path, num_classes: usize, name: &st
         }
         .into());
     }
-    ImageDataset::new(img.data, lab.data, rows, (SIDE - rows) / 2, num_classes, name)
+    ImageDataset::new(
+        img.data,
+        lab.data,
+        rows,
+        (SIDE - rows) / 2,
+        num_classes,
+        name,
+    )
 }
 
 /// Fashion-MNIST (`train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`,
@@ -270,12 +382,25 @@ pub fn read_fashion_mnist_dir(dir: &Path) -> Result<Splits> {
         10,
         name,
     )?);
-    let test = read_idx_pair(&find_idx(dir, "t10k-images-idx3-ubyte")?, &find_idx(dir, "t10k-labels-idx1-ubyte")?, 10, &format!("{name} [test]"))?;
+    let test = read_idx_pair(
+        &find_idx(dir, "t10k-images-idx3-ubyte")?,
+        &find_idx(dir, "t10k-labels-idx1-ubyte")?,
+        10,
+        &format!("{name} [test]"),
+    )?;
     let n = train.len();
     let n_train = n - n / 10;
     Ok(Splits {
-        train: Arc::new(Subset::new(train.clone(), (0..n_train).collect(), format!("{name} [train]"))),
-        val: Arc::new(Subset::new(train, (n_train..n).collect(), format!("{name} [val]"))),
+        train: Arc::new(Subset::new(
+            train.clone(),
+            (0..n_train).collect(),
+            format!("{name} [train]"),
+        )),
+        val: Arc::new(Subset::new(
+            train,
+            (n_train..n).collect(),
+            format!("{name} [val]"),
+        )),
         test: Arc::new(test),
     })
 }

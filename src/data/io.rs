@@ -8,7 +8,9 @@ use crate::error::{Error, Result};
 
 /// Opens `path` for buffered reading.
 pub(crate) fn open(path: &Path) -> Result<BufReader<File>> {
-    File::open(path).map(|f| BufReader::with_capacity(1 << 16, f)).map_err(|e| Error::io(path, e))
+    File::open(path)
+        .map(|f| BufReader::with_capacity(1 << 16, f))
+        .map_err(|e| Error::io(path, e))
 }
 
 /// Reads a whole file, transparently un-gzipping it when it starts with the gzip magic.
@@ -16,7 +18,9 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
         let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| Error::io(path, e))?;
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| Error::io(path, e))?;
         Ok(out)
     } else {
         Ok(raw)
@@ -24,13 +28,18 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Calls `f(line_number, line)` for every line (1-based, without `\n` or `\r\n`).
-pub(crate) fn for_each_line(path: &Path, mut f: impl FnMut(usize, &[u8]) -> Result<()>) -> Result<()> {
+pub(crate) fn for_each_line(
+    path: &Path,
+    mut f: impl FnMut(usize, &[u8]) -> Result<()>,
+) -> Result<()> {
     let mut reader = open(path)?;
     let mut buf = Vec::new();
     let mut line = 0usize;
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(path, e))?;
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Error::io(path, e))?;
         if n == 0 {
             return Ok(());
         }
@@ -40,14 +49,19 @@ pub(crate) fn for_each_line(path: &Path, mut f: impl FnMut(usize, &[u8]) -> Resu
 }
 
 /// Like [`for_each_line`], also passing each line's byte offset in the file.
-pub(crate) fn for_each_line_offset(path: &Path, mut f: impl FnMut(usize, u64, &[u8]) -> Result<()>) -> Result<()> {
+pub(crate) fn for_each_line_offset(
+    path: &Path,
+    mut f: impl FnMut(usize, u64, &[u8]) -> Result<()>,
+) -> Result<()> {
     let mut reader = open(path)?;
     let mut buf = Vec::new();
     let mut line = 0usize;
     let mut offset = 0u64;
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(path, e))?;
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Error::io(path, e))?;
         if n == 0 {
             return Ok(());
         }
@@ -61,10 +75,13 @@ pub(crate) fn for_each_line_offset(path: &Path, mut f: impl FnMut(usize, u64, &[
 pub(crate) fn read_line_at(path: &Path, offset: u64) -> Result<Vec<u8>> {
     use std::io::{Seek, SeekFrom};
     let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-    f.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(path, e))?;
+    f.seek(SeekFrom::Start(offset))
+        .map_err(|e| Error::io(path, e))?;
     let mut reader = BufReader::with_capacity(1 << 14, f);
     let mut buf = Vec::new();
-    reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(path, e))?;
+    reader
+        .read_until(b'\n', &mut buf)
+        .map_err(|e| Error::io(path, e))?;
     let n = trim_newline(&buf).len();
     buf.truncate(n);
     Ok(buf)
@@ -120,7 +137,9 @@ pub(crate) fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
 pub(crate) fn read_prefix(path: &Path, limit: usize) -> Result<Vec<u8>> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
-    f.take(limit as u64).read_to_end(&mut out).map_err(|e| Error::io(path, e))?;
+    f.take(limit as u64)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::io(path, e))?;
     Ok(out)
 }
 

@@ -57,14 +57,26 @@ pub struct ListOpsConfig {
 impl ListOpsConfig {
     /// The LRA settings: 500 < length < 2000, depth 10, 2..=10 arguments, leaf probability 0.75.
     pub fn official() -> Self {
-        ListOpsConfig { min_len: 500, max_len: 2000, max_depth: 10, max_args: 10, leaf_prob: 0.75 }
+        ListOpsConfig {
+            min_len: 500,
+            max_len: 2000,
+            max_depth: 10,
+            max_args: 10,
+            leaf_prob: 0.75,
+        }
     }
 
     /// A short variant for quick CPU runs: 20 < length < 200, depth 6, 2..=5 arguments, leaf
     /// probability 0.6 (about 26 % of draws kept, mean length about 70, most common label
     /// about 11 %).
     pub fn small() -> Self {
-        ListOpsConfig { min_len: 20, max_len: 200, max_depth: 6, max_args: 5, leaf_prob: 0.6 }
+        ListOpsConfig {
+            min_len: 20,
+            max_len: 200,
+            max_depth: 6,
+            max_args: 5,
+            leaf_prob: 0.6,
+        }
     }
 
     /// Checks that trees inside the length bounds can be drawn at all.
@@ -73,18 +85,27 @@ impl ListOpsConfig {
             return Err(Error::config("listops.max_args", "must be at least 2"));
         }
         if !(2..=1000).contains(&self.max_depth) {
-            return Err(Error::config("listops.max_depth", "must be in 2..=1000 (depth 1 is a single digit)"));
+            return Err(Error::config(
+                "listops.max_depth",
+                "must be in 2..=1000 (depth 1 is a single digit)",
+            ));
         }
         if !(0.0..1.0).contains(&self.leaf_prob) {
             return Err(Error::config("listops.leaf_prob", "must be in [0, 1)"));
         }
         if self.min_len + 1 >= self.max_len {
-            return Err(Error::config("listops.max_len", "must exceed min_len + 1 (both bounds are exclusive)"));
+            return Err(Error::config(
+                "listops.max_len",
+                "must exceed min_len + 1 (both bounds are exclusive)",
+            ));
         }
         if self.longest_tree() <= self.min_len {
             return Err(Error::config(
                 "listops.min_len",
-                format!("no tree of depth {} with {} arguments is longer than {}", self.max_depth, self.max_args, self.min_len),
+                format!(
+                    "no tree of depth {} with {} arguments is longer than {}",
+                    self.max_depth, self.max_args, self.min_len
+                ),
             ));
         }
         Ok(())
@@ -102,13 +123,24 @@ impl ListOpsConfig {
 
 /// Draws one tree into `out` (ids as `u8`), returning its value, or `None` when it reached
 /// `max_len` tokens and was abandoned.
-fn draw_tree(rng: &mut Rng, cfg: &ListOpsConfig, out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> Option<u8> {
+fn draw_tree(
+    rng: &mut Rng,
+    cfg: &ListOpsConfig,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Option<u8> {
     out.clear();
     scratch.clear();
     draw_node(rng, cfg, 1, out, scratch)
 }
 
-fn draw_node(rng: &mut Rng, cfg: &ListOpsConfig, depth: usize, out: &mut Vec<u8>, vals: &mut Vec<u8>) -> Option<u8> {
+fn draw_node(
+    rng: &mut Rng,
+    cfg: &ListOpsConfig,
+    depth: usize,
+    out: &mut Vec<u8>,
+    vals: &mut Vec<u8>,
+) -> Option<u8> {
     if out.len() >= cfg.max_len {
         return None;
     }
@@ -282,7 +314,11 @@ fn generate_ids(cfg: &ListOpsConfig, n: usize, seed: u64) -> Result<Vec<(Vec<u8>
             None => {
                 return Err(Error::config(
                     "listops",
-                    format!("found only {} distinct trees in the bounds after {} draws", out.len(), g.draws()),
+                    format!(
+                        "found only {} distinct trees in the bounds after {} draws",
+                        out.len(),
+                        g.draws()
+                    ),
                 ))
             }
         }
@@ -300,7 +336,10 @@ pub fn generate_listops(cfg: &ListOpsConfig, n: usize, seed: u64) -> Vec<(String
     ids.into_iter()
         .map(|(ids, label)| {
             let ids: Vec<u32> = ids.into_iter().map(u32::from).collect();
-            (listops_source(&ids).expect("generated trees are well formed"), label)
+            (
+                listops_source(&ids).expect("generated trees are well formed"),
+                label,
+            )
         })
         .collect()
 }
@@ -325,12 +364,10 @@ pub fn listops_source(ids: &[u32]) -> Option<String> {
             return None;
         }
         match t {
-            1..=10 => {
-                match stack.last() {
-                    Some(&top) => counts[top] += 1,
-                    None => done = true,
-                }
-            }
+            1..=10 => match stack.last() {
+                Some(&top) => counts[top] += 1,
+                None => done = true,
+            },
             11..=14 => {
                 if let Some(&top) = stack.last() {
                     counts[top] += 1;
@@ -442,7 +479,11 @@ fn token_id(tok: &[u8]) -> Option<u32> {
 fn encode_bytes(source: &[u8]) -> std::result::Result<Vec<u32>, String> {
     let mut out = Vec::with_capacity(source.len() / 3);
     for tok in source.split(|b| b.is_ascii_whitespace()) {
-        let tok: Vec<u8> = tok.iter().copied().filter(|&b| b != b'(' && b != b')').collect();
+        let tok: Vec<u8> = tok
+            .iter()
+            .copied()
+            .filter(|&b| b != b'(' && b != b')')
+            .collect();
         if tok.is_empty() {
             continue;
         }
@@ -457,7 +498,12 @@ fn encode_bytes(source: &[u8]) -> std::result::Result<Vec<u32>, String> {
 /// Encodes a ListOps source (with or without parentheses) into ids.
 pub fn encode_listops(source: &str) -> Result<Vec<u32>> {
     encode_bytes(source.as_bytes()).map_err(|token| {
-        DataError::UnknownToken { path: PathBuf::from("<input>"), at: Location::File, token: clip(&token) }.into()
+        DataError::UnknownToken {
+            path: PathBuf::from("<input>"),
+            at: Location::File,
+            token: clip(&token),
+        }
+        .into()
     })
 }
 
@@ -480,13 +526,22 @@ pub fn parse_listops_line(line_bytes: &[u8], path: &Path, line: usize) -> Result
     }
     let fields: Vec<&[u8]> = line_bytes.split(|&b| b == b'\t').collect();
     if fields.len() != 2 {
-        return Err(DataError::ColumnCount { path: path.into(), at, expected: 2, found: fields.len() }.into());
+        return Err(DataError::ColumnCount {
+            path: path.into(),
+            at,
+            expected: 2,
+            found: fields.len(),
+        }
+        .into());
     }
     if fields[0].trim_ascii() == b"Source" && fields[1].trim_ascii() == b"Target" {
         return Ok(ListOpsRow::Header);
     }
     let label_text = fields[1].trim_ascii();
-    let label = std::str::from_utf8(label_text).ok().and_then(|s| s.parse::<u32>().ok()).filter(|&l| l < 10);
+    let label = std::str::from_utf8(label_text)
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|&l| l < 10);
     let Some(label) = label else {
         return Err(DataError::LabelOutOfRange {
             path: path.into(),
@@ -496,10 +551,18 @@ pub fn parse_listops_line(line_bytes: &[u8], path: &Path, line: usize) -> Result
         }
         .into());
     };
-    let ids = encode_bytes(fields[0])
-        .map_err(|token| DataError::UnknownToken { path: path.into(), at, token: clip(&token) })?;
+    let ids = encode_bytes(fields[0]).map_err(|token| DataError::UnknownToken {
+        path: path.into(),
+        at,
+        token: clip(&token),
+    })?;
     if ids.is_empty() {
-        return Err(DataError::Malformed { path: path.into(), at, reason: "empty source".into() }.into());
+        return Err(DataError::Malformed {
+            path: path.into(),
+            at,
+            reason: "empty source".into(),
+        }
+        .into());
     }
     Ok(ListOpsRow::Example(ids, label))
 }
@@ -523,12 +586,22 @@ impl ListOpsDataset {
             ids.push(e);
             labels.push(l as u8);
         }
-        ListOpsDataset { ids, labels, max_len, name, skipped: 0 }
+        ListOpsDataset {
+            ids,
+            labels,
+            max_len,
+            name,
+            skipped: 0,
+        }
     }
 
     /// `n` distinct generated trees, truncated to `max_len` tokens.
     pub fn try_generated(cfg: &ListOpsConfig, n: usize, seed: u64, max_len: usize) -> Result<Self> {
-        Ok(Self::from_ids(generate_ids(cfg, n, seed)?, max_len, "listops (generated)".into()))
+        Ok(Self::from_ids(
+            generate_ids(cfg, n, seed)?,
+            max_len,
+            "listops (generated)".into(),
+        ))
     }
 
     /// `n` distinct generated trees, truncated to `max_len` tokens (the same trees, in the same
@@ -538,7 +611,8 @@ impl ListOpsDataset {
     /// When `cfg` is invalid or cannot yield `n` distinct trees ([`Self::try_generated`] returns
     /// the error instead).
     pub fn generated(cfg: &ListOpsConfig, n: usize, seed: u64, max_len: usize) -> Self {
-        Self::try_generated(cfg, n, seed, max_len).unwrap_or_else(|e| panic!("ListOpsDataset::generated: {e}"))
+        Self::try_generated(cfg, n, seed, max_len)
+            .unwrap_or_else(|e| panic!("ListOpsDataset::generated: {e}"))
     }
 
     /// `train + val + test` distinct trees split in that order (no tree is in two splits).
@@ -553,9 +627,21 @@ impl ListOpsDataset {
         let all = Arc::new(Self::try_generated(cfg, train + val + test, seed, max_len)?);
         let name = "listops (generated)";
         Ok(Splits {
-            train: Arc::new(Subset::new(all.clone(), (0..train).collect(), format!("{name} [train]"))),
-            val: Arc::new(Subset::new(all.clone(), (train..train + val).collect(), format!("{name} [val]"))),
-            test: Arc::new(Subset::new(all, (train + val..train + val + test).collect(), format!("{name} [test]"))),
+            train: Arc::new(Subset::new(
+                all.clone(),
+                (0..train).collect(),
+                format!("{name} [train]"),
+            )),
+            val: Arc::new(Subset::new(
+                all.clone(),
+                (train..train + val).collect(),
+                format!("{name} [val]"),
+            )),
+            test: Arc::new(Subset::new(
+                all,
+                (train + val..train + val + test).collect(),
+                format!("{name} [test]"),
+            )),
         })
     }
 
@@ -564,7 +650,14 @@ impl ListOpsDataset {
     ///
     /// # Panics
     /// As [`Self::generated`].
-    pub fn generate_splits(cfg: &ListOpsConfig, train: usize, val: usize, test: usize, seed: u64, max_len: usize) -> Splits {
+    pub fn generate_splits(
+        cfg: &ListOpsConfig,
+        train: usize,
+        val: usize,
+        test: usize,
+        seed: u64,
+        max_len: usize,
+    ) -> Splits {
         Self::try_generate_splits(cfg, train, val, test, seed, max_len)
             .unwrap_or_else(|e| panic!("ListOpsDataset::generate_splits: {e}"))
     }
@@ -587,15 +680,25 @@ impl ListOpsDataset {
                 }
                 ListOpsRow::Blank => skipped += 1,
                 ListOpsRow::Example(ids, label) => {
-                    examples.push((ids.into_iter().take(max_len).map(|t| t as u8).collect(), label));
+                    examples.push((
+                        ids.into_iter().take(max_len).map(|t| t as u8).collect(),
+                        label,
+                    ));
                 }
             }
             Ok(())
         })?;
         if examples.is_empty() {
-            return Err(DataError::Empty { path: path.into(), reason: "no ListOps example".into() }.into());
+            return Err(DataError::Empty {
+                path: path.into(),
+                reason: "no ListOps example".into(),
+            }
+            .into());
         }
-        let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut ds = Self::from_ids(examples, max_len, format!("listops: {file}"));
         ds.skipped = skipped;
         Ok(ds)
@@ -612,10 +715,9 @@ impl Dataset for ListOpsDataset {
         self.ids.len()
     }
     fn get(&self, index: usize) -> Result<Example> {
-        let ids = self
-            .ids
-            .get(index)
-            .ok_or_else(|| Error::shape("index", format!("an index below {}", self.ids.len()), index))?;
+        let ids = self.ids.get(index).ok_or_else(|| {
+            Error::shape("index", format!("an index below {}", self.ids.len()), index)
+        })?;
         Ok(Example {
             doc: Sequence::Tokens(ids.iter().map(|&t| t as u32).collect()),
             doc2: None,
@@ -635,16 +737,14 @@ impl Dataset for ListOpsDataset {
         self.skipped
     }
     fn label(&self, index: usize) -> Result<u32> {
-        self.labels
-            .get(index)
-            .map(|&l| l as u32)
-            .ok_or_else(|| Error::shape("index", format!("an index below {}", self.ids.len()), index))
+        self.labels.get(index).map(|&l| l as u32).ok_or_else(|| {
+            Error::shape("index", format!("an index below {}", self.ids.len()), index)
+        })
     }
     fn length(&self, index: usize) -> Result<usize> {
-        self.ids
-            .get(index)
-            .map(|v| v.len())
-            .ok_or_else(|| Error::shape("index", format!("an index below {}", self.ids.len()), index))
+        self.ids.get(index).map(|v| v.len()).ok_or_else(|| {
+            Error::shape("index", format!("an index below {}", self.ids.len()), index)
+        })
     }
 }
 
@@ -652,9 +752,16 @@ impl Dataset for ListOpsDataset {
 /// release's `listops-1000`).
 pub fn read_listops_dir(dir: &Path, max_len: usize) -> Result<Splits> {
     let read = |split: &str| -> Result<Arc<dyn Dataset>> {
-        Ok(Arc::new(ListOpsDataset::from_tsv(&dir.join(format!("basic_{split}.tsv")), max_len)?))
+        Ok(Arc::new(ListOpsDataset::from_tsv(
+            &dir.join(format!("basic_{split}.tsv")),
+            max_len,
+        )?))
     };
-    Ok(Splits { train: read("train")?, val: read("val")?, test: read("test")? })
+    Ok(Splits {
+        train: read("train")?,
+        val: read("val")?,
+        test: read("test")?,
+    })
 }
 
 /// Writes rows in the official layout: header `Source<TAB>Target`, one row per line.
@@ -669,7 +776,14 @@ pub fn write_listops_tsv(path: &Path, rows: &[(String, u32)]) -> Result<()> {
 
 /// Generates `train + val + test` distinct trees with `seed` and writes them to
 /// `dir/basic_{train,val,test}.tsv` (the same trees as [`ListOpsDataset::generate_splits`]).
-pub fn write_listops_dir(dir: &Path, cfg: &ListOpsConfig, train: usize, val: usize, test: usize, seed: u64) -> Result<()> {
+pub fn write_listops_dir(
+    dir: &Path,
+    cfg: &ListOpsConfig,
+    train: usize,
+    val: usize,
+    test: usize,
+    seed: u64,
+) -> Result<()> {
     let ids = generate_ids(cfg, train + val + test, seed)?;
     let rows: Vec<(String, u32)> = ids
         .into_iter()

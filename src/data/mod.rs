@@ -49,26 +49,27 @@ pub mod text;
 pub use batch::{bucketed_batches, epoch_order, make_batch, Batch, PadTo};
 pub use error::{DataError, Location};
 pub use image::{
-    grey, read_cifar10_batch, read_cifar10_dir, read_fashion_mnist_dir, read_idx, read_idx_pair, IdxArray, ImageDataset,
+    grey, read_cifar10_batch, read_cifar10_dir, read_fashion_mnist_dir, read_idx, read_idx_pair,
+    IdxArray, ImageDataset,
 };
 pub use listops::{
-    encode_listops, evaluate_listops, generate_listops, listops_source, listops_stats, parse_listops_line,
-    read_listops_dir, write_listops_dir, write_listops_tsv, ListOpsConfig, ListOpsDataset, ListOpsGenerator, ListOpsRow,
-    ListOpsStats,
+    encode_listops, evaluate_listops, generate_listops, listops_source, listops_stats,
+    parse_listops_line, read_listops_dir, write_listops_dir, write_listops_tsv, ListOpsConfig,
+    ListOpsDataset, ListOpsGenerator, ListOpsRow, ListOpsStats,
 };
 pub use pathfinder::{
-    decode_grey_png, encode_grey_png, generate_pathfinder, parse_metadata_row, pathfinder_sample, pathfinder_samples,
-    read_pathfinder_dir, write_pathfinder_batch, write_pathfinder_dir, MetadataRow, PathfinderConfig, PathfinderDataset,
-    PathfinderSample, PngDataset,
+    decode_grey_png, encode_grey_png, generate_pathfinder, parse_metadata_row, pathfinder_sample,
+    pathfinder_samples, read_pathfinder_dir, write_pathfinder_batch, write_pathfinder_dir,
+    MetadataRow, PathfinderConfig, PathfinderDataset, PathfinderSample, PngDataset,
 };
 pub use retrieval::{
-    pair_substitute, pair_substitute_splits, parse_aan_line, read_aan_dir, try_pair_substitute, AanDataset, AanRow,
-    PairDataset,
+    pair_substitute, pair_substitute_splits, parse_aan_line, read_aan_dir, try_pair_substitute,
+    AanDataset, AanRow, PairDataset,
 };
 pub use rng::{mix_seed, permutation, sin_cos_deg, splitmix64, Rng};
 pub use text::{
-    byte_ids, read_bbc, read_class_folders, read_imdb_dir, read_spam_assassin, split_corpus, strip_email_headers,
-    MemoryTextDataset, TextFolderDataset,
+    byte_ids, read_bbc, read_class_folders, read_imdb_dir, read_spam_assassin, split_corpus,
+    strip_email_headers, MemoryTextDataset, TextFolderDataset,
 };
 
 /// Default truncation length of the byte-level tasks (Text, Retrieval per document).
@@ -178,20 +179,28 @@ pub struct Splits {
 impl Splits {
     /// One line per split: name, size, classes, skipped records.
     pub fn summary(&self) -> String {
-        [("train", &self.train), ("val", &self.val), ("test", &self.test)]
-            .iter()
-            .map(|(s, d)| {
-                format!(
-                    "{s}: {} examples of {} ({} classes, length {}{})",
-                    d.len(),
-                    d.name(),
-                    d.num_classes(),
-                    d.max_len(),
-                    if d.skipped() > 0 { format!(", {} records skipped", d.skipped()) } else { String::new() }
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        [
+            ("train", &self.train),
+            ("val", &self.val),
+            ("test", &self.test),
+        ]
+        .iter()
+        .map(|(s, d)| {
+            format!(
+                "{s}: {} examples of {} ({} classes, length {}{})",
+                d.len(),
+                d.name(),
+                d.num_classes(),
+                d.max_len(),
+                if d.skipped() > 0 {
+                    format!(", {} records skipped", d.skipped())
+                } else {
+                    String::new()
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
     }
 }
 
@@ -235,7 +244,12 @@ impl Subset {
     /// The examples `indices` of `inner` (in that order), called `name`. Indices must be below
     /// `inner.len()`; out-of-range ones give an error on `get`.
     pub fn new(inner: Arc<dyn Dataset>, indices: Vec<usize>, name: impl Into<String>) -> Self {
-        Subset { inner, indices, name: name.into(), skipped: 0 }
+        Subset {
+            inner,
+            indices,
+            name: name.into(),
+            skipped: 0,
+        }
     }
 
     /// Reports `skipped` records (those skipped while reading the underlying corpus).
@@ -246,7 +260,11 @@ impl Subset {
 
     fn map(&self, index: usize) -> crate::Result<usize> {
         self.indices.get(index).copied().ok_or_else(|| {
-            crate::Error::shape("index", format!("an index below {}", self.indices.len()), index)
+            crate::Error::shape(
+                "index",
+                format!("an index below {}", self.indices.len()),
+                index,
+            )
         })
     }
 }
@@ -294,7 +312,11 @@ pub fn split_contiguous(ds: Arc<dyn Dataset>, parts: (usize, usize, usize)) -> S
     split_order(ds, order, parts)
 }
 
-pub(crate) fn split_order(ds: Arc<dyn Dataset>, order: Vec<usize>, parts: (usize, usize, usize)) -> Splits {
+pub(crate) fn split_order(
+    ds: Arc<dyn Dataset>,
+    order: Vec<usize>,
+    parts: (usize, usize, usize),
+) -> Splits {
     let n = order.len();
     let total = (parts.0 + parts.1 + parts.2).max(1);
     let n_train = n * parts.0 / total;
@@ -305,16 +327,26 @@ pub(crate) fn split_order(ds: Arc<dyn Dataset>, order: Vec<usize>, parts: (usize
     let val = order[n_train..n_train + n_val].to_vec();
     let test = order[n_train + n_val..].to_vec();
     Splits {
-        train: Arc::new(Subset::new(ds.clone(), train, format!("{name} [train]")).with_skipped(skipped)),
+        train: Arc::new(
+            Subset::new(ds.clone(), train, format!("{name} [train]")).with_skipped(skipped),
+        ),
         val: Arc::new(Subset::new(ds.clone(), val, format!("{name} [val]"))),
         test: Arc::new(Subset::new(ds, test, format!("{name} [test]"))),
     }
 }
 
 /// Fails with [`DataError::Empty`] when `ds` has no example.
-pub(crate) fn ensure_nonempty(ds: &dyn Dataset, path: impl Into<PathBuf>, reason: &str) -> crate::Result<()> {
+pub(crate) fn ensure_nonempty(
+    ds: &dyn Dataset,
+    path: impl Into<PathBuf>,
+    reason: &str,
+) -> crate::Result<()> {
     if ds.is_empty() {
-        return Err(DataError::Empty { path: path.into(), reason: reason.to_string() }.into());
+        return Err(DataError::Empty {
+            path: path.into(),
+            reason: reason.to_string(),
+        }
+        .into());
     }
     Ok(())
 }

@@ -137,7 +137,10 @@ impl PathfinderConfig {
             "intermediate" => 9,
             "hard" => 14,
             _ => {
-                return Err(Error::UnknownPreset { name: name.into(), known: "easy, intermediate, hard".into() });
+                return Err(Error::UnknownPreset {
+                    name: name.into(),
+                    known: "easy, intermediate, hard".into(),
+                });
             }
         };
         match size {
@@ -168,23 +171,42 @@ impl PathfinderConfig {
         ];
         for (name, v) in positive {
             if !(v.is_finite() && v > 0.0) {
-                return Err(Error::config(format!("pathfinder.{name}"), "must be positive and finite"));
+                return Err(Error::config(
+                    format!("pathfinder.{name}"),
+                    "must be positive and finite",
+                ));
             }
         }
-        if !(self.paddle_margin.is_finite() && self.paddle_margin >= 0.0 && self.padding.is_finite() && self.padding >= 0.0) {
-            return Err(Error::config("pathfinder.paddle_margin", "margin and padding must be finite and non-negative"));
+        if !(self.paddle_margin.is_finite()
+            && self.paddle_margin >= 0.0
+            && self.padding.is_finite()
+            && self.padding >= 0.0)
+        {
+            return Err(Error::config(
+                "pathfinder.paddle_margin",
+                "margin and padding must be finite and non-negative",
+            ));
         }
         if self.size < 8 || self.size > 4096 {
             return Err(Error::config("pathfinder.size", "must be in 8..=4096"));
         }
         if self.contour_length == 0 || self.contour_length > 1000 || self.distractor_length > 1000 {
-            return Err(Error::config("pathfinder.contour_length", "must be in 1..=1000"));
+            return Err(Error::config(
+                "pathfinder.contour_length",
+                "must be in 1..=1000",
+            ));
         }
         if self.num_distractors > 10_000 {
-            return Err(Error::config("pathfinder.num_distractors", "must be at most 10000"));
+            return Err(Error::config(
+                "pathfinder.num_distractors",
+                "must be at most 10000",
+            ));
         }
         if self.padding * 2.0 + 2.0 >= self.size as f64 {
-            return Err(Error::config("pathfinder.padding", "leaves no room in the image"));
+            return Err(Error::config(
+                "pathfinder.padding",
+                "leaves no room in the image",
+            ));
         }
         Ok(())
     }
@@ -218,7 +240,13 @@ struct Canvas {
 
 impl Canvas {
     fn new(n: usize, antialias: f64) -> Self {
-        Canvas { n, owner: vec![0; n * n], pidx: vec![0; n * n], journal: Vec::new(), w: 1.0 / antialias }
+        Canvas {
+            n,
+            owner: vec![0; n * n],
+            pidx: vec![0; n * n],
+            journal: Vec::new(),
+            w: 1.0 / antialias,
+        }
     }
 
     fn clear(&mut self) {
@@ -241,7 +269,11 @@ impl Canvas {
         for y in y0..=y1 {
             for x in x0..=x1 {
                 let (px, py) = (x as f64 + 0.5, y as f64 + 0.5);
-                let t = if len2 > 0.0 { (((px - a.0) * dx + (py - a.1) * dy) / len2).clamp(0.0, 1.0) } else { 0.0 };
+                let t = if len2 > 0.0 {
+                    (((px - a.0) * dx + (py - a.1) * dy) / len2).clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
                 let (ex, ey) = (px - (a.0 + t * dx), py - (a.1 + t * dy));
                 let d = (ex * ex + ey * ey).sqrt();
                 let v = ((reach - d) / self.w).clamp(0.0, 1.0);
@@ -340,7 +372,10 @@ impl Gen<'_> {
     /// Tries the first paddle of snake `s` at `a` heading `theta`; commits it when it fits.
     fn try_first(&mut self, a: (f64, f64), theta: i32, s: u16) -> Option<Paddle> {
         let u = Self::dir(theta);
-        let b = (a.0 + self.cfg.paddle_length * u.0, a.1 + self.cfg.paddle_length * u.1);
+        let b = (
+            a.0 + self.cfg.paddle_length * u.0,
+            a.1 + self.cfg.paddle_length * u.1,
+        );
         if !self.in_bounds(a) || !self.in_bounds(b) {
             return None;
         }
@@ -402,7 +437,10 @@ impl Gen<'_> {
             let theta = (prev.theta + turns[pick].0).rem_euclid(360);
             let theta = if theta >= 180 { theta - 360 } else { theta };
             let v = Self::dir(theta);
-            let b = (a.0 + self.cfg.paddle_length * v.0, a.1 + self.cfg.paddle_length * v.1);
+            let b = (
+                a.0 + self.cfg.paddle_length * v.0,
+                a.1 + self.cfg.paddle_length * v.1,
+            );
             if self.in_bounds(b) {
                 self.canvas.footprint(a, b, self.half_thickness(), &mut fp);
                 if self.canvas.fits(&fp, s, k) {
@@ -420,7 +458,8 @@ impl Gen<'_> {
     /// Reserves the marker zone at `tip` for snake `s` when it keeps clear of other snakes.
     fn reserve_disc(&mut self, tip: (f64, f64), s: u16) -> bool {
         let mut fp = std::mem::take(&mut self.fp);
-        self.canvas.footprint(tip, tip, self.cfg.marker_radius, &mut fp);
+        self.canvas
+            .footprint(tip, tip, self.cfg.marker_radius, &mut fp);
         let n = self.canvas.n as i64;
         let mut ok = true;
         'outer: for &(p, _) in &fp {
@@ -454,7 +493,11 @@ impl Gen<'_> {
         let (lo, hi) = {
             let lo = (2.0 * sd).ceil() as usize;
             let hi = n.saturating_sub(lo);
-            if hi > lo { (lo, hi) } else { (n / 2 - 1, n / 2 + 1) }
+            if hi > lo {
+                (lo, hi)
+            } else {
+                (n / 2 - 1, n / 2 + 1)
+            }
         };
         for _ in 0..MAX_PAIR_TRIES {
             self.canvas.clear();
@@ -464,8 +507,12 @@ impl Gen<'_> {
             let o2 = ((o1.0 + sd * c).floor() + 0.5, (o1.1 + sd * s).floor() + 0.5);
             let t1 = self.rng.below(360) as i32 - 180;
             let t2 = self.rng.below(360) as i32 - 180;
-            let Some(p1) = self.try_first(o1, t1, 1) else { continue };
-            let Some(p2) = self.try_first(o2, t2, 2) else { continue };
+            let Some(p1) = self.try_first(o1, t1, 1) else {
+                continue;
+            };
+            let Some(p2) = self.try_first(o2, t2, 2) else {
+                continue;
+            };
             let mut snakes = [vec![p1], vec![p2]];
             let mut ok = true;
             'grow: for k in 1..cfg.contour_length {
@@ -535,7 +582,13 @@ impl Gen<'_> {
         let cfg = self.cfg;
         let label = self.rng.below(2) as u32;
         let targets = self.targets().ok_or_else(|| {
-            Error::config("pathfinder", format!("could not place two snakes of {} paddles in {} tries", cfg.contour_length, MAX_PAIR_TRIES))
+            Error::config(
+                "pathfinder",
+                format!(
+                    "could not place two snakes of {} paddles in {} tries",
+                    cfg.contour_length, MAX_PAIR_TRIES
+                ),
+            )
         })?;
         let mut snakes: Vec<Vec<Paddle>> = targets.to_vec();
         for d in 0..cfg.num_distractors {
@@ -546,7 +599,11 @@ impl Gen<'_> {
         }
         // Markers: origin tip of one target, terminal tip of the same one (label 1) or the other.
         let origin_idx = self.rng.index(2);
-        let terminal_idx = if label == 1 { origin_idx } else { 1 - origin_idx };
+        let terminal_idx = if label == 1 {
+            origin_idx
+        } else {
+            1 - origin_idx
+        };
         let origin = snakes[origin_idx][0].a;
         let last = &snakes[terminal_idx];
         let terminal = last[last.len() - 1].b;
@@ -572,23 +629,49 @@ impl Gen<'_> {
             }
         }
         self.fp = fp;
-        let cell = |p: (f64, f64)| ((p.1.floor() as usize).min(n - 1), (p.0.floor() as usize).min(n - 1));
-        Ok(PathfinderSample { pixels, label, markers: [cell(origin), cell(terminal)] })
+        let cell = |p: (f64, f64)| {
+            (
+                (p.1.floor() as usize).min(n - 1),
+                (p.0.floor() as usize).min(n - 1),
+            )
+        };
+        Ok(PathfinderSample {
+            pixels,
+            label,
+            markers: [cell(origin), cell(terminal)],
+        })
     }
 }
 
 /// Sample `index` of the stream `seed` (a pure function of the three).
-pub fn pathfinder_sample(cfg: &PathfinderConfig, seed: u64, index: u64) -> Result<PathfinderSample> {
+pub fn pathfinder_sample(
+    cfg: &PathfinderConfig,
+    seed: u64,
+    index: u64,
+) -> Result<PathfinderSample> {
     cfg.validate()?;
-    let mut g = Gen { cfg, rng: Rng::stream(seed, index), canvas: Canvas::new(cfg.size, cfg.antialias), fp: Vec::new() };
+    let mut g = Gen {
+        cfg,
+        rng: Rng::stream(seed, index),
+        canvas: Canvas::new(cfg.size, cfg.antialias),
+        fp: Vec::new(),
+    };
     g.sample()
 }
 
 /// Samples `range` of stream `seed`, in parallel on the available cores.
-pub fn pathfinder_samples(cfg: &PathfinderConfig, seed: u64, range: std::ops::Range<u64>) -> Result<Vec<PathfinderSample>> {
+pub fn pathfinder_samples(
+    cfg: &PathfinderConfig,
+    seed: u64,
+    range: std::ops::Range<u64>,
+) -> Result<Vec<PathfinderSample>> {
     cfg.validate()?;
     let n = (range.end.saturating_sub(range.start)) as usize;
-    let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1).clamp(1, 64).min(n.max(1));
+    let threads = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1)
+        .clamp(1, 64)
+        .min(n.max(1));
     if threads <= 1 || n < 8 {
         return range.map(|i| pathfinder_sample(cfg, seed, i)).collect();
     }
@@ -598,12 +681,20 @@ pub fn pathfinder_samples(cfg: &PathfinderConfig, seed: u64, range: std::ops::Ra
             .map(|t| {
                 let lo = range.start + (t * chunk) as u64;
                 let hi = (lo + chunk as u64).min(range.end);
-                scope.spawn(move || (lo..hi).map(|i| pathfinder_sample(cfg, seed, i)).collect::<Result<Vec<_>>>())
+                scope.spawn(move || {
+                    (lo..hi)
+                        .map(|i| pathfinder_sample(cfg, seed, i))
+                        .collect::<Result<Vec<_>>>()
+                })
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(Error::config("pathfinder", "a generator thread panicked"))))
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::config("pathfinder", "a generator thread panicked"))
+                })
+            })
             .collect()
     });
     let mut out = Vec::with_capacity(n);
@@ -644,7 +735,12 @@ impl PathfinderDataset {
             pixels.extend_from_slice(&s.pixels);
             labels.push(s.label as u8);
         }
-        Ok(PathfinderDataset { pixels, labels, side, name: cfg.name() })
+        Ok(PathfinderDataset {
+            pixels,
+            labels,
+            side,
+            name: cfg.name(),
+        })
     }
 
     /// Samples `0..n` of stream `seed`.
@@ -652,18 +748,37 @@ impl PathfinderDataset {
     /// # Panics
     /// As [`generate_pathfinder`].
     pub fn generated(cfg: &PathfinderConfig, n: usize, seed: u64) -> Self {
-        Self::try_generated(cfg, n, seed).unwrap_or_else(|e| panic!("PathfinderDataset::generated: {e}"))
+        Self::try_generated(cfg, n, seed)
+            .unwrap_or_else(|e| panic!("PathfinderDataset::generated: {e}"))
     }
 
     /// Samples `0..train+val+test` of stream `seed`, split in that order; an impossible
     /// configuration is an error.
-    pub fn try_generate_splits(cfg: &PathfinderConfig, train: usize, val: usize, test: usize, seed: u64) -> Result<Splits> {
+    pub fn try_generate_splits(
+        cfg: &PathfinderConfig,
+        train: usize,
+        val: usize,
+        test: usize,
+        seed: u64,
+    ) -> Result<Splits> {
         let all = Arc::new(Self::try_generated(cfg, train + val + test, seed)?);
         let name = cfg.name();
         Ok(Splits {
-            train: Arc::new(Subset::new(all.clone(), (0..train).collect(), format!("{name} [train]"))),
-            val: Arc::new(Subset::new(all.clone(), (train..train + val).collect(), format!("{name} [val]"))),
-            test: Arc::new(Subset::new(all, (train + val..train + val + test).collect(), format!("{name} [test]"))),
+            train: Arc::new(Subset::new(
+                all.clone(),
+                (0..train).collect(),
+                format!("{name} [train]"),
+            )),
+            val: Arc::new(Subset::new(
+                all.clone(),
+                (train..train + val).collect(),
+                format!("{name} [val]"),
+            )),
+            test: Arc::new(Subset::new(
+                all,
+                (train + val..train + val + test).collect(),
+                format!("{name} [test]"),
+            )),
         })
     }
 
@@ -671,8 +786,15 @@ impl PathfinderDataset {
     ///
     /// # Panics
     /// As [`generate_pathfinder`].
-    pub fn generate_splits(cfg: &PathfinderConfig, train: usize, val: usize, test: usize, seed: u64) -> Splits {
-        Self::try_generate_splits(cfg, train, val, test, seed).unwrap_or_else(|e| panic!("PathfinderDataset::generate_splits: {e}"))
+    pub fn generate_splits(
+        cfg: &PathfinderConfig,
+        train: usize,
+        val: usize,
+        test: usize,
+        seed: u64,
+    ) -> Splits {
+        Self::try_generate_splits(cfg, train, val, test, seed)
+            .unwrap_or_else(|e| panic!("PathfinderDataset::generate_splits: {e}"))
     }
 }
 
@@ -683,7 +805,11 @@ impl Dataset for PathfinderDataset {
     fn get(&self, index: usize) -> Result<Example> {
         let label = self.label(index)?;
         let n = self.side * self.side;
-        Ok(Example { doc: Sequence::Pixels(self.pixels[index * n..(index + 1) * n].to_vec()), doc2: None, label })
+        Ok(Example {
+            doc: Sequence::Pixels(self.pixels[index * n..(index + 1) * n].to_vec()),
+            doc2: None,
+            label,
+        })
     }
     fn num_classes(&self) -> usize {
         2
@@ -695,10 +821,13 @@ impl Dataset for PathfinderDataset {
         self.name.clone()
     }
     fn label(&self, index: usize) -> Result<u32> {
-        self.labels
-            .get(index)
-            .map(|&l| l as u32)
-            .ok_or_else(|| Error::shape("index", format!("an index below {}", self.labels.len()), index))
+        self.labels.get(index).map(|&l| l as u32).ok_or_else(|| {
+            Error::shape(
+                "index",
+                format!("an index below {}", self.labels.len()),
+                index,
+            )
+        })
     }
     fn length(&self, _index: usize) -> Result<usize> {
         Ok(self.side * self.side)
@@ -715,8 +844,11 @@ pub fn encode_grey_png(pixels: &[u8], width: usize, height: usize) -> Result<Vec
         let mut enc = png::Encoder::new(&mut out, width as u32, height as u32);
         enc.set_color(png::ColorType::Grayscale);
         enc.set_depth(png::BitDepth::Eight);
-        let mut w = enc.write_header().map_err(|e| Error::config("png", e.to_string()))?;
-        w.write_image_data(pixels).map_err(|e| Error::config("png", e.to_string()))?;
+        let mut w = enc
+            .write_header()
+            .map_err(|e| Error::config("png", e.to_string()))?;
+        w.write_image_data(pixels)
+            .map_err(|e| Error::config("png", e.to_string()))?;
     }
     Ok(out)
 }
@@ -742,11 +874,15 @@ pub fn decode_grey_png(bytes: &[u8]) -> std::result::Result<(usize, usize, Vec<u
     };
     let mut out = Vec::with_capacity(w * h);
     for row in 0..h {
-        let line = buf.get(row * info.line_size..row * info.line_size + w * channels).ok_or("short image data")?;
+        let line = buf
+            .get(row * info.line_size..row * info.line_size + w * channels)
+            .ok_or("short image data")?;
         for px in line.chunks_exact(channels) {
             out.push(match channels {
                 1 | 2 => px[0],
-                _ => (0.2989 * px[0] as f64 + 0.5870 * px[1] as f64 + 0.1140 * px[2] as f64).round().min(255.0) as u8,
+                _ => (0.2989 * px[0] as f64 + 0.5870 * px[1] as f64 + 0.1140 * px[2] as f64)
+                    .round()
+                    .min(255.0) as u8,
             });
         }
     }
@@ -770,7 +906,10 @@ pub fn write_pathfinder_batch(
     let mut positives = 0;
     for (j, s) in samples.iter().enumerate() {
         let file = format!("sample_{j}.png");
-        write_file(&img_dir.join(&file), &encode_grey_png(&s.pixels, cfg.size, cfg.size)?)?;
+        write_file(
+            &img_dir.join(&file),
+            &encode_grey_png(&s.pixels, cfg.size, cfg.size)?,
+        )?;
         positives += s.label as usize;
         meta.push_str(&format!(
             "imgs/{batch} {file} {j} {} {} {} {} {} {} {} 1\n",
@@ -783,13 +922,22 @@ pub fn write_pathfinder_batch(
             cfg.paddle_margin
         ));
     }
-    write_file(&dir.join("metadata").join(format!("{batch}.npy")), meta.as_bytes())?;
+    write_file(
+        &dir.join("metadata").join(format!("{batch}.npy")),
+        meta.as_bytes(),
+    )?;
     Ok(positives)
 }
 
 /// Writes samples `0..n` of stream `seed` in the official layout under `dir` (a difficulty
 /// folder such as `pathfinder32/curv_contour_length_14`), `batch_size` images per batch.
-pub fn write_pathfinder_dir(dir: &Path, cfg: &PathfinderConfig, n: usize, seed: u64, batch_size: usize) -> Result<()> {
+pub fn write_pathfinder_dir(
+    dir: &Path,
+    cfg: &PathfinderConfig,
+    n: usize,
+    seed: u64,
+    batch_size: usize,
+) -> Result<()> {
     let bs = batch_size.max(1);
     for (b, start) in (0..n).step_by(bs).enumerate() {
         let end = (start + bs).min(n);
@@ -810,20 +958,42 @@ pub struct MetadataRow {
 }
 
 /// Parses one metadata row (`imgs/0 sample_0.png 0 1 …`): `None` for a blank line.
-pub fn parse_metadata_row(line_bytes: &[u8], path: &Path, line: usize) -> Result<Option<MetadataRow>> {
+pub fn parse_metadata_row(
+    line_bytes: &[u8],
+    path: &Path,
+    line: usize,
+) -> Result<Option<MetadataRow>> {
     let at = Location::Line(line);
-    let fields: Vec<&[u8]> = line_bytes.split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty()).collect();
+    let fields: Vec<&[u8]> = line_bytes
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|f| !f.is_empty())
+        .collect();
     if fields.is_empty() {
         return Ok(None);
     }
     if fields.len() < 4 {
-        return Err(DataError::ColumnCount { path: path.into(), at, expected: 4, found: fields.len() }.into());
+        return Err(DataError::ColumnCount {
+            path: path.into(),
+            at,
+            expected: 4,
+            found: fields.len(),
+        }
+        .into());
     }
     let text = |b: &[u8]| -> Result<String> {
-        String::from_utf8(b.to_vec())
-            .map_err(|_| DataError::Malformed { path: path.into(), at, reason: "path field is not UTF-8".into() }.into())
+        String::from_utf8(b.to_vec()).map_err(|_| {
+            DataError::Malformed {
+                path: path.into(),
+                at,
+                reason: "path field is not UTF-8".into(),
+            }
+            .into()
+        })
     };
-    let label = std::str::from_utf8(fields[3]).ok().and_then(|s| s.parse::<u32>().ok()).filter(|&l| l < 2);
+    let label = std::str::from_utf8(fields[3])
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|&l| l < 2);
     let Some(label) = label else {
         return Err(DataError::LabelOutOfRange {
             path: path.into(),
@@ -833,7 +1003,11 @@ pub fn parse_metadata_row(line_bytes: &[u8], path: &Path, line: usize) -> Result
         }
         .into());
     };
-    Ok(Some(MetadataRow { subdir: text(fields[0])?, file: text(fields[1])?, label }))
+    Ok(Some(MetadataRow {
+        subdir: text(fields[0])?,
+        file: text(fields[1])?,
+        label,
+    }))
 }
 
 /// Images that are known to be empty in the LRA release.
@@ -859,11 +1033,21 @@ impl PngDataset {
             .filter(|p| p.extension().is_some_and(|e| e == "npy"))
             .collect();
         files.sort_by_key(|p| {
-            let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let stem = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             (stem.parse::<u64>().unwrap_or(u64::MAX), stem)
         });
-        let name_of = |p: Option<&Path>| p.and_then(|p| p.file_name()).map(|s| s.to_string_lossy().into_owned());
-        let dir_name = format!("{}/{}", name_of(dir.parent()).unwrap_or_default(), name_of(Some(dir)).unwrap_or_default());
+        let name_of = |p: Option<&Path>| {
+            p.and_then(|p| p.file_name())
+                .map(|s| s.to_string_lossy().into_owned())
+        };
+        let dir_name = format!(
+            "{}/{}",
+            name_of(dir.parent()).unwrap_or_default(),
+            name_of(Some(dir)).unwrap_or_default()
+        );
         let mut entries = Vec::new();
         let mut skipped = 0usize;
         for meta in &files {
@@ -874,7 +1058,10 @@ impl PngDataset {
                 };
                 let rel = format!("{}/{}", row.subdir, row.file);
                 let path = dir.join(&row.subdir).join(&row.file);
-                if KNOWN_EMPTY.iter().any(|k| *k == format!("{dir_name}/{rel}")) {
+                if KNOWN_EMPTY
+                    .iter()
+                    .any(|k| *k == format!("{dir_name}/{rel}"))
+                {
                     skipped += 1;
                     return Ok(());
                 }
@@ -882,21 +1069,39 @@ impl PngDataset {
                     Ok(m) if m.len() == 0 => skipped += 1,
                     Ok(_) => entries.push((path, row.label as u8)),
                     Err(_) => {
-                        return Err(DataError::MissingFile { path, listed_in: meta.clone(), line }.into());
+                        return Err(DataError::MissingFile {
+                            path,
+                            listed_in: meta.clone(),
+                            line,
+                        }
+                        .into());
                     }
                 }
                 Ok(())
             })?;
         }
         let name = format!("pathfinder: {}", dir.display());
-        let mut ds = PngDataset { entries, side: 0, name, skipped };
+        let mut ds = PngDataset {
+            entries,
+            side: 0,
+            name,
+            skipped,
+        };
         ensure_nonempty(&ds, dir, "no image listed in metadata/*.npy")?;
         let first = &ds.entries[0].0;
         let bytes = std::fs::read(first).map_err(|e| Error::io(first, e))?;
-        let (w, h, _) = decode_grey_png(&bytes)
-            .map_err(|reason| DataError::BadImage { path: first.clone(), at: Location::File, reason })?;
+        let (w, h, _) = decode_grey_png(&bytes).map_err(|reason| DataError::BadImage {
+            path: first.clone(),
+            at: Location::File,
+            reason,
+        })?;
         if w != h {
-            return Err(DataError::ImageSize { path: first.clone(), expected: (w.max(h), w.max(h)), found: (w, h) }.into());
+            return Err(DataError::ImageSize {
+                path: first.clone(),
+                expected: (w.max(h), w.max(h)),
+                found: (w, h),
+            }
+            .into());
         }
         ds.side = w;
         Ok(ds)
@@ -913,17 +1118,32 @@ impl Dataset for PngDataset {
         self.entries.len()
     }
     fn get(&self, index: usize) -> Result<Example> {
-        let (path, label) = self
-            .entries
-            .get(index)
-            .ok_or_else(|| Error::shape("index", format!("an index below {}", self.entries.len()), index))?;
+        let (path, label) = self.entries.get(index).ok_or_else(|| {
+            Error::shape(
+                "index",
+                format!("an index below {}", self.entries.len()),
+                index,
+            )
+        })?;
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let (w, h, pixels) = decode_grey_png(&bytes)
-            .map_err(|reason| DataError::BadImage { path: path.clone(), at: Location::Record(index), reason })?;
+        let (w, h, pixels) = decode_grey_png(&bytes).map_err(|reason| DataError::BadImage {
+            path: path.clone(),
+            at: Location::Record(index),
+            reason,
+        })?;
         if (w, h) != (self.side, self.side) {
-            return Err(DataError::ImageSize { path: path.clone(), expected: (self.side, self.side), found: (w, h) }.into());
+            return Err(DataError::ImageSize {
+                path: path.clone(),
+                expected: (self.side, self.side),
+                found: (w, h),
+            }
+            .into());
         }
-        Ok(Example { doc: Sequence::Pixels(pixels), doc2: None, label: *label as u32 })
+        Ok(Example {
+            doc: Sequence::Pixels(pixels),
+            doc2: None,
+            label: *label as u32,
+        })
     }
     fn num_classes(&self) -> usize {
         2
@@ -938,10 +1158,13 @@ impl Dataset for PngDataset {
         self.skipped
     }
     fn label(&self, index: usize) -> Result<u32> {
-        self.entries
-            .get(index)
-            .map(|e| e.1 as u32)
-            .ok_or_else(|| Error::shape("index", format!("an index below {}", self.entries.len()), index))
+        self.entries.get(index).map(|e| e.1 as u32).ok_or_else(|| {
+            Error::shape(
+                "index",
+                format!("an index below {}", self.entries.len()),
+                index,
+            )
+        })
     }
     fn length(&self, _index: usize) -> Result<usize> {
         Ok(self.side * self.side)

@@ -36,18 +36,27 @@ pub fn parse_aan_line<'a>(bytes: &'a [u8], path: &Path, line: usize) -> Result<O
     }
     let fields: Vec<&[u8]> = bytes.split(|&b| b == b'\t').collect();
     if fields.len() != 5 {
-        return Err(DataError::ColumnCount { path: path.into(), at, expected: 5, found: fields.len() }.into());
+        return Err(DataError::ColumnCount {
+            path: path.into(),
+            at,
+            expected: 5,
+            found: fields.len(),
+        }
+        .into());
     }
     let label_text = fields[0].trim_ascii();
-    let label = std::str::from_utf8(label_text).ok().and_then(|s| s.parse::<f64>().ok()).and_then(|v| {
-        if v == 0.0 {
-            Some(0)
-        } else if v == 1.0 {
-            Some(1)
-        } else {
-            None
-        }
-    });
+    let label = std::str::from_utf8(label_text)
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .and_then(|v| {
+            if v == 0.0 {
+                Some(0)
+            } else if v == 1.0 {
+                Some(1)
+            } else {
+                None
+            }
+        });
     let Some(label) = label else {
         return Err(DataError::LabelOutOfRange {
             path: path.into(),
@@ -57,7 +66,13 @@ pub fn parse_aan_line<'a>(bytes: &'a [u8], path: &Path, line: usize) -> Result<O
         }
         .into());
     };
-    Ok(Some(AanRow { label, id1: fields[1], id2: fields[2], text1: fields[3], text2: fields[4] }))
+    Ok(Some(AanRow {
+        label,
+        id1: fields[1],
+        id2: fields[2],
+        text1: fields[3],
+        text2: fields[4],
+    }))
 }
 
 /// An AAN file indexed by line offsets: validated when opened, each pair read on `get`.
@@ -82,10 +97,23 @@ impl AanDataset {
             Ok(())
         })?;
         if rows.is_empty() {
-            return Err(DataError::Empty { path: path.into(), reason: "no AAN pair".into() }.into());
+            return Err(DataError::Empty {
+                path: path.into(),
+                reason: "no AAN pair".into(),
+            }
+            .into());
         }
-        let file = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(AanDataset { path: path.into(), rows, max_len, name: format!("retrieval: {file}"), skipped })
+        let file = path
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(AanDataset {
+            path: path.into(),
+            rows,
+            max_len,
+            name: format!("retrieval: {file}"),
+            skipped,
+        })
     }
 }
 
@@ -94,14 +122,20 @@ impl Dataset for AanDataset {
         self.rows.len()
     }
     fn get(&self, index: usize) -> Result<Example> {
-        let &(offset, line, _) =
-            self.rows.get(index).ok_or_else(|| Error::shape("index", format!("an index below {}", self.rows.len()), index))?;
-        let bytes = read_line_at(&self.path, offset)?;
-        let row = parse_aan_line(&bytes, &self.path, line)?.ok_or_else(|| DataError::Malformed {
-            path: self.path.clone(),
-            at: Location::Line(line),
-            reason: "line changed since the file was opened".into(),
+        let &(offset, line, _) = self.rows.get(index).ok_or_else(|| {
+            Error::shape(
+                "index",
+                format!("an index below {}", self.rows.len()),
+                index,
+            )
         })?;
+        let bytes = read_line_at(&self.path, offset)?;
+        let row =
+            parse_aan_line(&bytes, &self.path, line)?.ok_or_else(|| DataError::Malformed {
+                path: self.path.clone(),
+                at: Location::Line(line),
+                reason: "line changed since the file was opened".into(),
+            })?;
         Ok(Example {
             doc: Sequence::Tokens(byte_ids(row.text1, self.max_len)),
             doc2: Some(Sequence::Tokens(byte_ids(row.text2, self.max_len))),
@@ -124,19 +158,29 @@ impl Dataset for AanDataset {
         self.skipped
     }
     fn label(&self, index: usize) -> Result<u32> {
-        self.rows
-            .get(index)
-            .map(|r| r.2 as u32)
-            .ok_or_else(|| Error::shape("index", format!("an index below {}", self.rows.len()), index))
+        self.rows.get(index).map(|r| r.2 as u32).ok_or_else(|| {
+            Error::shape(
+                "index",
+                format!("an index below {}", self.rows.len()),
+                index,
+            )
+        })
     }
 }
 
 /// Reads `new_aan_pairs.train.tsv` (train), `.eval.tsv` (validation) and `.test.tsv` of `dir`.
 pub fn read_aan_dir(dir: &Path, max_len: usize) -> Result<Splits> {
     let open = |s: &str| -> Result<Arc<dyn Dataset>> {
-        Ok(Arc::new(AanDataset::open(&dir.join(format!("new_aan_pairs.{s}.tsv")), max_len)?))
+        Ok(Arc::new(AanDataset::open(
+            &dir.join(format!("new_aan_pairs.{s}.tsv")),
+            max_len,
+        )?))
     };
-    Ok(Splits { train: open("train")?, val: open("eval")?, test: open("test")? })
+    Ok(Splits {
+        train: open("train")?,
+        val: open("eval")?,
+        test: open("test")?,
+    })
 }
 
 /// Pairs of documents of one corpus: label 1 iff both come from the same class.
@@ -149,7 +193,9 @@ pub struct PairDataset {
 impl PairDataset {
     /// The corpus indices and label of pair `index`.
     pub fn pair(&self, index: usize) -> Option<(usize, usize, u32)> {
-        self.pairs.get(index).map(|&(a, b, l)| (a as usize, b as usize, l as u32))
+        self.pairs
+            .get(index)
+            .map(|&(a, b, l)| (a as usize, b as usize, l as u32))
     }
 }
 
@@ -158,9 +204,18 @@ impl Dataset for PairDataset {
         self.pairs.len()
     }
     fn get(&self, index: usize) -> Result<Example> {
-        let (a, b, label) =
-            self.pair(index).ok_or_else(|| Error::shape("index", format!("an index below {}", self.pairs.len()), index))?;
-        Ok(Example { doc: self.corpus.get(a)?.doc, doc2: Some(self.corpus.get(b)?.doc), label })
+        let (a, b, label) = self.pair(index).ok_or_else(|| {
+            Error::shape(
+                "index",
+                format!("an index below {}", self.pairs.len()),
+                index,
+            )
+        })?;
+        Ok(Example {
+            doc: self.corpus.get(a)?.doc,
+            doc2: Some(self.corpus.get(b)?.doc),
+            label,
+        })
     }
     fn num_classes(&self) -> usize {
         2
@@ -175,13 +230,22 @@ impl Dataset for PairDataset {
         true
     }
     fn label(&self, index: usize) -> Result<u32> {
-        self.pair(index)
-            .map(|p| p.2)
-            .ok_or_else(|| Error::shape("index", format!("an index below {}", self.pairs.len()), index))
+        self.pair(index).map(|p| p.2).ok_or_else(|| {
+            Error::shape(
+                "index",
+                format!("an index below {}", self.pairs.len()),
+                index,
+            )
+        })
     }
     fn length(&self, index: usize) -> Result<usize> {
-        let (a, b, _) =
-            self.pair(index).ok_or_else(|| Error::shape("index", format!("an index below {}", self.pairs.len()), index))?;
+        let (a, b, _) = self.pair(index).ok_or_else(|| {
+            Error::shape(
+                "index",
+                format!("an index below {}", self.pairs.len()),
+                index,
+            )
+        })?;
         Ok(self.corpus.length(a)?.max(self.corpus.length(b)?))
     }
 }
@@ -189,7 +253,11 @@ impl Dataset for PairDataset {
 /// `n` pairs of documents of `corpus`, exactly ⌊n/2⌋ of them (label 1) from the same class and
 /// the others from two different classes, in a seeded random order; or an error when the
 /// corpus has fewer than two non-empty classes or no class with two documents.
-pub fn try_pair_substitute(corpus: Arc<dyn Dataset>, n: usize, seed: u64) -> Result<Arc<dyn Dataset>> {
+pub fn try_pair_substitute(
+    corpus: Arc<dyn Dataset>,
+    n: usize,
+    seed: u64,
+) -> Result<Arc<dyn Dataset>> {
     let mut by_class: Vec<Vec<u32>> = vec![Vec::new(); corpus.num_classes().max(1)];
     for i in 0..corpus.len() {
         let l = corpus.label(i)? as usize;
@@ -199,7 +267,12 @@ pub fn try_pair_substitute(corpus: Arc<dyn Dataset>, n: usize, seed: u64) -> Res
         by_class[l].push(i as u32);
     }
     let nonempty = by_class.iter().filter(|c| !c.is_empty()).count();
-    let pos_pool: Vec<u32> = by_class.iter().filter(|c| c.len() >= 2).flatten().copied().collect();
+    let pos_pool: Vec<u32> = by_class
+        .iter()
+        .filter(|c| c.len() >= 2)
+        .flatten()
+        .copied()
+        .collect();
     if nonempty < 2 || pos_pool.is_empty() {
         return Err(DataError::Empty {
             path: PathBuf::from(corpus.name()),
@@ -253,7 +326,11 @@ pub fn try_pair_substitute(corpus: Arc<dyn Dataset>, n: usize, seed: u64) -> Res
     } else {
         format!("retrieval: same-class pairs of {base} (substitute)")
     };
-    Ok(Arc::new(PairDataset { corpus, pairs, name }))
+    Ok(Arc::new(PairDataset {
+        corpus,
+        pairs,
+        name,
+    }))
 }
 
 /// [`try_pair_substitute`] for a corpus known to have two classes.
@@ -265,7 +342,13 @@ pub fn pair_substitute(corpus: Arc<dyn Dataset>, n: usize, seed: u64) -> Arc<dyn
 }
 
 /// Pairs within each split of `corpus` (no document is shared between pair splits).
-pub fn pair_substitute_splits(corpus: &Splits, train: usize, val: usize, test: usize, seed: u64) -> Result<Splits> {
+pub fn pair_substitute_splits(
+    corpus: &Splits,
+    train: usize,
+    val: usize,
+    test: usize,
+    seed: u64,
+) -> Result<Splits> {
     Ok(Splits {
         train: try_pair_substitute(corpus.train.clone(), train, seed)?,
         val: try_pair_substitute(corpus.val.clone(), val, super::rng::mix_seed(seed, 1))?,

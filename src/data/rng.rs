@@ -186,7 +186,10 @@ mod tests {
         for d in -720..=720 {
             let (s, c) = sin_cos_deg(d as f64 * 0.5);
             let x = (d as f64 * 0.5).to_radians();
-            assert!((s - x.sin()).abs() < 1e-14 && (c - x.cos()).abs() < 1e-14, "{d}");
+            assert!(
+                (s - x.sin()).abs() < 1e-14 && (c - x.cos()).abs() < 1e-14,
+                "{d}"
+            );
         }
     }
 }

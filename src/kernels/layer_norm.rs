@@ -1,7 +1,9 @@
 //! LayerNorm over the last dimension, `y = (x − μ)/√(σ² + ε) · γ + β`, fused, with its backward
 //! (the statistics are recomputed in the backward rather than stored).
 
-use candle_core::{backend::BackendStorage, CpuStorage, WithDType, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType,
+};
 use rayon::prelude::*;
 
 use super::{rows_per_task, slice, sum, with_data, Real};
@@ -17,7 +19,10 @@ fn stats<T: Real>(xr: &[T], eps: T) -> (T, T) {
     let mean = sum(xr) / n;
     let mut acc = [T::zero(); 8];
     let x8 = xr.chunks_exact(8);
-    let mut var = x8.remainder().iter().fold(T::zero(), |a, &v| a + (v - mean) * (v - mean));
+    let mut var = x8
+        .remainder()
+        .iter()
+        .fold(T::zero(), |a, &v| a + (v - mean) * (v - mean));
     for x in x8 {
         for i in 0..8 {
             acc[i] += (x[i] - mean) * (x[i] - mean);
@@ -35,14 +40,16 @@ fn forward<T: Real>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
     let eps = T::from_f64(eps);
     let mut y = vec![T::zero(); x.len()];
     let rpt = rows_per_task(d);
-    y.par_chunks_mut(d * rpt).zip(x.par_chunks(d * rpt)).for_each(|(yc, xc)| {
-        for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-            let (mean, rstd) = stats(xr, eps);
-            for (((o, &v), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                *o = (v - mean) * rstd * wv + bv;
+    y.par_chunks_mut(d * rpt)
+        .zip(x.par_chunks(d * rpt))
+        .for_each(|(yc, xc)| {
+            for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+                let (mean, rstd) = stats(xr, eps);
+                for (((o, &v), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                    *o = (v - mean) * rstd * wv + bv;
+                }
             }
-        }
-    });
+        });
     y
 }
 
@@ -93,13 +100,25 @@ fn backward<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
 }
 
 impl LayerNormOp {
-    fn bwd_t<T: Real>(&self, x: &Tensor, w: &Tensor, g: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    fn bwd_t<T: Real>(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let d = w.elem_count();
-        let (dx, dwb) =
-            with_data::<T, _>(x, |xd| with_data::<T, _>(w, |wd| with_data::<T, _>(g, |gd| Ok(backward(xd, wd, gd, self.eps)))))?;
+        let (dx, dwb) = with_data::<T, _>(x, |xd| {
+            with_data::<T, _>(w, |wd| {
+                with_data::<T, _>(g, |gd| Ok(backward(xd, wd, gd, self.eps)))
+            })
+        })?;
         let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
         let dwb = Tensor::from_vec(dwb, 2 * d, x.device())?;
-        Ok((dx, dwb.narrow(0, 0, d)?.reshape(w.shape())?, dwb.narrow(0, d, d)?.reshape(w.shape())?))
+        Ok((
+            dx,
+            dwb.narrow(0, 0, d)?.reshape(w.shape())?,
+            dwb.narrow(0, d, d)?.reshape(w.shape())?,
+        ))
     }
 }
 
@@ -117,9 +136,24 @@ impl CustomOp3 for LayerNormOp {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(forward(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, self.eps)),
-            DType::F64 => f64::to_cpu_storage_owned(forward(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, self.eps)),
-            dt => return Err(candle_core::Error::UnsupportedDTypeForOp(dt, "fused-layer-norm")),
+            DType::F32 => f32::to_cpu_storage_owned(forward(
+                slice(s1, l1)?,
+                slice(s2, l2)?,
+                slice(s3, l3)?,
+                self.eps,
+            )),
+            DType::F64 => f64::to_cpu_storage_owned(forward(
+                slice(s1, l1)?,
+                slice(s2, l2)?,
+                slice(s3, l3)?,
+                self.eps,
+            )),
+            dt => {
+                return Err(candle_core::Error::UnsupportedDTypeForOp(
+                    dt,
+                    "fused-layer-norm",
+                ))
+            }
         };
         Ok((out, l1.shape().clone()))
     }
@@ -135,7 +169,12 @@ impl CustomOp3 for LayerNormOp {
         let (dx, dw, db) = match x.dtype() {
             DType::F32 => self.bwd_t::<f32>(x, w, g)?,
             DType::F64 => self.bwd_t::<f64>(x, w, g)?,
-            dt => return Err(candle_core::Error::UnsupportedDTypeForOp(dt, "fused-layer-norm")),
+            dt => {
+                return Err(candle_core::Error::UnsupportedDTypeForOp(
+                    dt,
+                    "fused-layer-norm",
+                ))
+            }
         };
         Ok((Some(dx), Some(dw), Some(db)))
     }
@@ -144,7 +183,12 @@ impl CustomOp3 for LayerNormOp {
 /// Fused affine LayerNorm over the last dimension (weight and bias `[d]`), or `None` when the
 /// kernel does not apply (not CPU f32/f64, or mismatched dtypes) and the caller should use
 /// its composite path.
-pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<Option<Tensor>> {
+pub fn layer_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Option<Tensor>> {
     let d = x.dims().last().copied().unwrap_or(0);
     if !super::enabled("layer_norm", x)
         || weight.dtype() != x.dtype()
@@ -155,5 +199,9 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candl
     {
         return Ok(None);
     }
-    Ok(Some(x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp { eps })?))
+    Ok(Some(x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        LayerNormOp { eps },
+    )?))
 }

@@ -122,7 +122,9 @@ pub(crate) fn max<T: Real>(a: &[T]) -> T {
             acc[i] = if x[i] > acc[i] { x[i] } else { acc[i] };
         }
     }
-    let mut m = r.iter().fold(T::neg_infinity(), |m, &x| if x > m { x } else { m });
+    let mut m = r
+        .iter()
+        .fold(T::neg_infinity(), |m, &x| if x > m { x } else { m });
     for v in acc {
         m = if v > m { v } else { m };
     }
@@ -148,7 +150,12 @@ pub(crate) fn enabled(kernel: &str, t: &Tensor) -> bool {
     static OFF: OnceLock<Vec<String>> = OnceLock::new();
     let off = OFF.get_or_init(|| {
         std::env::var("CONVLUNA_NO_FUSED")
-            .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty() && s != "0").collect())
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty() && s != "0")
+                    .collect()
+            })
             .unwrap_or_default()
     });
     fusable(t) && !off.iter().any(|o| o == kernel || o == "all" || o == "1")
@@ -158,23 +165,34 @@ pub(crate) fn enabled(kernel: &str, t: &Tensor) -> bool {
 pub(crate) fn slice<'a, T: Real>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&T::cpu_storage_as_slice(s)?[a..b]),
-        None => Err(candle_core::Error::Msg("fused kernel: non-contiguous input".into())),
+        None => Err(candle_core::Error::Msg(
+            "fused kernel: non-contiguous input".into(),
+        )),
     }
 }
 
 /// Runs `f` on the contiguous CPU data of `t` (copied to contiguous first if needed).
-pub(crate) fn with_data<T: Real, R>(t: &Tensor, f: impl FnOnce(&[T]) -> candle_core::Result<R>) -> candle_core::Result<R> {
+pub(crate) fn with_data<T: Real, R>(
+    t: &Tensor,
+    f: impl FnOnce(&[T]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
     let t = t.contiguous()?;
     let (st, l) = t.storage_and_layout();
     match &*st {
         Storage::Cpu(c) => f(slice::<T>(c, l)?),
-        _ => Err(candle_core::Error::Msg("fused kernel: tensor not on the CPU".into())),
+        _ => Err(candle_core::Error::Msg(
+            "fused kernel: tensor not on the CPU".into(),
+        )),
     }
 }
 
 /// The first element of a (small) tensor as f64.
 pub(crate) fn scalar(t: &Tensor) -> candle_core::Result<f64> {
-    t.flatten_all()?.narrow(0, 0, 1)?.to_dtype(DType::F64)?.to_vec1::<f64>().map(|v| v[0])
+    t.flatten_all()?
+        .narrow(0, 0, 1)?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()
+        .map(|v| v[0])
 }
 
 /// Tells glibc's malloc to keep freed memory (no `mmap` for large blocks, no trimming, a
@@ -187,13 +205,20 @@ pub fn tune_glibc_malloc() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         extern "C" {
-            fn mallopt(param: std::os::raw::c_int, value: std::os::raw::c_int) -> std::os::raw::c_int;
+            fn mallopt(
+                param: std::os::raw::c_int,
+                value: std::os::raw::c_int,
+            ) -> std::os::raw::c_int;
         }
         const M_TRIM_THRESHOLD: i32 = -1;
         const M_TOP_PAD: i32 = -2;
         const M_MMAP_MAX: i32 = -4;
         // SAFETY: mallopt only changes allocator parameters.
-        unsafe { mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, i32::MAX) == 1 && mallopt(M_TOP_PAD, 1 << 30) == 1 }
+        unsafe {
+            mallopt(M_MMAP_MAX, 0) == 1
+                && mallopt(M_TRIM_THRESHOLD, i32::MAX) == 1
+                && mallopt(M_TOP_PAD, 1 << 30) == 1
+        }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {

@@ -4,7 +4,9 @@
 //! (padding gets −1e9); `s` is a constant or a `[1]` tensor (the learned `exp(−τ)`), whose
 //! gradient `Σ dz ⊙ x` the backward returns as well.
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 use super::{dot, max, rows_per_task, scalar, slice, sum, with_data, Real};
@@ -20,30 +22,33 @@ struct Softmax {
 fn forward<T: Real>(x: &[T], n: usize, scale: T, bias: Option<(&[T], usize)>) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
     let rpt = rows_per_task(n);
-    y.par_chunks_mut(n * rpt).zip(x.par_chunks(n * rpt)).enumerate().for_each(|(ci, (yc, xc))| {
-        for (ri, (yr, xr)) in yc.chunks_mut(n).zip(xc.chunks(n)).enumerate() {
-            let row = ci * rpt + ri;
-            match bias {
-                Some((b, rpb)) => {
-                    let br = &b[(row / rpb) * n..(row / rpb + 1) * n];
-                    for ((o, &v), &bb) in yr.iter_mut().zip(xr).zip(br) {
-                        *o = v * scale + bb;
+    y.par_chunks_mut(n * rpt)
+        .zip(x.par_chunks(n * rpt))
+        .enumerate()
+        .for_each(|(ci, (yc, xc))| {
+            for (ri, (yr, xr)) in yc.chunks_mut(n).zip(xc.chunks(n)).enumerate() {
+                let row = ci * rpt + ri;
+                match bias {
+                    Some((b, rpb)) => {
+                        let br = &b[(row / rpb) * n..(row / rpb + 1) * n];
+                        for ((o, &v), &bb) in yr.iter_mut().zip(xr).zip(br) {
+                            *o = v * scale + bb;
+                        }
+                    }
+                    None => {
+                        for (o, &v) in yr.iter_mut().zip(xr) {
+                            *o = v * scale;
+                        }
                     }
                 }
-                None => {
-                    for (o, &v) in yr.iter_mut().zip(xr) {
-                        *o = v * scale;
-                    }
+                let mx = max(yr);
+                T::exp_shifted(yr, mx);
+                let inv = T::one() / sum(yr);
+                for o in yr.iter_mut() {
+                    *o *= inv;
                 }
             }
-            let mx = max(yr);
-            T::exp_shifted(yr, mx);
-            let inv = T::one() / sum(yr);
-            for o in yr.iter_mut() {
-                *o *= inv;
-            }
-        }
-    });
+        });
     y
 }
 
@@ -58,7 +63,12 @@ fn backward<T: Real>(y: &[T], g: &[T], x: Option<&[T]>, n: usize, scale: T) -> (
         .enumerate()
         .map(|(ci, ((dc, yc), gc))| {
             let mut ds = 0f64;
-            for (ri, ((dr, yr), gr)) in dc.chunks_mut(n).zip(yc.chunks(n)).zip(gc.chunks(n)).enumerate() {
+            for (ri, ((dr, yr), gr)) in dc
+                .chunks_mut(n)
+                .zip(yc.chunks(n))
+                .zip(gc.chunks(n))
+                .enumerate()
+            {
                 let dot = dot(yr, gr);
                 match x {
                     Some(x) => {
@@ -86,31 +96,55 @@ fn backward<T: Real>(y: &[T], g: &[T], x: Option<&[T]>, n: usize, scale: T) -> (
 }
 
 impl Softmax {
-    fn fwd<T: Real>(&self, x: &[T], shape: &Shape, scale: f64) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn fwd<T: Real>(
+        &self,
+        x: &[T],
+        shape: &Shape,
+        scale: f64,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let n = shape.dims().last().copied().unwrap_or(1);
         let y = match &self.bias {
-            Some((b, rpb)) => with_data::<T, _>(b, |bd| Ok(forward(x, n, T::from_f64(scale), Some((bd, *rpb)))))?,
+            Some((b, rpb)) => with_data::<T, _>(b, |bd| {
+                Ok(forward(x, n, T::from_f64(scale), Some((bd, *rpb))))
+            })?,
             None => forward(x, n, T::from_f64(scale), None),
         };
         Ok((T::to_cpu_storage_owned(y), shape.clone()))
     }
 
-    fn bwd_t<T: Real>(&self, x: Option<&Tensor>, y: &Tensor, g: &Tensor, scale: f64) -> candle_core::Result<(Tensor, f64)> {
+    fn bwd_t<T: Real>(
+        &self,
+        x: Option<&Tensor>,
+        y: &Tensor,
+        g: &Tensor,
+        scale: f64,
+    ) -> candle_core::Result<(Tensor, f64)> {
         let n = y.dims().last().copied().unwrap_or(1);
         let (dx, ds) = with_data::<T, _>(y, |yd| {
             with_data::<T, _>(g, |gd| match x {
-                Some(x) => with_data::<T, _>(x, |xd| Ok(backward(yd, gd, Some(xd), n, T::from_f64(scale)))),
+                Some(x) => with_data::<T, _>(x, |xd| {
+                    Ok(backward(yd, gd, Some(xd), n, T::from_f64(scale)))
+                }),
                 None => Ok(backward(yd, gd, None, n, T::from_f64(scale))),
             })
         })?;
         Ok((Tensor::from_vec(dx, y.shape(), y.device())?, ds))
     }
 
-    fn dispatch_bwd(&self, x: Option<&Tensor>, y: &Tensor, g: &Tensor, scale: f64) -> candle_core::Result<(Tensor, f64)> {
+    fn dispatch_bwd(
+        &self,
+        x: Option<&Tensor>,
+        y: &Tensor,
+        g: &Tensor,
+        scale: f64,
+    ) -> candle_core::Result<(Tensor, f64)> {
         match y.dtype() {
             DType::F32 => self.bwd_t::<f32>(x, y, g, scale),
             DType::F64 => self.bwd_t::<f64>(x, y, g, scale),
-            dt => Err(candle_core::Error::UnsupportedDTypeForOp(dt, "fused-softmax")),
+            dt => Err(candle_core::Error::UnsupportedDTypeForOp(
+                dt,
+                "fused-softmax",
+            )),
         }
     }
 }
@@ -123,10 +157,18 @@ impl CustomOp1 for Softmax {
         match s.dtype() {
             DType::F32 => self.fwd(slice::<f32>(s, l)?, l.shape(), self.scale),
             DType::F64 => self.fwd(slice::<f64>(s, l)?, l.shape(), self.scale),
-            dt => Err(candle_core::Error::UnsupportedDTypeForOp(dt, "fused-softmax")),
+            dt => Err(candle_core::Error::UnsupportedDTypeForOp(
+                dt,
+                "fused-softmax",
+            )),
         }
     }
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(self.dispatch_bwd(None, res, grad, self.scale)?.0))
     }
 }
@@ -139,7 +181,13 @@ impl CustomOp2 for SoftmaxLearned {
     fn name(&self) -> &'static str {
         "fused-softmax-scaled"
     }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        l: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         match s.dtype() {
             DType::F32 => {
                 let sc = slice::<f32>(s2, l2)?[0] as f64;
@@ -149,14 +197,27 @@ impl CustomOp2 for SoftmaxLearned {
                 let sc = slice::<f64>(s2, l2)?[0];
                 self.0.fwd(slice::<f64>(s, l)?, l.shape(), sc)
             }
-            dt => Err(candle_core::Error::UnsupportedDTypeForOp(dt, "fused-softmax-scaled")),
+            dt => Err(candle_core::Error::UnsupportedDTypeForOp(
+                dt,
+                "fused-softmax-scaled",
+            )),
         }
     }
-    fn bwd(&self, x: &Tensor, s: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        s: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let sc = scalar(s)?;
         let need_ds = s.track_op();
         let (dx, ds) = self.0.dispatch_bwd(need_ds.then_some(x), res, grad, sc)?;
-        let ds = if need_ds { Some(Tensor::full(ds, s.shape(), s.device())?.to_dtype(s.dtype())?) } else { None };
+        let ds = if need_ds {
+            Some(Tensor::full(ds, s.shape(), s.device())?.to_dtype(s.dtype())?)
+        } else {
+            None
+        };
         Ok((Some(dx), ds))
     }
 }
@@ -167,7 +228,11 @@ impl CustomOp2 for SoftmaxLearned {
 /// `bias` must have x's rank, size 1 on every dimension but the first and the last, whose sizes
 /// match x's. Returns `None` (nothing computed) when the fused kernel does not apply, so that
 /// the caller can take its composite path.
-pub fn softmax_scaled(x: &Tensor, scale: std::result::Result<f64, &Tensor>, bias: Option<&Tensor>) -> candle_core::Result<Option<Tensor>> {
+pub fn softmax_scaled(
+    x: &Tensor,
+    scale: std::result::Result<f64, &Tensor>,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
     if !super::enabled("softmax", x) || x.rank() < 2 {
         return Ok(None);
     }
@@ -198,7 +263,10 @@ pub fn softmax_scaled(x: &Tensor, scale: std::result::Result<f64, &Tensor>, bias
                 return Ok(None);
             }
             let s = s.to_dtype(x.dtype())?.reshape(1)?;
-            Ok(Some(x.apply_op2(&s, SoftmaxLearned(Softmax { scale: 1.0, bias }))?))
+            Ok(Some(x.apply_op2(
+                &s,
+                SoftmaxLearned(Softmax { scale: 1.0, bias }),
+            )?))
         }
     }
 }

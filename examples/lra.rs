@@ -10,13 +10,12 @@
 //! Writes `metrics.jsonl`, checkpoints, `summary.json` and plots (`curves.svg`, `memory.svg`,
 //! `memory-cosine.svg`) into `--out` (default `runs/<task>-<model>-s<seed>`).
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Parser, ValueEnum};
-use convluna::data::{self, Dataset, Splits};
+use convluna::data::{self, Splits};
 use convluna::optim::{AdamWConfig, Schedule};
 use convluna::train::{Event, NonFinitePolicy, TrainConfig, Trainer};
 use convluna::*;
@@ -509,6 +508,5 @@ fn main() -> Result<()> {
     if splits.train.name().contains("substitute") {
         println!("note: trained on a substitute data set; these are not LRA numbers.");
     }
-    let _ = (Arc::<dyn Dataset>::clone(&splits.train), Path::new("."));
     Ok(())
 }

@@ -354,8 +354,7 @@ impl Encoder {
                         let pm = match &out.pack_mask {
                             Some(m) => m.clone(),
                             None => {
-                                let (b, h, m, l) = out.pack_attention.dims4()?;
-                                let _ = (h, m);
+                                let (b, _, _, l) = out.pack_attention.dims4()?;
                                 Tensor::ones((b, l), x.dtype(), x.device())?
                             }
                         };

@@ -220,15 +220,14 @@ impl Filter for ConvFilter {
                 x.dims(),
             ));
         }
+        let w = self.weight.to_dtype(x.dtype())?;
         if self.window.stride == 1 {
             // Fused CPU kernel with its own backward (f32 / f64); the composite ops elsewhere.
-            let w = self.weight.to_dtype(x.dtype())?;
             if let Some(y) = crate::kernels::conv_time(x, &w, self.window.left, self.per_channel)? {
                 return Ok(y);
             }
         }
         let taps = self.window.taps(x)?;
-        let w = self.weight.to_dtype(x.dtype())?;
         let mut acc: Option<Tensor> = None;
         for (j, tap) in taps.iter().enumerate() {
             let wj = w.narrow(1, j, 1)?;

@@ -269,6 +269,8 @@ pub struct Trainer {
     best_val_acc: f64,
     best_step: usize,
     skipped_steps: usize,
+    /// The training order of `epoch` (derived from seed and epoch; cached, not checkpointed).
+    order: Option<(u64, Vec<usize>)>,
 }
 
 fn mix(seed: u64, step: u64) -> u64 {
@@ -337,6 +339,7 @@ impl Trainer {
             best_val_acc: f64::NEG_INFINITY,
             best_step: 0,
             skipped_steps: 0,
+            order: None,
         })
     }
 
@@ -371,11 +374,22 @@ impl Trainer {
         }
         let bs = self.cfg.batch_size.min(n);
         loop {
-            let order = epoch_order(n, self.cfg.seed, self.epoch, true);
+            if self
+                .order
+                .as_ref()
+                .is_none_or(|(e, o)| *e != self.epoch || o.len() != n)
+            {
+                self.order = Some((self.epoch, epoch_order(n, self.cfg.seed, self.epoch, true)));
+            }
             let start = self.cursor * bs;
             if start + bs <= n {
                 self.cursor += 1;
-                return Ok(order[start..start + bs].to_vec());
+                let order = self
+                    .order
+                    .as_ref()
+                    .map(|(_, o)| &o[start..start + bs])
+                    .unwrap_or_default();
+                return Ok(order.to_vec());
             }
             self.epoch += 1;
             self.cursor = 0;

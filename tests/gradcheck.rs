@@ -203,7 +203,7 @@ fn encoders_and_heads() {
             false,
         ),
     ];
-    for cfg in &cfgs_iter(&cases) {
+    for cfg in &cases {
         let store = ParamStore::new(11);
         let model = Model::new(
             cfg,
@@ -245,8 +245,4 @@ fn encoders_and_heads() {
         let vars: Vec<_> = store.vars().into_iter().collect();
         gradcheck(&vars, loss, 4);
     }
-}
-
-fn cfgs_iter(c: &[ModelConfig]) -> Vec<ModelConfig> {
-    c.to_vec()
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::error::{DataError, Location};
 use super::io::read_maybe_gz;
-use super::{Dataset, Example, Sequence, Splits, Subset};
+use super::{index_error, Dataset, Example, Sequence, Splits, Subset};
 use crate::error::{Error, Result};
 
 /// Side of the LRA Image task (32×32 = 1024 pixels).
@@ -98,13 +98,10 @@ impl Dataset for ImageDataset {
         self.name.clone()
     }
     fn label(&self, index: usize) -> Result<u32> {
-        self.labels.get(index).map(|&l| l as u32).ok_or_else(|| {
-            Error::shape(
-                "index",
-                format!("an index below {}", self.labels.len()),
-                index,
-            )
-        })
+        self.labels
+            .get(index)
+            .map(|&l| l as u32)
+            .ok_or_else(|| index_error(index, self.labels.len()))
     }
     fn length(&self, _index: usize) -> Result<usize> {
         Ok(self.max_len())

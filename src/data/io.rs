@@ -100,24 +100,16 @@ pub(crate) fn trim_newline(mut b: &[u8]) -> &[u8] {
 
 /// Regular files of a folder (no dot files), sorted by name.
 pub(crate) fn sorted_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        if path.is_file() {
-            out.push(path);
-        }
-    }
-    out.sort();
-    Ok(out)
+    sorted_entries(dir, Path::is_file)
 }
 
 /// Sub-folders of a folder (no dot folders), sorted by name.
 pub(crate) fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    sorted_entries(dir, Path::is_dir)
+}
+
+/// Entries of a folder that pass `keep` (no dot entries), sorted by name.
+fn sorted_entries(dir: &Path, keep: fn(&Path) -> bool) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
@@ -125,7 +117,7 @@ pub(crate) fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
             continue;
         }
         let path = entry.path();
-        if path.is_dir() {
+        if keep(&path) {
             out.push(path);
         }
     }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use super::error::{clip, DataError, Location};
 use super::io::{for_each_line, write_file};
 use super::rng::Rng;
-use super::{Dataset, Example, Sequence, Splits, Subset};
+use super::{index_error, Dataset, Example, Sequence, Splits, Subset};
 use crate::error::{Error, Result};
 
 /// Id of `[MIN`.
@@ -715,9 +715,10 @@ impl Dataset for ListOpsDataset {
         self.ids.len()
     }
     fn get(&self, index: usize) -> Result<Example> {
-        let ids = self.ids.get(index).ok_or_else(|| {
-            Error::shape("index", format!("an index below {}", self.ids.len()), index)
-        })?;
+        let ids = self
+            .ids
+            .get(index)
+            .ok_or_else(|| index_error(index, self.ids.len()))?;
         Ok(Example {
             doc: Sequence::Tokens(ids.iter().map(|&t| t as u32).collect()),
             doc2: None,
@@ -737,14 +738,16 @@ impl Dataset for ListOpsDataset {
         self.skipped
     }
     fn label(&self, index: usize) -> Result<u32> {
-        self.labels.get(index).map(|&l| l as u32).ok_or_else(|| {
-            Error::shape("index", format!("an index below {}", self.ids.len()), index)
-        })
+        self.labels
+            .get(index)
+            .map(|&l| l as u32)
+            .ok_or_else(|| index_error(index, self.ids.len()))
     }
     fn length(&self, index: usize) -> Result<usize> {
-        self.ids.get(index).map(|v| v.len()).ok_or_else(|| {
-            Error::shape("index", format!("an index below {}", self.ids.len()), index)
-        })
+        self.ids
+            .get(index)
+            .map(|v| v.len())
+            .ok_or_else(|| index_error(index, self.ids.len()))
     }
 }
 

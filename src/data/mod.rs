@@ -259,13 +259,10 @@ impl Subset {
     }
 
     fn map(&self, index: usize) -> crate::Result<usize> {
-        self.indices.get(index).copied().ok_or_else(|| {
-            crate::Error::shape(
-                "index",
-                format!("an index below {}", self.indices.len()),
-                index,
-            )
-        })
+        self.indices
+            .get(index)
+            .copied()
+            .ok_or_else(|| index_error(index, self.indices.len()))
     }
 }
 
@@ -349,4 +346,9 @@ pub(crate) fn ensure_nonempty(
         .into());
     }
     Ok(())
+}
+
+/// The error of an index at or past the end of a data set of `len` examples.
+pub(crate) fn index_error(index: usize, len: usize) -> crate::Error {
+    crate::Error::shape("index", format!("an index below {len}"), index)
 }

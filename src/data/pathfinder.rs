@@ -31,7 +31,9 @@ use std::sync::Arc;
 use super::error::{DataError, Location};
 use super::io::{for_each_line, write_file};
 use super::rng::{sin_cos_deg, Rng};
-use super::{ensure_nonempty, split_order, Dataset, Example, Sequence, Splits, Subset};
+use super::{
+    ensure_nonempty, index_error, split_order, Dataset, Example, Sequence, Splits, Subset,
+};
 use crate::error::{Error, Result};
 
 /// Settings of the Pathfinder generator (lengths in output pixels).
@@ -821,13 +823,10 @@ impl Dataset for PathfinderDataset {
         self.name.clone()
     }
     fn label(&self, index: usize) -> Result<u32> {
-        self.labels.get(index).map(|&l| l as u32).ok_or_else(|| {
-            Error::shape(
-                "index",
-                format!("an index below {}", self.labels.len()),
-                index,
-            )
-        })
+        self.labels
+            .get(index)
+            .map(|&l| l as u32)
+            .ok_or_else(|| index_error(index, self.labels.len()))
     }
     fn length(&self, _index: usize) -> Result<usize> {
         Ok(self.side * self.side)
@@ -1118,13 +1117,10 @@ impl Dataset for PngDataset {
         self.entries.len()
     }
     fn get(&self, index: usize) -> Result<Example> {
-        let (path, label) = self.entries.get(index).ok_or_else(|| {
-            Error::shape(
-                "index",
-                format!("an index below {}", self.entries.len()),
-                index,
-            )
-        })?;
+        let (path, label) = self
+            .entries
+            .get(index)
+            .ok_or_else(|| index_error(index, self.entries.len()))?;
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let (w, h, pixels) = decode_grey_png(&bytes).map_err(|reason| DataError::BadImage {
             path: path.clone(),
@@ -1158,13 +1154,10 @@ impl Dataset for PngDataset {
         self.skipped
     }
     fn label(&self, index: usize) -> Result<u32> {
-        self.entries.get(index).map(|e| e.1 as u32).ok_or_else(|| {
-            Error::shape(
-                "index",
-                format!("an index below {}", self.entries.len()),
-                index,
-            )
-        })
+        self.entries
+            .get(index)
+            .map(|e| e.1 as u32)
+            .ok_or_else(|| index_error(index, self.entries.len()))
     }
     fn length(&self, _index: usize) -> Result<usize> {
         Ok(self.side * self.side)

@@ -10,8 +10,8 @@ use super::error::{clip, DataError, Location};
 use super::io::{for_each_line_offset, read_line_at};
 use super::rng::Rng;
 use super::text::byte_ids;
-use super::{Dataset, Example, Sequence, Splits};
-use crate::error::{Error, Result};
+use super::{index_error, Dataset, Example, Sequence, Splits};
+use crate::error::Result;
 
 /// One parsed AAN row (fields borrowed from the line).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,13 +122,10 @@ impl Dataset for AanDataset {
         self.rows.len()
     }
     fn get(&self, index: usize) -> Result<Example> {
-        let &(offset, line, _) = self.rows.get(index).ok_or_else(|| {
-            Error::shape(
-                "index",
-                format!("an index below {}", self.rows.len()),
-                index,
-            )
-        })?;
+        let &(offset, line, _) = self
+            .rows
+            .get(index)
+            .ok_or_else(|| index_error(index, self.rows.len()))?;
         let bytes = read_line_at(&self.path, offset)?;
         let row =
             parse_aan_line(&bytes, &self.path, line)?.ok_or_else(|| DataError::Malformed {
@@ -158,13 +155,10 @@ impl Dataset for AanDataset {
         self.skipped
     }
     fn label(&self, index: usize) -> Result<u32> {
-        self.rows.get(index).map(|r| r.2 as u32).ok_or_else(|| {
-            Error::shape(
-                "index",
-                format!("an index below {}", self.rows.len()),
-                index,
-            )
-        })
+        self.rows
+            .get(index)
+            .map(|r| r.2 as u32)
+            .ok_or_else(|| index_error(index, self.rows.len()))
     }
 }
 
@@ -204,13 +198,9 @@ impl Dataset for PairDataset {
         self.pairs.len()
     }
     fn get(&self, index: usize) -> Result<Example> {
-        let (a, b, label) = self.pair(index).ok_or_else(|| {
-            Error::shape(
-                "index",
-                format!("an index below {}", self.pairs.len()),
-                index,
-            )
-        })?;
+        let (a, b, label) = self
+            .pair(index)
+            .ok_or_else(|| index_error(index, self.pairs.len()))?;
         Ok(Example {
             doc: self.corpus.get(a)?.doc,
             doc2: Some(self.corpus.get(b)?.doc),
@@ -230,22 +220,14 @@ impl Dataset for PairDataset {
         true
     }
     fn label(&self, index: usize) -> Result<u32> {
-        self.pair(index).map(|p| p.2).ok_or_else(|| {
-            Error::shape(
-                "index",
-                format!("an index below {}", self.pairs.len()),
-                index,
-            )
-        })
+        self.pair(index)
+            .map(|p| p.2)
+            .ok_or_else(|| index_error(index, self.pairs.len()))
     }
     fn length(&self, index: usize) -> Result<usize> {
-        let (a, b, _) = self.pair(index).ok_or_else(|| {
-            Error::shape(
-                "index",
-                format!("an index below {}", self.pairs.len()),
-                index,
-            )
-        })?;
+        let (a, b, _) = self
+            .pair(index)
+            .ok_or_else(|| index_error(index, self.pairs.len()))?;
         Ok(self.corpus.length(a)?.max(self.corpus.length(b)?))
     }
 }

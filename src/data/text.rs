@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::error::DataError;
 use super::io::{read_prefix, sorted_dirs, sorted_files};
-use super::{split_order, split_shuffled, Dataset, Example, Sequence, Splits, Subset};
+use super::{index_error, split_order, split_shuffled, Dataset, Example, Sequence, Splits, Subset};
 use crate::error::{Error, Result};
 
 /// Seed of the deterministic splits of corpora without official splits.
@@ -19,10 +19,6 @@ pub const SPLIT_SEED: u64 = 42;
 /// Byte ids of `bytes` (id = byte + 1), at most `max_len` of them.
 pub fn byte_ids(bytes: &[u8], max_len: usize) -> Vec<u32> {
     bytes.iter().take(max_len).map(|&b| b as u32 + 1).collect()
-}
-
-fn index_error(index: usize, len: usize) -> Error {
-    Error::shape("index", format!("an index below {len}"), index)
 }
 
 /// A folder-per-class corpus read lazily: files are listed (and their sizes taken) when it is

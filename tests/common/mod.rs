@@ -231,3 +231,14 @@ pub fn test_dtype() -> (DType, f64) {
         _ => (DType::F32, 1e-5),
     }
 }
+
+static TMP_COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A fresh, empty folder under the system temp dir, unique per process and call.
+pub fn tmpdir(tag: &str) -> std::path::PathBuf {
+    let n = TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let p = std::env::temp_dir().join(format!("convluna-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}

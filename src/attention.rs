@@ -2,10 +2,11 @@
 //! Transformer's self-attention (SPEC §3.5).
 
 use candle_core::{DType, Module, ModuleT, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::error::Result;
-use crate::layers::{linear, softmax_last_dim, Dropout};
+use crate::kernels::HeadLayout;
+use crate::layers::{linear, softmax_last_dim, Dropout, Linear};
 use crate::temperature::LogitScale;
 
 /// `[B, n, d] → [B, h, n, d_h]`.
@@ -51,9 +52,11 @@ pub fn attend(
     Ok((wd.matmul(v)?, w))
 }
 
-/// As [`attend`] with the logit scale given as a [`LogitScale`], which lets the scale, the key
-/// bias and the softmax run as one fused kernel with its own backward where
-/// [`crate::kernels::fusable`] holds (CPU f32 / f64); elsewhere it is [`attend`].
+/// As [`attend`] with the logit scale given as a [`LogitScale`]. Where
+/// [`crate::kernels::fusable`] holds (CPU f32 / f64) the whole attention runs as one fused
+/// kernel per (batch, head) with its own backward ([`crate::kernels::attention`]; a learned
+/// scale is multiplied into whichever of q and k has fewer rows), and the weights come back
+/// detached; elsewhere it is [`attend`] (with the softmax fused where it can be).
 pub fn attend_scaled(
     q: &Tensor,
     k: &Tensor,
@@ -63,6 +66,9 @@ pub fn attend_scaled(
     dropout: &Dropout,
     train: bool,
 ) -> Result<(Tensor, Tensor)> {
+    if let Some(r) = fused(q, k, v, HeadLayout::Split, scale, bias, dropout, train)? {
+        return Ok(r);
+    }
     let logits = q.matmul(&k.t()?)?;
     let fused = match scale {
         LogitScale::Constant(c) => crate::kernels::softmax_scaled(&logits, Ok(*c), bias)?,
@@ -84,6 +90,77 @@ pub fn attend_scaled(
     };
     let wd = dropout.forward_t(&w, train)?;
     Ok((wd.matmul(v)?, w))
+}
+
+/// [`attend_scaled`] with the heads left in the model dimension: q `[B, n, h·d_h]`,
+/// k `[B, L, h·d_h]`, v `[B, L, h·d_v]` → (y `[B, n, h·d_v]`, weights `[B, h, n, L]`). The
+/// fused kernel reads and writes the heads through strides, so nothing is split or merged;
+/// elsewhere the heads are split, [`attend_scaled`] runs, and they are merged back.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_merged(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: &LogitScale,
+    bias: Option<&Tensor>,
+    dropout: &Dropout,
+    train: bool,
+) -> Result<(Tensor, Tensor)> {
+    let layout = HeadLayout::Merged { heads };
+    if let Some(r) = fused(q, k, v, layout, scale, bias, dropout, train)? {
+        return Ok(r);
+    }
+    let (y, w) = attend_scaled(
+        &split_heads(q, heads)?,
+        &split_heads(k, heads)?,
+        &split_heads(v, heads)?,
+        scale,
+        bias,
+        dropout,
+        train,
+    )?;
+    Ok((merge_heads(&y)?, w))
+}
+
+/// The fused kernel where it applies (`None` elsewhere), with the dropout keep-mask drawn
+/// from `dropout`'s stream exactly as [`Dropout`] would draw it.
+#[allow(clippy::too_many_arguments)]
+fn fused(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+    scale: &LogitScale,
+    bias: Option<&Tensor>,
+    dropout: &Dropout,
+    train: bool,
+) -> Result<Option<(Tensor, Tensor)>> {
+    if !crate::kernels::enabled("attention", q) {
+        return Ok(None);
+    }
+    let (b, h, n, l) = match layout {
+        HeadLayout::Split if q.rank() == 4 && k.rank() == 4 => {
+            (q.dim(0)?, q.dim(1)?, q.dim(2)?, k.dim(2)?)
+        }
+        HeadLayout::Merged { heads } if q.rank() == 3 && k.rank() == 3 => {
+            (q.dim(0)?, heads, q.dim(1)?, k.dim(1)?)
+        }
+        _ => return Ok(None),
+    };
+    let keep = dropout.keep_mask(b * h * n * l, train);
+    use crate::kernels::attention as kernel;
+    Ok(match scale {
+        LogitScale::Constant(c) => kernel(q, k, v, layout, *c, bias, keep)?,
+        LogitScale::LogTemperature(tau) => {
+            let s = tau.to_dtype(q.dtype())?.neg()?.exp()?;
+            if n <= l {
+                kernel(&q.broadcast_mul(&s)?, k, v, layout, 1.0, bias, keep)?
+            } else {
+                kernel(q, &k.broadcast_mul(&s)?, v, layout, 1.0, bias, keep)?
+            }
+        }
+    })
 }
 
 /// Softmax self-attention with 1/√d_h and key masking: `q_proj`, `k_proj`, `v_proj`, `o_proj`.
@@ -112,20 +189,21 @@ impl SelfAttention {
 
     /// `x [B, L, d]`, optional `[B, L]` 0/1 mask → `[B, L, d]`.
     pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
-        let q = split_heads(&self.q.forward(x)?, self.heads)?;
-        let k = split_heads(&self.k.forward(x)?, self.heads)?;
-        let v = split_heads(&self.v.forward(x)?, self.heads)?;
-        let s = 1.0 / (q.dim(3)? as f64).sqrt();
+        let q = self.q.forward(x)?;
+        let k = self.k.forward(x)?;
+        let v = self.v.forward(x)?;
+        let s = 1.0 / ((q.dim(2)? / self.heads) as f64).sqrt();
         let bias = mask.map(|m| key_bias(m, x.dtype())).transpose()?;
-        let (y, _) = attend_scaled(
+        let (y, _) = attend_merged(
             &q,
             &k,
             &v,
+            self.heads,
             &LogitScale::Constant(s),
             bias.as_ref(),
             &self.drop,
             train,
         )?;
-        Ok(self.o.forward(&merge_heads(&y)?)?)
+        Ok(self.o.forward(&y)?)
     }
 }

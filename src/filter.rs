@@ -34,6 +34,19 @@ pub trait Filter: std::fmt::Debug + Send + Sync {
         let _ = len;
         0
     }
+    /// The same filter on `x ⊙ mask` with the heads left in the model dimension,
+    /// `[B, L, h·d_h] → [B, L, h·d_h]`, for a length-keeping filter with a fused kernel for that
+    /// layout (the optional `mask` is `[B, L]` 0/1). `None` (the default) means "not available":
+    /// the caller then multiplies by the mask, splits the heads and calls [`Filter::forward`].
+    fn forward_merged(
+        &self,
+        x: &Tensor,
+        heads: usize,
+        mask: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        let _ = (x, heads, mask);
+        Ok(None)
+    }
 }
 
 /// A sliding window along time: output `t` reads inputs `t·stride + j − left`, `j < kernel`,
@@ -151,6 +164,17 @@ impl Filter for IdentityFilter {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.clone())
     }
+    fn forward_merged(
+        &self,
+        x: &Tensor,
+        _heads: usize,
+        mask: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        Ok(Some(match mask {
+            Some(m) => x.broadcast_mul(&m.to_dtype(x.dtype())?.unsqueeze(2)?)?,
+            None => x.clone(),
+        }))
+    }
     fn output_len(&self, len: usize) -> Result<usize> {
         Ok(len)
     }
@@ -243,6 +267,25 @@ impl Filter for ConvFilter {
             });
         }
         acc.ok_or_else(|| Error::config("filter.kernel", "must be at least 1"))
+    }
+    fn forward_merged(
+        &self,
+        x: &Tensor,
+        heads: usize,
+        mask: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        if self.window.stride != 1 {
+            return Ok(None);
+        }
+        let w = self.weight.to_dtype(x.dtype())?;
+        Ok(crate::kernels::conv_time_merged(
+            x,
+            &w,
+            self.window.left,
+            heads,
+            self.per_channel,
+            mask,
+        )?)
     }
     fn output_len(&self, len: usize) -> Result<usize> {
         self.window.output_len(len)

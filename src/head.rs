@@ -6,12 +6,12 @@
 //! `head.out`.
 
 use candle_core::{Module, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::config::{HeadConfig, PairFeatures, Pooling};
 use crate::encoder::EncoderOutput;
 use crate::error::{Error, Result};
-use crate::layers::{linear, LayerNorm};
+use crate::layers::{linear, LayerNorm, Linear};
 
 /// Normalises the encoder output with the head's LayerNorm and pools it to `[B, d]`.
 #[derive(Clone, Debug)]

@@ -16,7 +16,7 @@ use crate::error::Result;
 
 /// `y = x·Wᵀ + b`, weight `[out, in]` and bias `[out]`, both initialised U(−1/√in, 1/√in)
 /// as PyTorch's `nn.Linear`.
-pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<candle_nn::Linear> {
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     let bound = 1.0 / (in_dim as f64).sqrt();
     let init = Init::Uniform {
         lo: -bound,
@@ -24,7 +24,44 @@ pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<candle_nn
     };
     let w = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
     let b = vb.get_with_hints(out_dim, "bias", init)?;
-    Ok(candle_nn::Linear::new(w, Some(b)))
+    Ok(Linear::new(w, Some(b)))
+}
+
+/// Affine map over the last dimension, `y = x·Wᵀ + b`: x `[…, in]` → y `[…, out]`, weight
+/// `[out, in]`, optional bias `[out]` (checkpoint names `weight`, `bias`, as `candle_nn::Linear`).
+///
+/// On CPU f32/f64 it runs as one gemm over all rows with a hand-written backward
+/// ([`crate::kernels::linear`]); elsewhere it is `candle_nn::Linear`'s broadcast matmul.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// A linear map from its weight `[out, in]` and optional bias `[out]`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// The weight `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias `[out]`, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(y) = crate::kernels::linear(x, &self.weight, self.bias.as_ref())? {
+            return Ok(y);
+        }
+        candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(x)
+    }
 }
 
 /// Computes `f` in f32 for half-precision inputs and casts back.
@@ -143,6 +180,14 @@ impl Dropout {
     }
 }
 
+impl Dropout {
+    /// The keep-mask (`0` or `1/(1−p)`) over `n` elements that `forward_t` would multiply by,
+    /// drawn from the same stream; `None` where dropout is inactive (`!train` or `p = 0`).
+    pub(crate) fn keep_mask(&self, n: usize, train: bool) -> Option<Vec<f32>> {
+        (train && self.p != 0.0).then(|| self.rng.keep_mask(n, self.p))
+    }
+}
+
 impl ModuleT for Dropout {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         if !train || self.p == 0.0 {
@@ -158,8 +203,8 @@ impl ModuleT for Dropout {
 /// (erf) GELU. `fc1`: d→f, `fc2`: f→d.
 #[derive(Clone, Debug)]
 pub struct FeedForward {
-    fc1: candle_nn::Linear,
-    fc2: candle_nn::Linear,
+    fc1: Linear,
+    fc2: Linear,
     drop: Dropout,
 }
 
@@ -185,7 +230,10 @@ impl ModuleT for FeedForward {
             let dims = x.dims();
             let rows = x.elem_count() / dims[dims.len() - 1];
             let x2 = x.contiguous()?.reshape((rows, dims[dims.len() - 1]))?;
-            let h = x2.matmul(&self.fc1.weight().t()?)?;
+            let h = match crate::kernels::linear(&x2, self.fc1.weight(), None)? {
+                Some(h) => h,
+                None => x2.matmul(&self.fc1.weight().t()?)?,
+            };
             if let Some(h) = crate::kernels::bias_gelu(&h, b1)? {
                 let mut shape = dims.to_vec();
                 *shape.last_mut().expect("rank ≥ 1") = h.dim(1)?;

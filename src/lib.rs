@@ -102,7 +102,7 @@ pub use encoder::{Encoder, EncoderOutput, LayerTrace};
 pub use error::{Error, Result};
 pub use filter::{ConvFilter, Filter, IdentityFilter, MaxPoolFilter, Window};
 pub use head::{ClassifierHead, PairHead, Pooler};
-pub use layers::{Dropout, DropoutRng, FeedForward, LayerNorm};
+pub use layers::{Dropout, DropoutRng, FeedForward, LayerNorm, Linear};
 pub use model::{load_model, save_model, Classifier, Inputs, Model, PairClassifier};
 pub use pack::{PackAttention, Packed};
 pub use params::ParamStore;

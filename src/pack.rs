@@ -17,12 +17,11 @@
 use std::sync::Arc;
 
 use candle_core::{Module, Tensor};
-use candle_nn::Linear;
 
-use crate::attention::{attend_scaled, key_bias, merge_heads, split_heads};
+use crate::attention::{attend_merged, attend_scaled, key_bias, merge_heads, split_heads};
 use crate::error::Result;
 use crate::filter::Filter;
-use crate::layers::Dropout;
+use crate::layers::{Dropout, Linear};
 use crate::temperature::LogitScale;
 
 /// The result of packing.
@@ -102,6 +101,45 @@ impl PackAttention {
             Some(v) => v.forward(x)?,
             None => x.clone(),
         };
+        // CPU f32/f64 with a length-keeping filter: mask, filter and attention read the heads
+        // in place (no split, no merge, the mask multiply inside the filter).
+        if crate::kernels::enabled("attention", x) {
+            let m = if self.masked {
+                let (b, l, _) = x.dims3()?;
+                Some(match mask {
+                    Some(m) => m.to_dtype(x.dtype())?,
+                    None => Tensor::ones((b, l), x.dtype(), x.device())?,
+                })
+            } else {
+                None
+            };
+            if let Some(kf) = self.filter.forward_merged(&k, self.heads, m.as_ref())? {
+                if let Some(vf) = self.filter.forward_merged(&v, self.heads, m.as_ref())? {
+                    let fmask = m.map(|m| self.filter.filter_mask(&m)).transpose()?;
+                    let bias = fmask.as_ref().map(|m| key_bias(m, x.dtype())).transpose()?;
+                    let q = self.q.forward(p)?;
+                    let (y, a) = attend_merged(
+                        &q,
+                        &kf,
+                        &vf,
+                        self.heads,
+                        &self.scale,
+                        bias.as_ref(),
+                        &self.drop,
+                        train,
+                    )?;
+                    let y = match &self.o {
+                        Some(o) => o.forward(&y)?,
+                        None => y,
+                    };
+                    return Ok(Packed {
+                        memory: y,
+                        attention: a,
+                        mask: fmask,
+                    });
+                }
+            }
+        }
         let mut fmask = None;
         if self.masked {
             let (b, l, _) = x.dims3()?;

@@ -9,11 +9,10 @@
 //! to every memory slot. With m = 1 the softmax is identically 1.
 
 use candle_core::{Module, Tensor};
-use candle_nn::Linear;
 
-use crate::attention::{attend_scaled, merge_heads, split_heads};
+use crate::attention::attend_merged;
 use crate::error::Result;
-use crate::layers::Dropout;
+use crate::layers::{Dropout, Linear};
 use crate::temperature::LogitScale;
 
 /// Unpack attention. Projections are passed in so that they can be shared with packing.
@@ -57,14 +56,13 @@ impl UnpackAttention {
 
     /// `x [B, L, d]`, `packed [B, m, d]` → `[B, L, d]`.
     pub fn forward_t(&self, x: &Tensor, packed: &Tensor, train: bool) -> Result<Tensor> {
-        let q = split_heads(&self.q.forward(x)?, self.heads)?;
-        let k = split_heads(&self.k.forward(packed)?, self.heads)?;
+        let q = self.q.forward(x)?;
+        let k = self.k.forward(packed)?;
         let v = match &self.v {
             Some(v) => v.forward(packed)?,
             None => packed.clone(),
         };
-        let v = split_heads(&v, self.heads)?;
-        let (y, _) = attend_scaled(&q, &k, &v, &self.scale, None, &self.drop, train)?;
-        Ok(self.o.forward(&merge_heads(&y)?)?)
+        let (y, _) = attend_merged(&q, &k, &v, self.heads, &self.scale, None, &self.drop, train)?;
+        Ok(self.o.forward(&y)?)
     }
 }

@@ -215,6 +215,236 @@ fn conv_time_matches_shifted_sums() {
     }
 }
 
+/// `drop(softmax(s·q·kᵀ + bias))·v` from composite ops, with the keep-mask as a tensor.
+fn composite_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    s: f64,
+    bias: Option<&Tensor>,
+    keep: Option<&Tensor>,
+) -> (Tensor, Tensor) {
+    let z = (q.matmul(&k.t().unwrap()).unwrap() * s).unwrap();
+    let z = match bias {
+        Some(b) => z.broadcast_add(b).unwrap(),
+        None => z,
+    };
+    let w = composite_softmax(&z);
+    let wd = match keep {
+        Some(m) => (&w * m).unwrap(),
+        None => w.clone(),
+    };
+    (wd.matmul(v).unwrap(), w)
+}
+
+/// `[B, n, h·d] → [B, h, n, d]` and back.
+fn split(x: &Tensor, h: usize) -> Tensor {
+    let (b, n, d) = x.dims3().unwrap();
+    x.reshape((b, n, h, d / h))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+}
+fn merge(x: &Tensor) -> Tensor {
+    let (b, h, n, d) = x.dims4().unwrap();
+    x.transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .reshape((b, n, h * d))
+        .unwrap()
+}
+
+#[test]
+fn attention_matches_composite_with_bias_and_dropout() {
+    // n < L (pack: memory attends to the sequence) and n > L (unpack), odd sizes; the inputs
+    // live in the merged layout [B, n, h·d] and the split layout is fed through split/merge.
+    for (n, l, dk, dv) in [(3usize, 13usize, 4usize, 5usize), (11, 4, 3, 2)] {
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 2e-5)] {
+            let (b, h) = (2, 3);
+            let q = Var::from_tensor(&randn(&[b, n, h * dk], 21, dtype)).unwrap();
+            let k = Var::from_tensor(&randn(&[b, l, h * dk], 22, dtype)).unwrap();
+            let v = Var::from_tensor(&randn(&[b, l, h * dv], 23, dtype)).unwrap();
+            let valid: Vec<f64> = (0..b * l)
+                .map(|i| if i % l < l - 1 - i / l { 1.0 } else { 0.0 })
+                .collect();
+            let mask = Tensor::from_vec(valid, (b, l), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let bias = ((mask - 1.0).unwrap() * 1e9)
+                .unwrap()
+                .reshape((b, 1, 1, l))
+                .unwrap();
+            // a fixed keep-mask with p = 0.25
+            let keep: Vec<f32> = (0..b * h * n * l)
+                .map(|i| if (i * 7) % 4 == 0 { 0.0 } else { 4.0 / 3.0 })
+                .collect();
+            let keep_t = Tensor::from_vec(keep.clone(), (b, h, n, l), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let r = randn(&[b, n, h * dv], 24, dtype);
+            let cases = [(false, false), (true, false), (true, true)];
+            let layouts = [
+                kernels::HeadLayout::Split,
+                kernels::HeadLayout::Merged { heads: h },
+            ];
+            for ((with_bias, with_keep), layout) in cases
+                .into_iter()
+                .flat_map(|c| layouts.into_iter().map(move |lay| (c, lay)))
+            {
+                let bias = with_bias.then_some(&bias);
+                let wf = std::cell::RefCell::new(None);
+                let (yf, gf) = grads(&[&q, &k, &v], &r, || {
+                    let (qi, ki, vi) = match layout {
+                        kernels::HeadLayout::Split => (
+                            split(q.as_tensor(), h),
+                            split(k.as_tensor(), h),
+                            split(v.as_tensor(), h),
+                        ),
+                        _ => (
+                            q.as_tensor().clone(),
+                            k.as_tensor().clone(),
+                            v.as_tensor().clone(),
+                        ),
+                    };
+                    let (y, w) = kernels::attention(
+                        &qi,
+                        &ki,
+                        &vi,
+                        layout,
+                        0.6,
+                        bias,
+                        with_keep.then(|| keep.clone()),
+                    )
+                    .unwrap()
+                    .expect("fused");
+                    *wf.borrow_mut() = Some(w);
+                    match layout {
+                        kernels::HeadLayout::Split => merge(&y),
+                        _ => y,
+                    }
+                });
+                let wc = std::cell::RefCell::new(None);
+                let (yc, gc) = grads(&[&q, &k, &v], &r, || {
+                    let (y, w) = composite_attention(
+                        &split(q.as_tensor(), h),
+                        &split(k.as_tensor(), h),
+                        &split(v.as_tensor(), h),
+                        0.6,
+                        bias,
+                        with_keep.then_some(&keep_t),
+                    );
+                    *wc.borrow_mut() = Some(w);
+                    merge(&y)
+                });
+                let what =
+                    format!("{dtype:?} {layout:?} n={n} L={l} bias={with_bias} keep={with_keep}");
+                assert!(max_diff(&yf, &yc) < tol, "{what}: values");
+                assert!(
+                    max_diff(wf.borrow().as_ref().unwrap(), wc.borrow().as_ref().unwrap()) < tol,
+                    "{what}: weights"
+                );
+                for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
+                    assert!(max_diff(&gf[i], &gc[i]) < tol, "{what}: {name}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn merged_conv_matches_masked_split_conv() {
+    // [B, L, h·d_h] with the mask folded in against mask-multiply, split heads, conv_time.
+    let (b, l, h, dh, k) = (2usize, 9usize, 3usize, 4usize, 4usize);
+    for per_channel in [false, true] {
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            let x = Var::from_tensor(&randn(&[b, l, h * dh], 41, dtype)).unwrap();
+            let rows = if per_channel { h * dh } else { h };
+            let w = Var::from_tensor(&randn(&[rows, k], 42, dtype)).unwrap();
+            let valid: Vec<f64> = (0..b * l)
+                .map(|i| if i % l < l - 3 * (i / l) { 1.0 } else { 0.0 })
+                .collect();
+            let mask = Tensor::from_vec(valid, (b, l), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let r = randn(&[b, l, h * dh], 43, dtype);
+            for with_mask in [false, true] {
+                let m = with_mask.then_some(&mask);
+                let (yf, gf) = grads(&[&x, &w], &r, || {
+                    kernels::conv_time_merged(x.as_tensor(), w.as_tensor(), 1, h, per_channel, m)
+                        .unwrap()
+                        .expect("fused")
+                });
+                let (yc, gc) = grads(&[&x, &w], &r, || {
+                    let xm = match m {
+                        Some(m) => x
+                            .as_tensor()
+                            .broadcast_mul(&m.unsqueeze(2).unwrap())
+                            .unwrap(),
+                        None => x.as_tensor().clone(),
+                    };
+                    let y = kernels::conv_time(&split(&xm, h), w.as_tensor(), 1, per_channel)
+                        .unwrap()
+                        .expect("fused");
+                    merge(&y)
+                });
+                let what = format!("{dtype:?} per_channel={per_channel} mask={with_mask}");
+                assert!(max_diff(&yf, &yc) < tol, "{what}: values");
+                assert!(max_diff(&gf[0], &gc[0]) < tol, "{what}: dx");
+                assert!(max_diff(&gf[1], &gc[1]) < tol, "{what}: dw");
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_matches_matmul_with_and_without_bias() {
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+        let x = Var::from_tensor(&randn(&[2, 7, 5], 31, dtype)).unwrap();
+        let w = Var::from_tensor(&randn(&[9, 5], 32, dtype)).unwrap();
+        let b = Var::from_tensor(&randn(&[9], 33, dtype)).unwrap();
+        let r = randn(&[2, 7, 9], 34, dtype);
+        let (yf, gf) = grads(&[&x, &w, &b], &r, || {
+            kernels::linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()))
+                .unwrap()
+                .expect("fused")
+        });
+        let (yc, gc) = grads(&[&x, &w, &b], &r, || {
+            x.as_tensor()
+                .broadcast_matmul(&w.as_tensor().t().unwrap())
+                .unwrap()
+                .broadcast_add(b.as_tensor())
+                .unwrap()
+        });
+        assert!(max_diff(&yf, &yc) < tol, "{dtype:?} values");
+        for (i, name) in ["dx", "dW", "db"].iter().enumerate() {
+            assert!(max_diff(&gf[i], &gc[i]) < tol, "{dtype:?} {name}");
+        }
+        let (yf, gf) = grads(&[&x, &w], &r, || {
+            kernels::linear(x.as_tensor(), w.as_tensor(), None)
+                .unwrap()
+                .expect("fused")
+        });
+        let (yc, gc) = grads(&[&x, &w], &r, || {
+            x.as_tensor()
+                .broadcast_matmul(&w.as_tensor().t().unwrap())
+                .unwrap()
+        });
+        assert!(max_diff(&yf, &yc) < tol, "{dtype:?} values, no bias");
+        assert!(max_diff(&gf[0], &gc[0]) < tol, "{dtype:?} dx, no bias");
+        assert!(max_diff(&gf[1], &gc[1]) < tol, "{dtype:?} dW, no bias");
+    }
+    // a shape mismatch is an error, not a panic
+    let x = randn(&[2, 4], 35, DType::F32);
+    let w = randn(&[3, 5], 36, DType::F32);
+    assert!(kernels::linear(&x, &w, None).is_err());
+}
+
 #[test]
 fn kernels_decline_what_they_do_not_cover() {
     let x = randn(&[2, 3, 4], 15, DType::F16);
@@ -231,5 +461,27 @@ fn kernels_decline_what_they_do_not_cover() {
             .unwrap()
             .is_none(),
         "full bias stays composite"
+    );
+    let q = randn(&[1, 2, 3, 4], 17, DType::F16);
+    assert!(
+        kernels::attention(&q, &q, &q, kernels::HeadLayout::Split, 1.0, None, None)
+            .unwrap()
+            .is_none(),
+        "f16 attention stays composite"
+    );
+    let q = randn(&[1, 2, 3, 4], 18, DType::F32);
+    assert!(
+        kernels::attention(
+            &q,
+            &q,
+            &q,
+            kernels::HeadLayout::Split,
+            1.0,
+            None,
+            Some(vec![1.0; 5])
+        )
+        .unwrap()
+        .is_none(),
+        "a keep-mask of the wrong length stays composite"
     );
 }

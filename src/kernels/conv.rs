@@ -116,15 +116,7 @@ impl ConvTime {
                 }
                 dw
             })
-            .reduce(
-                || vec![T::zero(); wlen],
-                |mut a, b| {
-                    for (x, y) in a.iter_mut().zip(b) {
-                        *x += y;
-                    }
-                    a
-                },
-            )
+            .reduce(|| vec![T::zero(); wlen], super::add_vecs)
     }
 
     fn bwd_t<T: Real>(
@@ -237,6 +229,247 @@ pub fn conv_time(
         left,
         heads: h,
         per_channel,
+    };
+    Ok(Some(x.contiguous()?.apply_op2(&weight.contiguous()?, op)?))
+}
+
+/// The same filter on the model-dimension layout `[B, L, h·d_h]`, with the key-padding mask
+/// folded in: `y[t] = Σ_j w_j · m[t + j − left] · x[t + j − left]`.
+#[derive(Clone, Debug)]
+struct ConvMerged {
+    left: usize,
+    heads: usize,
+    per_channel: bool,
+    /// Constant `[B, L]` 0/1 mask.
+    mask: Option<Tensor>,
+}
+
+impl ConvMerged {
+    /// `y` from `x`, or with `transpose`, `dx = m ⊙ Σ_j w_j g[t − j + left]` from `g`.
+    #[allow(clippy::too_many_arguments)]
+    fn apply<T: Real>(
+        &self,
+        x: &[T],
+        w: &[T],
+        m: Option<&[T]>,
+        k: usize,
+        len: usize,
+        d: usize,
+        transpose: bool,
+    ) -> Vec<T> {
+        let dh = d / self.heads;
+        let mut y = vec![T::zero(); x.len()];
+        let rpt = super::rows_per_task(d * k);
+        y.par_chunks_mut(rpt * d).enumerate().for_each(|(ci, yc)| {
+            for (ri, yr) in yc.chunks_mut(d).enumerate() {
+                let row = ci * rpt + ri;
+                let (b, t) = (row / len, row % len);
+                for j in 0..k {
+                    let src = if transpose {
+                        t as isize - j as isize + self.left as isize
+                    } else {
+                        t as isize + j as isize - self.left as isize
+                    };
+                    if src < 0 || src >= len as isize {
+                        continue;
+                    }
+                    let src = src as usize;
+                    // the mask multiplies the input position: x[src] forward, dx[t] backward
+                    let mv = m.map_or(T::one(), |m| m[b * len + if transpose { t } else { src }]);
+                    let xr = &x[(b * len + src) * d..(b * len + src + 1) * d];
+                    if self.per_channel {
+                        for c in 0..d {
+                            yr[c] += w[c * k + j] * mv * xr[c];
+                        }
+                    } else {
+                        for hh in 0..self.heads {
+                            let wj = w[hh * k + j] * mv;
+                            let seg = hh * dh..(hh + 1) * dh;
+                            for (o, &v) in yr[seg.clone()].iter_mut().zip(&xr[seg]) {
+                                *o += wj * v;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        y
+    }
+
+    /// dw: Σ over rows of g[t] · m[src] · x[src], src = t + j − left (and over the channels of
+    /// a head, per head).
+    #[allow(clippy::too_many_arguments)]
+    fn weight_grad<T: Real>(
+        &self,
+        x: &[T],
+        g: &[T],
+        m: Option<&[T]>,
+        wlen: usize,
+        k: usize,
+        len: usize,
+        d: usize,
+    ) -> Vec<T> {
+        let dh = d / self.heads;
+        let rpt = super::rows_per_task(d * k);
+        g.par_chunks(rpt * d)
+            .enumerate()
+            .map(|(ci, gc)| {
+                let mut dw = vec![T::zero(); wlen];
+                for (ri, gr) in gc.chunks(d).enumerate() {
+                    let row = ci * rpt + ri;
+                    let (b, t) = (row / len, row % len);
+                    for j in 0..k {
+                        let src = t as isize + j as isize - self.left as isize;
+                        if src < 0 || src >= len as isize {
+                            continue;
+                        }
+                        let src = src as usize;
+                        let mv = m.map_or(T::one(), |m| m[b * len + src]);
+                        let xr = &x[(b * len + src) * d..(b * len + src + 1) * d];
+                        if self.per_channel {
+                            for c in 0..d {
+                                dw[c * k + j] += gr[c] * mv * xr[c];
+                            }
+                        } else {
+                            for hh in 0..self.heads {
+                                let seg = hh * dh..(hh + 1) * dh;
+                                dw[hh * k + j] += mv * dot(&gr[seg.clone()], &xr[seg]);
+                            }
+                        }
+                    }
+                }
+                dw
+            })
+            .reduce(|| vec![T::zero(); wlen], super::add_vecs)
+    }
+
+    fn fwd<T: Real>(
+        &self,
+        x: &[T],
+        xl: &Layout,
+        w: &[T],
+        k: usize,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, len, d) = xl.shape().dims3()?;
+        let y = match &self.mask {
+            Some(m) => with_data::<T, _>(m, |md| Ok(self.apply(x, w, Some(md), k, len, d, false)))?,
+            None => self.apply(x, w, None, k, len, d, false),
+        };
+        Ok((T::to_cpu_storage_owned(y), xl.shape().clone()))
+    }
+
+    fn bwd_t<T: Real>(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let (_, len, d) = x.dims3()?;
+        let k = w.dim(1)?;
+        let run = |md: Option<&[T]>| {
+            with_data::<T, _>(x, |xd| {
+                with_data::<T, _>(w, |wd| {
+                    with_data::<T, _>(g, |gd| {
+                        Ok((
+                            self.apply(gd, wd, md, k, len, d, true),
+                            self.weight_grad(xd, gd, md, wd.len(), k, len, d),
+                        ))
+                    })
+                })
+            })
+        };
+        let (dx, dw) = match &self.mask {
+            Some(m) => with_data::<T, _>(m, |md| run(Some(md)))?,
+            None => run(None)?,
+        };
+        Ok((
+            Tensor::from_vec(dx, x.shape(), x.device())?,
+            Tensor::from_vec(dw, w.shape(), w.device())?,
+        ))
+    }
+}
+
+impl CustomOp2 for ConvMerged {
+    fn name(&self) -> &'static str {
+        "fused-conv-time-merged"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let k = l2.shape().dims2()?.1;
+        match s1.dtype() {
+            DType::F32 => self.fwd(slice::<f32>(s1, l1)?, l1, slice::<f32>(s2, l2)?, k),
+            DType::F64 => self.fwd(slice::<f64>(s1, l1)?, l1, slice::<f64>(s2, l2)?, k),
+            dt => Err(candle_core::Error::UnsupportedDTypeForOp(
+                dt,
+                "fused-conv-time-merged",
+            )),
+        }
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = match x.dtype() {
+            DType::F32 => self.bwd_t::<f32>(x, w, g)?,
+            DType::F64 => self.bwd_t::<f64>(x, w, g)?,
+            dt => {
+                return Err(candle_core::Error::UnsupportedDTypeForOp(
+                    dt,
+                    "fused-conv-time-merged",
+                ))
+            }
+        };
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// [`conv_time`] on `x [B, L, h·d_h]` (heads left in the model dimension, channel
+/// `c = head·d_h + i`) applied to `x ⊙ mask` for an optional constant `[B, L]` 0/1 mask,
+/// so that the key-padding multiply, the head split and the filter are one pass (and one in
+/// the backward). `None` when the fused kernel does not apply.
+pub fn conv_time_merged(
+    x: &Tensor,
+    weight: &Tensor,
+    left: usize,
+    heads: usize,
+    per_channel: bool,
+    mask: Option<&Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
+    if !super::enabled("conv", x)
+        || weight.dtype() != x.dtype()
+        || !weight.device().same_device(x.device())
+        || x.rank() != 3
+        || heads == 0
+    {
+        return Ok(None);
+    }
+    let (b, l, d) = x.dims3()?;
+    let (rows, k) = weight.dims2()?;
+    if d % heads != 0 || rows != if per_channel { d } else { heads } || left >= k.max(1) {
+        return Ok(None);
+    }
+    let mask = match mask {
+        None => None,
+        Some(m) => {
+            if m.dims() != [b, l] || !m.device().same_device(x.device()) {
+                return Ok(None);
+            }
+            Some(m.detach().to_dtype(x.dtype())?.contiguous()?)
+        }
+    };
+    let op = ConvMerged {
+        left,
+        heads,
+        per_channel,
+        mask,
     };
     Ok(Some(x.contiguous()?.apply_op2(&weight.contiguous()?, op)?))
 }

@@ -21,7 +21,7 @@ fn gelu<T: Real>(z: T) -> T {
 fn gelu_grad<T: Real>(z: T) -> T {
     let half = T::from_f64(0.5);
     let cdf = (T::one() + (z * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf()) * half;
-    let pdf = (-(z * z) * half).exp() * T::from_f64(0.398_942_280_401_432_7);
+    let pdf = (-(z * z) * half).exp_fast() * T::from_f64(0.398_942_280_401_432_7);
     cdf + z * pdf
 }
 
@@ -60,15 +60,7 @@ fn backward<T: Real>(h: &[T], b: &[T], g: &[T]) -> (Vec<T>, Vec<T>) {
             }
             db
         })
-        .reduce(
-            || vec![T::zero(); f],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-                a
-            },
-        );
+        .reduce(|| vec![T::zero(); f], super::add_vecs);
     (dh, db)
 }
 

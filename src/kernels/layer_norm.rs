@@ -87,15 +87,7 @@ fn backward<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
             }
             acc
         })
-        .reduce(
-            || vec![T::zero(); 2 * d],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-                a
-            },
-        );
+        .reduce(|| vec![T::zero(); 2 * d], super::add_vecs);
     (dx, dwb)
 }
 

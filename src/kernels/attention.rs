@@ -1,0 +1,547 @@
+//! Softmax attention `y = drop(softmax(s·q·kᵀ + bias))·v`, fused per (batch, head) slice,
+//! with its backward.
+//!
+//! Shapes: q `[B, h, n, d_k]`, k `[B, h, L, d_k]`, v `[B, h, L, d_v]` → y `[B, h, n, d_v]`
+//! ([`HeadLayout::Split`]), or the same with the heads left in the model dimension,
+//! q `[B, n, h·d_k]`, k `[B, L, h·d_k]`, v `[B, L, h·d_v]` → y `[B, n, h·d_v]`
+//! ([`HeadLayout::Merged`], read and written through strides, so no head split or merge is
+//! copied), plus the weights `w = softmax(…)` `[B, h, n, L]` (before dropout), kept for the backward
+//! and returned detached for diagnostics. The key bias is a constant `[B, L]` (0 or −1e9),
+//! `s` a constant (a learned scale is folded into q or k by the caller), and dropout a
+//! constant keep-mask of `1/(1−p)` or 0 drawn by the caller.
+//!
+//! Each slice runs `q·kᵀ` (gemm) → bias, softmax in place → `w·v` (gemm) while its `n × L`
+//! logits are in cache, and the backward is four gemms and one softmax-backward pass per slice:
+//!
+//! ```text
+//! g_w = g·vᵀ ⊙ keep,   dv = (w ⊙ keep)ᵀ·g,   dz = w ⊙ (g_w − Σ_j g_w ⊙ w),
+//! dq = s·dz·k,          dk = s·dzᵀ·q
+//! ```
+//!
+//! Compared with the composite graph this saves the gradient-accumulation passes Candle's
+//! autograd makes over every `[B, h, n, L]` intermediate (a zero fill and an add each), the
+//! transposed-view adds for `kᵀ`, and about half of the memory traffic.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{dot, gemm, max, slice, sum, with_data, Real};
+
+/// Where the heads of q, k, v and y live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadLayout {
+    /// `[B, h, n, d_h]`.
+    Split,
+    /// `[B, n, h·d_h]` with the given number of heads.
+    Merged {
+        /// h.
+        heads: usize,
+    },
+}
+
+#[derive(Debug)]
+struct Attention {
+    layout: HeadLayout,
+    scale: f64,
+    /// Contiguous `[B, L]` additive key bias.
+    bias: Option<Tensor>,
+    /// Dropout keep-mask (`0` or `1/(1−p)`) over `[B, h, n, L]`.
+    keep: Option<Arc<Vec<f32>>>,
+    /// The weights of the forward pass, `[B, h, n, L]`.
+    weights: Arc<Mutex<Option<Tensor>>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    b: usize,
+    h: usize,
+    n: usize,
+    l: usize,
+    dk: usize,
+    dv: usize,
+    merged: bool,
+}
+
+/// Where one (batch, head) slice of a `rows × width` operand starts, and its row stride.
+#[derive(Clone, Copy, Debug)]
+struct View {
+    off: usize,
+    rs: usize,
+    /// Elements from `off` to one past the slice's last element.
+    span: usize,
+}
+
+impl Dims {
+    fn slices(&self) -> usize {
+        self.b * self.h
+    }
+
+    fn view(&self, s: usize, rows: usize, width: usize) -> View {
+        let (b, hh) = (s / self.h, s % self.h);
+        let (off, rs) = if self.merged {
+            (b * rows * self.h * width + hh * width, self.h * width)
+        } else {
+            (s * rows * width, width)
+        };
+        View {
+            off,
+            rs,
+            span: if rows == 0 {
+                0
+            } else {
+                (rows - 1) * rs + width
+            },
+        }
+    }
+
+    fn y_shape(&self) -> Shape {
+        if self.merged {
+            Shape::from((self.b, self.n, self.h * self.dv))
+        } else {
+            Shape::from((self.b, self.h, self.n, self.dv))
+        }
+    }
+}
+
+fn dims(layout: HeadLayout, q: &Shape, k: &Shape, v: &Shape) -> candle_core::Result<Dims> {
+    let bad = || {
+        candle_core::Error::Msg(format!(
+            "fused attention: q {q:?}, k {k:?}, v {v:?} do not agree ({layout:?})"
+        ))
+    };
+    match layout {
+        HeadLayout::Split => {
+            let (b, h, n, dk) = q.dims4()?;
+            let (bk, hk, l, dk2) = k.dims4()?;
+            let (bv, hv, lv, dv) = v.dims4()?;
+            if (bk, hk, dk2) != (b, h, dk) || (bv, hv, lv) != (b, h, l) {
+                return Err(bad());
+            }
+            Ok(Dims {
+                b,
+                h,
+                n,
+                l,
+                dk,
+                dv,
+                merged: false,
+            })
+        }
+        HeadLayout::Merged { heads: h } => {
+            let (b, n, qd) = q.dims3()?;
+            let (bk, l, kd) = k.dims3()?;
+            let (bv, lv, vd) = v.dims3()?;
+            if h == 0 || qd % h != 0 || vd % h != 0 || kd != qd || (bk, bv, lv) != (b, b, l) {
+                return Err(bad());
+            }
+            Ok(Dims {
+                b,
+                h,
+                n,
+                l,
+                dk: qd / h,
+                dv: vd / h,
+                merged: true,
+            })
+        }
+    }
+}
+
+/// A raw pointer that slice tasks share to write disjoint elements of one output (the heads
+/// of a merged-layout output interleave, so its slices are not contiguous chunks).
+#[derive(Clone, Copy)]
+struct SharedMut<T>(*mut T, usize);
+// SAFETY: every task writes only the elements of its own (batch, head) slice; the slices are
+// disjoint and the buffer outlives the parallel loop.
+unsafe impl<T: Send> Send for SharedMut<T> {}
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    fn new(v: &mut [T]) -> Self {
+        Self(v.as_mut_ptr(), v.len())
+    }
+}
+
+/// Adds the bias row, then turns each row of `z` (`n × l`) into its softmax.
+fn softmax_rows<T: Real>(z: &mut [T], l: usize, bias: Option<&[T]>) {
+    for row in z.chunks_mut(l) {
+        if let Some(b) = bias {
+            for (x, &bb) in row.iter_mut().zip(b) {
+                *x += bb;
+            }
+        }
+        let mx = max(row);
+        T::exp_shifted(row, mx);
+        let inv = T::one() / sum(row);
+        for x in row.iter_mut() {
+            *x *= inv;
+        }
+    }
+}
+
+/// `dst ← w ⊙ keep` for one slice.
+fn apply_keep<T: Real>(dst: &mut Vec<T>, w: &[T], keep: &[f32]) {
+    dst.clear();
+    dst.extend(w.iter().zip(keep).map(|(&x, &k)| x * T::from_f64(k as f64)));
+}
+
+fn forward<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    d: Dims,
+    scale: T,
+    bias: Option<&[T]>,
+    keep: Option<&[f32]>,
+) -> (Vec<T>, Vec<T>) {
+    let Dims {
+        h, n, l, dk, dv, ..
+    } = d;
+    let mut w = vec![T::zero(); d.slices() * n * l];
+    let mut y = vec![T::zero(); d.slices() * n * dv];
+    let yp = SharedMut::new(&mut y);
+    w.par_chunks_mut(n * l)
+        .enumerate()
+        .for_each_init(Vec::new, |scratch, (s, ws)| {
+            let (qv, kv, vv, yv) = (
+                d.view(s, n, dk),
+                d.view(s, l, dk),
+                d.view(s, l, dv),
+                d.view(s, n, dv),
+            );
+            let (qs, ks, vs) = (&q[qv.off..], &k[kv.off..], &v[vv.off..]);
+            // z = s·q·kᵀ   (kᵀ read through strides)
+            gemm(n, l, dk, ws, l, qs, qv.rs, 1, ks, 1, kv.rs, scale, false, 1);
+            softmax_rows(ws, l, bias.map(|b| &b[(s / h) * l..(s / h + 1) * l]));
+            let wd: &[T] = match keep {
+                Some(kp) => {
+                    apply_keep(scratch, ws, &kp[s * n * l..(s + 1) * n * l]);
+                    scratch
+                }
+                None => ws,
+            };
+            // SAFETY: slice s writes only its own rows × columns of y (see SharedMut).
+            unsafe { gemm_into(yp, yv, n, dv, l, wd, l, 1, vs, vv.rs, 1, T::one()) };
+        });
+    (y, w)
+}
+
+/// `gemm` into the slice `view` of a shared output.
+///
+/// # Safety
+/// No other task may touch the elements of `view` while this runs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into<T: Real>(
+    dst: SharedMut<T>,
+    view: View,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[T],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[T],
+    rhs_rs: usize,
+    rhs_cs: usize,
+    beta: T,
+) {
+    assert!(
+        view.off + view.span <= dst.1,
+        "attention: output out of bounds"
+    );
+    super::gemm_ptr(
+        m,
+        n,
+        k,
+        dst.0.add(view.off),
+        view.rs,
+        lhs,
+        lhs_rs,
+        lhs_cs,
+        rhs,
+        rhs_rs,
+        rhs_cs,
+        beta,
+    )
+}
+
+struct Grads<T> {
+    dq: Vec<T>,
+    dk: Vec<T>,
+    dv: Vec<T>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    w: &[T],
+    g: &[T],
+    d: Dims,
+    scale: T,
+    keep: Option<&[f32]>,
+) -> Grads<T> {
+    let Dims { n, l, dk, dv, .. } = d;
+    let mut dq = vec![T::zero(); q.len()];
+    let mut dkv = vec![T::zero(); k.len()];
+    let mut dvv = vec![T::zero(); v.len()];
+    let (dqp, dkp, dvp) = (
+        SharedMut::new(&mut dq),
+        SharedMut::new(&mut dkv),
+        SharedMut::new(&mut dvv),
+    );
+    (0..d.slices()).into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(gw, wd), s| {
+            let (qv, kv, vv, yv) = (
+                d.view(s, n, dk),
+                d.view(s, l, dk),
+                d.view(s, l, dv),
+                d.view(s, n, dv),
+            );
+            let (qs, ks, vs, gs) = (&q[qv.off..], &k[kv.off..], &v[vv.off..], &g[yv.off..]);
+            let ws = &w[s * n * l..(s + 1) * n * l];
+            gw.clear();
+            gw.resize(n * l, T::zero());
+            // g_w = g·vᵀ
+            gemm(
+                n,
+                l,
+                dv,
+                gw,
+                l,
+                gs,
+                yv.rs,
+                1,
+                vs,
+                1,
+                vv.rs,
+                T::one(),
+                false,
+                1,
+            );
+            let wdr: &[T] = match keep {
+                Some(kp) => {
+                    let kps = &kp[s * n * l..(s + 1) * n * l];
+                    for (x, &kk) in gw.iter_mut().zip(kps) {
+                        *x *= T::from_f64(kk as f64);
+                    }
+                    apply_keep(wd, ws, kps);
+                    wd
+                }
+                None => ws,
+            };
+            // SAFETY (all three): slice s writes only its own rows × columns (see SharedMut).
+            // dv = (w ⊙ keep)ᵀ·g
+            unsafe { gemm_into(dvp, vv, l, dv, n, wdr, 1, l, gs, yv.rs, 1, T::one()) };
+            // dz = w ⊙ (g_w − Σ g_w ⊙ w), in place
+            for (gr, wr) in gw.chunks_mut(l).zip(ws.chunks(l)) {
+                let c = dot(gr, wr);
+                for (x, &wv) in gr.iter_mut().zip(wr) {
+                    *x = wv * (*x - c);
+                }
+            }
+            // dq = s·dz·k,  dk = s·dzᵀ·q
+            unsafe { gemm_into(dqp, qv, n, dk, l, gw, l, 1, ks, kv.rs, 1, scale) };
+            unsafe { gemm_into(dkp, kv, l, dk, n, gw, 1, l, qs, qv.rs, 1, scale) };
+        },
+    );
+    Grads {
+        dq,
+        dk: dkv,
+        dv: dvv,
+    }
+}
+
+impl Attention {
+    fn fwd<T: Real>(
+        &self,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        d: Dims,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let keep = self.keep.as_deref().map(|k| k.as_slice());
+        let (y, w) = match &self.bias {
+            Some(b) => with_data::<T, _>(b, |bd| {
+                Ok(forward(q, k, v, d, T::from_f64(self.scale), Some(bd), keep))
+            })?,
+            None => forward(q, k, v, d, T::from_f64(self.scale), None, keep),
+        };
+        let w = Tensor::from_vec(w, (d.b, d.h, d.n, d.l), &candle_core::Device::Cpu)?;
+        *self.weights.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+        Ok((T::to_cpu_storage_owned(y), d.y_shape()))
+    }
+
+    fn bwd_t<T: Real>(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let d = dims(self.layout, q.shape(), k.shape(), v.shape())?;
+        let w = self
+            .weights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| candle_core::Error::Msg("fused attention: no forward pass".into()))?;
+        let keep = self.keep.as_deref().map(|k| k.as_slice());
+        let gr = with_data::<T, _>(q, |qd| {
+            with_data::<T, _>(k, |kd| {
+                with_data::<T, _>(v, |vd| {
+                    with_data::<T, _>(&w, |wd| {
+                        with_data::<T, _>(g, |gd| {
+                            Ok(backward(
+                                qd,
+                                kd,
+                                vd,
+                                wd,
+                                gd,
+                                d,
+                                T::from_f64(self.scale),
+                                keep,
+                            ))
+                        })
+                    })
+                })
+            })
+        })?;
+        Ok((
+            Tensor::from_vec(gr.dq, q.shape(), q.device())?,
+            Tensor::from_vec(gr.dk, k.shape(), k.device())?,
+            Tensor::from_vec(gr.dv, v.shape(), v.device())?,
+        ))
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = dims(self.layout, ql.shape(), kl.shape(), vl.shape())?;
+        match qs.dtype() {
+            DType::F32 => self.fwd(
+                slice::<f32>(qs, ql)?,
+                slice::<f32>(ks, kl)?,
+                slice::<f32>(vs, vl)?,
+                d,
+            ),
+            DType::F64 => self.fwd(
+                slice::<f64>(qs, ql)?,
+                slice::<f64>(ks, kl)?,
+                slice::<f64>(vs, vl)?,
+                d,
+            ),
+            dt => Err(candle_core::Error::UnsupportedDTypeForOp(
+                dt,
+                "fused-attention",
+            )),
+        }
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dq, dk, dv) = match q.dtype() {
+            DType::F32 => self.bwd_t::<f32>(q, k, v, grad)?,
+            DType::F64 => self.bwd_t::<f64>(q, k, v, grad)?,
+            dt => {
+                return Err(candle_core::Error::UnsupportedDTypeForOp(
+                    dt,
+                    "fused-attention",
+                ))
+            }
+        };
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// `(drop(softmax(scale·q·kᵀ + bias))·v, softmax(…))` for CPU f32/f64 tensors, fused per
+/// (batch, head) with its own backward.
+///
+/// With [`HeadLayout::Split`]: q `[B, h, n, d_k]`, k `[B, h, L, d_k]`, v `[B, h, L, d_v]` →
+/// y `[B, h, n, d_v]`; with [`HeadLayout::Merged`]: q `[B, n, h·d_k]`, k `[B, L, h·d_k]`,
+/// v `[B, L, h·d_v]` → y `[B, n, h·d_v]`. `bias` is a constant `[B, 1, 1, L]` (or `[B, L]`) key
+/// bias; `keep` a dropout keep-mask of `B·h·n·L` values (`0` or `1/(1−p)`). The weights
+/// `[B, h, n, L]` come back detached (no gradient flows through them). Returns `None` when the
+/// kernel does not apply (not CPU f32/f64, switched off, or shapes it does not handle), so that
+/// the caller can take its composite path.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+    scale: f64,
+    bias: Option<&Tensor>,
+    keep: Option<Vec<f32>>,
+) -> candle_core::Result<Option<(Tensor, Tensor)>> {
+    let rank = match layout {
+        HeadLayout::Split => 4,
+        HeadLayout::Merged { .. } => 3,
+    };
+    if !super::enabled("attention", q) || [q, k, v].iter().any(|t| t.rank() != rank) {
+        return Ok(None);
+    }
+    if [k, v]
+        .iter()
+        .any(|t| t.dtype() != q.dtype() || !t.device().same_device(q.device()))
+    {
+        return Ok(None);
+    }
+    let d = match dims(layout, q.shape(), k.shape(), v.shape()) {
+        Ok(d) => d,
+        Err(_) => return Ok(None),
+    };
+    let bias = match bias {
+        None => None,
+        Some(b) => {
+            if b.elem_count() != d.b * d.l || b.dim(0)? != d.b || b.dtype() != q.dtype() {
+                return Ok(None);
+            }
+            Some(b.detach().reshape((d.b, d.l))?.contiguous()?)
+        }
+    };
+    if keep
+        .as_ref()
+        .is_some_and(|k| k.len() != d.slices() * d.n * d.l)
+    {
+        return Ok(None);
+    }
+    let weights = Arc::new(Mutex::new(None));
+    let op = Attention {
+        layout,
+        scale,
+        bias,
+        keep: keep.map(Arc::new),
+        weights: weights.clone(),
+    };
+    let y = q
+        .contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?;
+    let w = weights
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .ok_or_else(|| candle_core::Error::Msg("fused attention: no weights".into()))?;
+    Ok(Some((y, w)))
+}

@@ -1,0 +1,305 @@
+//! `y = x·Wᵀ + b` over the last dimension as one gemm with the bias folded in, and its
+//! backward as two gemms and a column sum:
+//!
+//! ```text
+//! dx = g·W,   dW = gᵀ·x,   db = Σ_rows g
+//! ```
+//!
+//! x `[…, in]` is read as an `N × in` matrix (so the weight gradient is one gemm over all
+//! `N` rows instead of Candle's batched matmul against a broadcast weight followed by a sum
+//! over the batch), W `[out, in]` is read transposed in place, and the bias gradient is one
+//! pass instead of Candle's strided reduction over the broadcast dimensions.
+
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor,
+};
+use rayon::prelude::*;
+
+use super::{gemm, slice, with_data, Real};
+
+#[derive(Clone, Copy, Debug)]
+struct Linear {
+    threads: usize,
+}
+
+fn out_shape(x: &Shape, w: &Shape) -> candle_core::Result<(usize, usize, usize, Shape)> {
+    let (out, inp) = w.dims2()?;
+    let xd = x.dims();
+    if xd.is_empty() || xd[xd.len() - 1] != inp {
+        return Err(candle_core::Error::Msg(format!(
+            "fused linear: input {x:?} does not end in the weight's {inp} columns"
+        )));
+    }
+    let mut yd = xd.to_vec();
+    *yd.last_mut().expect("rank ≥ 1") = out;
+    Ok((x.elem_count() / inp, inp, out, Shape::from(yd)))
+}
+
+fn forward<T: Real>(
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    rows: usize,
+    inp: usize,
+    out: usize,
+    threads: usize,
+) -> Vec<T> {
+    let mut y = match b {
+        Some(b) => {
+            let mut y = Vec::with_capacity(rows * out);
+            for _ in 0..rows {
+                y.extend_from_slice(b);
+            }
+            y
+        }
+        None => vec![T::zero(); rows * out],
+    };
+    gemm(
+        rows,
+        out,
+        inp,
+        &mut y,
+        out,
+        x,
+        inp,
+        1,
+        w,
+        1,
+        inp,
+        T::one(),
+        b.is_some(),
+        threads,
+    );
+    y
+}
+
+/// Column sums of a `rows × cols` matrix.
+fn column_sums<T: Real>(g: &[T], cols: usize) -> Vec<T> {
+    let chunk_rows = (65536 / cols.max(1)).max(1);
+    g.par_chunks(chunk_rows * cols)
+        .map(|c| {
+            let mut acc = vec![T::zero(); cols];
+            for row in c.chunks(cols) {
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+            acc
+        })
+        .reduce(|| vec![T::zero(); cols], super::add_vecs)
+}
+
+impl Linear {
+    fn fwd<T: Real>(
+        &self,
+        x: &[T],
+        xl: &Layout,
+        w: &[T],
+        wl: &Layout,
+        b: Option<&[T]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, inp, out, shape) = out_shape(xl.shape(), wl.shape())?;
+        if b.is_some_and(|b| b.len() != out) {
+            return Err(candle_core::Error::Msg(format!(
+                "fused linear: bias length differs from the weight's {out} rows"
+            )));
+        }
+        let y = forward(x, w, b, rows, inp, out, self.threads);
+        Ok((T::to_cpu_storage_owned(y), shape))
+    }
+
+    fn dispatch_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        b: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        match xs.dtype() {
+            DType::F32 => {
+                let b = b.map(|(s, l)| slice::<f32>(s, l)).transpose()?;
+                self.fwd(slice::<f32>(xs, xl)?, xl, slice::<f32>(ws, wl)?, wl, b)
+            }
+            DType::F64 => {
+                let b = b.map(|(s, l)| slice::<f64>(s, l)).transpose()?;
+                self.fwd(slice::<f64>(xs, xl)?, xl, slice::<f64>(ws, wl)?, wl, b)
+            }
+            dt => Err(candle_core::Error::UnsupportedDTypeForOp(
+                dt,
+                "fused-linear",
+            )),
+        }
+    }
+
+    /// (dx, dW, db) for the arguments that track a gradient.
+    #[allow(clippy::type_complexity)]
+    fn bwd_t<T: Real>(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (rows, inp, out, _) = out_shape(x.shape(), w.shape())?;
+        let threads = self.threads;
+        with_data::<T, _>(g, |gd| {
+            let dx = if x.track_op() {
+                let dx = with_data::<T, _>(w, |wd| {
+                    let mut dx = vec![T::zero(); rows * inp];
+                    gemm(
+                        rows,
+                        inp,
+                        out,
+                        &mut dx,
+                        inp,
+                        gd,
+                        out,
+                        1,
+                        wd,
+                        inp,
+                        1,
+                        T::one(),
+                        false,
+                        threads,
+                    );
+                    Ok(dx)
+                })?;
+                Some(Tensor::from_vec(dx, x.shape(), x.device())?)
+            } else {
+                None
+            };
+            let dw = if w.track_op() {
+                let dw = with_data::<T, _>(x, |xd| {
+                    let mut dw = vec![T::zero(); out * inp];
+                    gemm(
+                        out,
+                        inp,
+                        rows,
+                        &mut dw,
+                        inp,
+                        gd,
+                        1,
+                        out,
+                        xd,
+                        inp,
+                        1,
+                        T::one(),
+                        false,
+                        threads,
+                    );
+                    Ok(dw)
+                })?;
+                Some(Tensor::from_vec(dw, w.shape(), w.device())?)
+            } else {
+                None
+            };
+            let db = match b {
+                Some(b) if b.track_op() => Some(Tensor::from_vec(
+                    column_sums(gd, out),
+                    b.shape(),
+                    b.device(),
+                )?),
+                _ => None,
+            };
+            Ok((dx, dw, db))
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn dispatch_bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        match x.dtype() {
+            DType::F32 => self.bwd_t::<f32>(x, w, b, g),
+            DType::F64 => self.bwd_t::<f64>(x, w, b, g),
+            dt => Err(candle_core::Error::UnsupportedDTypeForOp(
+                dt,
+                "fused-linear",
+            )),
+        }
+    }
+}
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.dispatch_fwd(xs, xl, ws, wl, None)
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = self.dispatch_bwd(x, w, None, grad)?;
+        Ok((dx, dw))
+    }
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "fused-linear-bias"
+    }
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.dispatch_fwd(xs, xl, ws, wl, Some((bs, bl)))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        self.dispatch_bwd(x, w, Some(b), grad)
+    }
+}
+
+/// `x·Wᵀ + b` over the last dimension of a CPU f32/f64 tensor, W `[out, in]`, b `[out]`,
+/// as one gemm with a hand-written backward. Returns `None` when the kernel does not apply
+/// (not CPU f32/f64, switched off, or mismatched dtypes), so that the caller can take
+/// Candle's matmul path.
+pub fn linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
+    if !super::enabled("linear", x) || x.rank() == 0 {
+        return Ok(None);
+    }
+    let same = |t: &Tensor| t.dtype() == x.dtype() && t.device().same_device(x.device());
+    if !same(weight) || !bias.is_none_or(same) {
+        return Ok(None);
+    }
+    let op = Linear {
+        threads: candle_core::utils::get_num_threads(),
+    };
+    let x = x.contiguous()?;
+    let w = weight.contiguous()?;
+    Ok(Some(match bias {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op)?,
+        None => x.apply_op2(&w, op)?,
+    }))
+}

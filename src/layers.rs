@@ -221,6 +221,24 @@ impl FeedForward {
 
 impl ModuleT for FeedForward {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        // CPU f32 / f64: the whole FFN (both layers, the GELU and the hidden dropout) as one
+        // fused op, the biases riding along as an extra weight column.
+        if let (Some(b1), Some(b2)) = (self.fc1.bias(), self.fc2.bias()) {
+            if crate::kernels::enabled("ffn", x) {
+                let with_bias = |w: &Tensor, b: &Tensor| -> candle_core::Result<Tensor> {
+                    Tensor::cat(&[w, &b.to_dtype(w.dtype())?.unsqueeze(1)?], 1)
+                };
+                let w1b = with_bias(self.fc1.weight(), b1)?;
+                let w2b = with_bias(self.fc2.weight(), b2)?;
+                let f = self.fc1.weight().dim(0)?;
+                let keep = self
+                    .drop
+                    .keep_mask(x.elem_count() / x.dim(candle_core::D::Minus1)? * f, train);
+                if let Some(y) = crate::kernels::ffn(x, &w1b, &w2b, keep)? {
+                    return self.drop.forward_t(&y, train);
+                }
+            }
+        }
         // CPU f32 / f64: fc1's bias add and the GELU as one fused kernel with its own backward.
         if let Some(b1) = self
             .fc1

@@ -446,6 +446,61 @@ fn linear_matches_matmul_with_and_without_bias() {
 }
 
 #[test]
+fn ffn_matches_composite_with_and_without_dropout() {
+    let (rows, d, f) = (7usize, 5usize, 9usize);
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 2e-5)] {
+        let x = Var::from_tensor(&randn(&[1, rows, d], 51, dtype)).unwrap();
+        let w1 = Var::from_tensor(&randn(&[f, d], 52, dtype)).unwrap();
+        let b1 = Var::from_tensor(&randn(&[f], 53, dtype)).unwrap();
+        let w2 = Var::from_tensor(&randn(&[d, f], 54, dtype)).unwrap();
+        let b2 = Var::from_tensor(&randn(&[d], 55, dtype)).unwrap();
+        let r = randn(&[1, rows, d], 56, dtype);
+        let keep: Vec<f32> = (0..rows * f)
+            .map(|i| if (i * 5) % 3 == 0 { 0.0 } else { 1.5 })
+            .collect();
+        let keep_t = Tensor::from_vec(keep.clone(), (1, rows, f), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let vars = [&x, &w1, &b1, &w2, &b2];
+        for with_keep in [false, true] {
+            let (yf, gf) = grads(&vars, &r, || {
+                let cat = |w: &Var, b: &Var| {
+                    Tensor::cat(&[w.as_tensor(), &b.as_tensor().unsqueeze(1).unwrap()], 1).unwrap()
+                };
+                kernels::ffn(
+                    x.as_tensor(),
+                    &cat(&w1, &b1),
+                    &cat(&w2, &b2),
+                    with_keep.then(|| keep.clone()),
+                )
+                .unwrap()
+                .expect("fused")
+            });
+            let (yc, gc) = grads(&vars, &r, || {
+                let lin = |x: &Tensor, w: &Var, b: &Var| {
+                    x.broadcast_matmul(&w.as_tensor().t().unwrap())
+                        .unwrap()
+                        .broadcast_add(b.as_tensor())
+                        .unwrap()
+                };
+                // exact GELU from erf (Candle's gelu_erf backward rounds 1/√(2π))
+                let z = lin(x.as_tensor(), &w1, &b1);
+                let cdf = ((&z / 2f64.sqrt()).unwrap().erf().unwrap() + 1.0).unwrap();
+                let a = ((&z * 0.5).unwrap() * cdf).unwrap();
+                let a = if with_keep { (a * &keep_t).unwrap() } else { a };
+                lin(&a, &w2, &b2)
+            });
+            let what = format!("{dtype:?} keep={with_keep}");
+            assert!(max_diff(&yf, &yc) < tol, "{what}: values");
+            for (i, name) in ["dx", "dW1", "db1", "dW2", "db2"].iter().enumerate() {
+                assert!(max_diff(&gf[i], &gc[i]) < tol, "{what}: {name}");
+            }
+        }
+    }
+}
+
+#[test]
 fn kernels_decline_what_they_do_not_cover() {
     let x = randn(&[2, 3, 4], 15, DType::F16);
     assert!(

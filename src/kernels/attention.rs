@@ -199,8 +199,8 @@ fn forward<T: Real>(
     let Dims {
         h, n, l, dk, dv, ..
     } = d;
-    let mut w = vec![T::zero(); d.slices() * n * l];
-    let mut y = vec![T::zero(); d.slices() * n * dv];
+    let mut w = super::zeros(d.slices() * n * l);
+    let mut y = super::zeros(d.slices() * n * dv);
     let yp = SharedMut::new(&mut y);
     w.par_chunks_mut(n * l)
         .enumerate()
@@ -285,9 +285,9 @@ fn backward<T: Real>(
     keep: Option<&[f32]>,
 ) -> Grads<T> {
     let Dims { n, l, dk, dv, .. } = d;
-    let mut dq = vec![T::zero(); q.len()];
-    let mut dkv = vec![T::zero(); k.len()];
-    let mut dvv = vec![T::zero(); v.len()];
+    let mut dq = super::zeros(q.len());
+    let mut dkv = super::zeros(k.len());
+    let mut dvv = super::zeros(v.len());
     let (dqp, dkp, dvp) = (
         SharedMut::new(&mut dq),
         SharedMut::new(&mut dkv),

@@ -46,7 +46,7 @@ impl ConvTime {
         dh: usize,
         transpose: bool,
     ) -> Vec<T> {
-        let mut y = vec![T::zero(); x.len()];
+        let mut y = super::zeros(x.len());
         let slab = len * dh;
         y.par_chunks_mut(slab)
             .zip(x.par_chunks(slab))
@@ -258,7 +258,7 @@ impl ConvMerged {
         transpose: bool,
     ) -> Vec<T> {
         let dh = d / self.heads;
-        let mut y = vec![T::zero(); x.len()];
+        let mut y = super::zeros(x.len());
         let rpt = super::rows_per_task(d * k);
         y.par_chunks_mut(rpt * d).enumerate().for_each(|(ci, yc)| {
             for (ri, yr) in yc.chunks_mut(d).enumerate() {

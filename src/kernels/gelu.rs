@@ -12,13 +12,13 @@ use super::{rows_per_task, slice, with_data, Real};
 struct BiasGelu;
 
 #[inline]
-fn gelu<T: Real>(z: T) -> T {
+pub(crate) fn gelu<T: Real>(z: T) -> T {
     let half = T::from_f64(0.5);
     (T::one() + (z * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf()) * half * z
 }
 
 #[inline]
-fn gelu_grad<T: Real>(z: T) -> T {
+pub(crate) fn gelu_grad<T: Real>(z: T) -> T {
     let half = T::from_f64(0.5);
     let cdf = (T::one() + (z * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf()) * half;
     let pdf = (-(z * z) * half).exp_fast() * T::from_f64(0.398_942_280_401_432_7);
@@ -27,7 +27,7 @@ fn gelu_grad<T: Real>(z: T) -> T {
 
 fn forward<T: Real>(h: &[T], b: &[T]) -> Vec<T> {
     let f = b.len();
-    let mut y = vec![T::zero(); h.len()];
+    let mut y = super::zeros(h.len());
     let rpt = rows_per_task(f);
     y.par_chunks_mut(f * rpt)
         .zip(h.par_chunks(f * rpt))
@@ -43,7 +43,7 @@ fn forward<T: Real>(h: &[T], b: &[T]) -> Vec<T> {
 
 fn backward<T: Real>(h: &[T], b: &[T], g: &[T]) -> (Vec<T>, Vec<T>) {
     let f = b.len();
-    let mut dh = vec![T::zero(); h.len()];
+    let mut dh = super::zeros(h.len());
     let rpt = rows_per_task(f);
     let db = dh
         .par_chunks_mut(f * rpt)

@@ -38,7 +38,7 @@ fn stats<T: Real>(xr: &[T], eps: T) -> (T, T) {
 fn forward<T: Real>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
     let d = w.len();
     let eps = T::from_f64(eps);
-    let mut y = vec![T::zero(); x.len()];
+    let mut y = super::zeros(x.len());
     let rpt = rows_per_task(d);
     y.par_chunks_mut(d * rpt)
         .zip(x.par_chunks(d * rpt))
@@ -58,7 +58,7 @@ fn backward<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
     let d = w.len();
     let eps = T::from_f64(eps);
     let inv_d = T::one() / T::from_f64(d as f64);
-    let mut dx = vec![T::zero(); x.len()];
+    let mut dx = super::zeros(x.len());
     let rpt = rows_per_task(d);
     let dwb = dx
         .par_chunks_mut(d * rpt)

@@ -35,25 +35,23 @@ fn out_shape(x: &Shape, w: &Shape) -> candle_core::Result<(usize, usize, usize, 
     Ok((x.elem_count() / inp, inp, out, Shape::from(yd)))
 }
 
-fn forward<T: Real>(
+/// `x·Wᵀ + b` for `x` `rows × inp` and W `out × inp` stored with row stride `w_rs`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward<T: Real>(
     x: &[T],
     w: &[T],
+    w_rs: usize,
     b: Option<&[T]>,
     rows: usize,
     inp: usize,
     out: usize,
     threads: usize,
 ) -> Vec<T> {
-    let mut y = match b {
-        Some(b) => {
-            let mut y = Vec::with_capacity(rows * out);
-            for _ in 0..rows {
-                y.extend_from_slice(b);
-            }
-            y
-        }
-        None => vec![T::zero(); rows * out],
-    };
+    let mut y = super::zeros(rows * out);
+    if let Some(b) = b {
+        y.par_chunks_mut(out * super::rows_per_task(out))
+            .for_each(|c| c.chunks_mut(out).for_each(|r| r.copy_from_slice(b)));
+    }
     gemm(
         rows,
         out,
@@ -65,7 +63,7 @@ fn forward<T: Real>(
         1,
         w,
         1,
-        inp,
+        w_rs,
         T::one(),
         b.is_some(),
         threads,
@@ -74,7 +72,7 @@ fn forward<T: Real>(
 }
 
 /// Column sums of a `rows × cols` matrix.
-fn column_sums<T: Real>(g: &[T], cols: usize) -> Vec<T> {
+pub(crate) fn column_sums<T: Real>(g: &[T], cols: usize) -> Vec<T> {
     let chunk_rows = (65536 / cols.max(1)).max(1);
     g.par_chunks(chunk_rows * cols)
         .map(|c| {
@@ -104,7 +102,7 @@ impl Linear {
                 "fused linear: bias length differs from the weight's {out} rows"
             )));
         }
-        let y = forward(x, w, b, rows, inp, out, self.threads);
+        let y = forward(x, w, inp, b, rows, inp, out, self.threads);
         Ok((T::to_cpu_storage_owned(y), shape))
     }
 
@@ -146,7 +144,7 @@ impl Linear {
         with_data::<T, _>(g, |gd| {
             let dx = if x.track_op() {
                 let dx = with_data::<T, _>(w, |wd| {
-                    let mut dx = vec![T::zero(); rows * inp];
+                    let mut dx = super::zeros(rows * inp);
                     gemm(
                         rows,
                         inp,

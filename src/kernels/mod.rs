@@ -13,6 +13,7 @@
 
 mod attention;
 mod conv;
+mod ffn;
 mod gelu;
 mod layer_norm;
 mod linear;
@@ -20,12 +21,14 @@ mod softmax;
 
 pub use attention::{attention, HeadLayout};
 pub use conv::{conv_time, conv_time_merged};
+pub use ffn::ffn;
 pub use gelu::bias_gelu;
 pub use layer_norm::layer_norm;
 pub use linear::linear;
 pub use softmax::softmax_scaled;
 
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, WithDType};
+use rayon::prelude::*;
 
 /// Element types the fused kernels implement.
 pub(crate) trait Real: WithDType + num_traits::Float {
@@ -327,6 +330,28 @@ unsafe fn gemm_raw<T: Real>(
     )
 }
 
+/// A zeroed buffer of `n` elements, zeroed in parallel: a serial `vec![0; n]` of an output
+/// (tens of MB in attention) would leave the other threads idle while the calling thread
+/// writes it and takes its page faults.
+pub(crate) fn zeros<T: Real>(n: usize) -> Vec<T> {
+    const CHUNK: usize = 1 << 16;
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    if n < CHUNK {
+        v.resize(n, T::zero());
+        return v;
+    }
+    v.spare_capacity_mut()[..n]
+        .par_chunks_mut(CHUNK)
+        .for_each(|c| {
+            for x in c {
+                x.write(T::zero());
+            }
+        });
+    // SAFETY: the loop above initialised all n elements.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// `a + b` elementwise, reusing `a` (the reduction step of per-task partial sums).
 pub(crate) fn add_vecs<T: Real>(mut a: Vec<T>, b: Vec<T>) -> Vec<T> {
     for (x, y) in a.iter_mut().zip(b) {
@@ -343,7 +368,7 @@ pub(crate) fn rows_per_task(row_len: usize) -> usize {
 /// True where the fused kernels apply: a CPU tensor of f32 or f64.
 ///
 /// `CONVLUNA_NO_FUSED=1` (or `all`) forces the composite ops everywhere, and a comma-separated
-/// list of `attention`, `linear`, `softmax`, `layer_norm`, `gelu`, `conv` switches off single kernels; this exists to
+/// list of `attention`, `linear`, `ffn`, `softmax`, `layer_norm`, `gelu`, `conv` switches off single kernels; this exists to
 /// measure what each kernel buys (BENCHMARKS.md).
 pub fn fusable(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
@@ -365,7 +390,7 @@ pub(crate) fn enabled(kernel: &str, t: &Tensor) -> bool {
     // With MKL or Accelerate, Candle's matmul is the vendor BLAS; keep it for the kernels
     // that are mostly gemm.
     let blas = cfg!(any(feature = "mkl", feature = "accelerate"));
-    if blas && matches!(kernel, "attention" | "linear") {
+    if blas && matches!(kernel, "attention" | "linear" | "ffn") {
         return false;
     }
     fusable(t) && !off.iter().any(|o| o == kernel || o == "all" || o == "1")

@@ -20,7 +20,7 @@ struct Softmax {
 }
 
 fn forward<T: Real>(x: &[T], n: usize, scale: T, bias: Option<(&[T], usize)>) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
+    let mut y = super::zeros(x.len());
     let rpt = rows_per_task(n);
     y.par_chunks_mut(n * rpt)
         .zip(x.par_chunks(n * rpt))
@@ -54,7 +54,7 @@ fn forward<T: Real>(x: &[T], n: usize, scale: T, bias: Option<(&[T], usize)>) ->
 
 /// `dx = s · y ⊙ (g − Σ g ⊙ y)` and, with `x`, `ds = Σ (y ⊙ (g − Σ g ⊙ y)) ⊙ x`.
 fn backward<T: Real>(y: &[T], g: &[T], x: Option<&[T]>, n: usize, scale: T) -> (Vec<T>, f64) {
-    let mut dx = vec![T::zero(); y.len()];
+    let mut dx = super::zeros(y.len());
     let rpt = rows_per_task(n);
     let ds = dx
         .par_chunks_mut(n * rpt)

@@ -100,7 +100,8 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
     let x = x.clamp(-87.3, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND; // n + 1.5·2²³: its low mantissa bits hold n
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -109,7 +110,10 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2ⁿ from t's bits with integer ops (n ∈ [−126, 127] after the clamp): `n as i32` would
+    // be a saturating scalar conversion per lane and stop the loop from vectorising.
+    let e = t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23;
+    y * f32::from_bits(e)
 }
 
 /// `Σ a_i b_i` with eight independent accumulators (so that it vectorises).

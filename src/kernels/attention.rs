@@ -199,12 +199,14 @@ fn forward<T: Real>(
     let Dims {
         h, n, l, dk, dv, ..
     } = d;
-    let mut w = super::zeros(d.slices() * n * l);
+    let total = d.slices() * n * l;
+    let mut w: Vec<T> = Vec::with_capacity(total);
     let mut y = super::zeros(d.slices() * n * dv);
     let yp = SharedMut::new(&mut y);
-    w.par_chunks_mut(n * l)
+    w.spare_capacity_mut()[..total]
+        .par_chunks_mut(n * l)
         .enumerate()
-        .for_each_init(Vec::new, |scratch, (s, ws)| {
+        .for_each_init(Vec::new, |scratch, (s, wu)| {
             let (qv, kv, vv, yv) = (
                 d.view(s, n, dk),
                 d.view(s, l, dk),
@@ -212,8 +214,15 @@ fn forward<T: Real>(
                 d.view(s, n, dv),
             );
             let (qs, ks, vs) = (&q[qv.off..], &k[kv.off..], &v[vv.off..]);
-            // z = s·q·kᵀ   (kᵀ read through strides)
-            gemm(n, l, dk, ws, l, qs, qv.rs, 1, ks, 1, kv.rs, scale, false, 1);
+            // z = s·q·kᵀ (kᵀ read through strides), written straight into the uninitialised
+            // weights: no zero fill of the largest buffer of the step.
+            let wp = wu.as_mut_ptr().cast::<T>();
+            // SAFETY: `wu` holds n·l elements and gemm_ptr writes every one of them (it never
+            // reads dst), so the chunk is initialised when the slice is formed.
+            let ws: &mut [T] = unsafe {
+                super::gemm_ptr(n, l, dk, wp, l, qs, qv.rs, 1, ks, 1, kv.rs, scale);
+                std::slice::from_raw_parts_mut(wp, wu.len())
+            };
             softmax_rows(ws, l, bias.map(|b| &b[(s / h) * l..(s / h + 1) * l]));
             let wd: &[T] = match keep {
                 Some(kp) => {
@@ -225,6 +234,8 @@ fn forward<T: Real>(
             // SAFETY: slice s writes only its own rows × columns of y (see SharedMut).
             unsafe { gemm_into(yp, yv, n, dv, l, wd, l, 1, vs, vv.rs, 1, T::one()) };
         });
+    // SAFETY: every chunk of the first `total` elements was written above.
+    unsafe { w.set_len(total) };
     (y, w)
 }
 
@@ -509,8 +520,8 @@ pub fn attention(
         return Ok(None);
     }
     let d = match dims(layout, q.shape(), k.shape(), v.shape()) {
-        Ok(d) => d,
-        Err(_) => return Ok(None),
+        Ok(d) if d.b * d.h * d.n * d.l * d.dk * d.dv > 0 => d,
+        _ => return Ok(None),
     };
     let bias = match bias {
         None => None,

@@ -1,5 +1,20 @@
-//! Fused CPU kernels with their own backward, for the hot spots of training: the attention
-//! softmax (with its logit scale and key bias), LayerNorm and the stride-1 time filter.
+//! Fused CPU kernels with their own backward, for the hot spots of training:
+//!
+//! - [`attention`]: `drop(softmax(s·q·kᵀ + bias))·v` per (batch, head) slice, gemm → softmax
+//!   → gemm while the slice's logits are in cache, reading the heads in place from the
+//!   model-dimension layout ([`HeadLayout::Merged`]) so that no head split or merge is copied;
+//! - [`linear`] and [`ffn`]: `x·Wᵀ + b` as one gemm over all rows, and the whole feed-forward
+//!   network (both layers, GELU, hidden dropout) as one op;
+//! - [`conv_time`] / [`conv_time_merged`]: ConvLuna's stride-1 time filter (the latter on the
+//!   model-dimension layout with the key-padding mask folded in);
+//! - [`layer_norm`], [`bias_gelu`] and [`softmax_scaled`] (the softmax with its logit scale
+//!   and key bias, for callers that keep the logits).
+//!
+//! Fewer, larger ops also matter because Candle's autograd accumulates every gradient into a
+//! fresh zero-filled tensor (a memset and an add per input of every op); one op in place of
+//! several removes those passes over the intermediates. The gemms call the `gemm` crate
+//! (Candle's own CPU matmul) directly; with the `mkl` or `accelerate` features the gemm-based
+//! kernels stand aside so that Candle's vendor-BLAS matmul is used.
 //!
 //! Each kernel is a Candle custom op whose `cpu_fwd` handles contiguous f32 / f64 tensors and
 //! whose `bwd` is written by hand (checked by `tests/gradcheck.rs` in f64 and by

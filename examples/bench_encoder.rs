@@ -304,7 +304,13 @@ fn plot(a: &Args) -> anyhow::Result<()> {
                 panels.len() - 1
             }
         };
-        let mut s = Series::new(format!("{imp}: {fam}"), pts);
+        // "luna" for convluna's lines, "luna (torch)" for the PyTorch reference's
+        let label = if imp == "pytorch" {
+            format!("{fam} (torch)")
+        } else {
+            fam.clone()
+        };
+        let mut s = Series::new(label, pts);
         s.dashed = imp == "pytorch";
         panels[idx].series.push(s);
     }

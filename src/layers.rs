@@ -224,16 +224,18 @@ impl ModuleT for FeedForward {
         // CPU f32 / f64: the whole FFN (both layers, the GELU and the hidden dropout) as one
         // fused op, the biases riding along as an extra weight column.
         if let (Some(b1), Some(b2)) = (self.fc1.bias(), self.fc2.bias()) {
-            if crate::kernels::enabled("ffn", x) {
+            // (only where the kernel will accept the shapes, so that the dropout stream is
+            // drawn once either way)
+            let d = x.dims().last().copied().unwrap_or(0);
+            let (f, d_in) = self.fc1.weight().dims2()?;
+            let shapes_fit = d > 0 && d == d_in && self.fc2.weight().dims() == [d, f];
+            if crate::kernels::enabled("ffn", x) && shapes_fit {
                 let with_bias = |w: &Tensor, b: &Tensor| -> candle_core::Result<Tensor> {
                     Tensor::cat(&[w, &b.to_dtype(w.dtype())?.unsqueeze(1)?], 1)
                 };
                 let w1b = with_bias(self.fc1.weight(), b1)?;
                 let w2b = with_bias(self.fc2.weight(), b2)?;
-                let f = self.fc1.weight().dim(0)?;
-                let keep = self
-                    .drop
-                    .keep_mask(x.elem_count() / x.dim(candle_core::D::Minus1)? * f, train);
+                let keep = self.drop.keep_mask(x.elem_count() / d * f, train);
                 if let Some(y) = crate::kernels::ffn(x, &w1b, &w2b, keep)? {
                     return self.drop.forward_t(&y, train);
                 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use super::error::{clip, DataError, Location};
 use super::io::{for_each_line, write_file};
 use super::rng::Rng;
-use super::{index_error, Dataset, Example, Sequence, Splits, Subset};
+use super::{index_error, split_contiguous, Dataset, Example, Sequence, Splits};
 use crate::error::{Error, Result};
 
 /// Id of `[MIN`.
@@ -625,24 +625,8 @@ impl ListOpsDataset {
         max_len: usize,
     ) -> Result<Splits> {
         let all = Arc::new(Self::try_generated(cfg, train + val + test, seed, max_len)?);
-        let name = "listops (generated)";
-        Ok(Splits {
-            train: Arc::new(Subset::new(
-                all.clone(),
-                (0..train).collect(),
-                format!("{name} [train]"),
-            )),
-            val: Arc::new(Subset::new(
-                all.clone(),
-                (train..train + val).collect(),
-                format!("{name} [val]"),
-            )),
-            test: Arc::new(Subset::new(
-                all,
-                (train + val..train + val + test).collect(),
-                format!("{name} [test]"),
-            )),
-        })
+        // consecutive parts of exactly train, val and test examples
+        Ok(split_contiguous(all, (train, val, test)))
     }
 
     /// `train + val + test` distinct trees split in that order (no tree is in two splits); the

@@ -32,7 +32,7 @@ use super::error::{DataError, Location};
 use super::io::{for_each_line, write_file};
 use super::rng::{sin_cos_deg, Rng};
 use super::{
-    ensure_nonempty, index_error, split_order, Dataset, Example, Sequence, Splits, Subset,
+    ensure_nonempty, index_error, split_contiguous, split_order, Dataset, Example, Sequence, Splits,
 };
 use crate::error::{Error, Result};
 
@@ -764,24 +764,8 @@ impl PathfinderDataset {
         seed: u64,
     ) -> Result<Splits> {
         let all = Arc::new(Self::try_generated(cfg, train + val + test, seed)?);
-        let name = cfg.name();
-        Ok(Splits {
-            train: Arc::new(Subset::new(
-                all.clone(),
-                (0..train).collect(),
-                format!("{name} [train]"),
-            )),
-            val: Arc::new(Subset::new(
-                all.clone(),
-                (train..train + val).collect(),
-                format!("{name} [val]"),
-            )),
-            test: Arc::new(Subset::new(
-                all,
-                (train + val..train + val + test).collect(),
-                format!("{name} [test]"),
-            )),
-        })
+        // consecutive parts of exactly train, val and test examples
+        Ok(split_contiguous(all, (train, val, test)))
     }
 
     /// [`Self::try_generate_splits`] for a configuration known to be valid.

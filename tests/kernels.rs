@@ -4,39 +4,13 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 use convluna::kernels;
 
-fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
-    // deterministic pseudo-random values without touching Candle's unseedable generator
-    let n: usize = shape.iter().product();
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let v: Vec<f64> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 11) as f64 / (1u64 << 53) as f64) * 4.0 - 2.0
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
+mod common;
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
+use common::max_abs_diff as max_diff;
+
+/// Deterministic inputs in [−2, 2] (twice the range of the shared generator), on the CPU.
+fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    (common::randn(shape, seed, dtype, &Device::Cpu) * 2.0).unwrap()
 }
 
 /// Gradients of `Σ f(vars) ⊙ r` for each var.

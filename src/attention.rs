@@ -70,13 +70,8 @@ pub fn attend_scaled(
         return Ok(r);
     }
     let logits = q.matmul(&k.t()?)?;
-    let fused = match scale {
-        LogitScale::Constant(c) => crate::kernels::softmax_scaled(&logits, Ok(*c), bias)?,
-        LogitScale::LogTemperature(tau) => {
-            let s = tau.to_dtype(logits.dtype())?.neg()?.exp()?;
-            crate::kernels::softmax_scaled(&logits, Err(&s), bias)?
-        }
-    };
+    let factor = scale.factor(logits.dtype())?;
+    let fused = crate::kernels::softmax_scaled(&logits, factor.as_ref().copied(), bias)?;
     let w = match fused {
         Some(w) => w,
         None => {
@@ -150,10 +145,9 @@ fn fused(
     };
     let keep = dropout.keep_mask(b * h * n * l, train);
     use crate::kernels::attention as kernel;
-    Ok(match scale {
-        LogitScale::Constant(c) => kernel(q, k, v, layout, *c, bias, keep)?,
-        LogitScale::LogTemperature(tau) => {
-            let s = tau.to_dtype(q.dtype())?.neg()?.exp()?;
+    Ok(match scale.factor(q.dtype())? {
+        Ok(c) => kernel(q, k, v, layout, c, bias, keep)?,
+        Err(s) => {
             if n <= l {
                 kernel(&q.broadcast_mul(&s)?, k, v, layout, 1.0, bias, keep)?
             } else {

@@ -31,15 +31,24 @@ impl LogitScale {
         })
     }
 
+    /// `s` as `Ok(c)` for a constant, or `Err(exp(−τ))`, a `[1]` tensor in `dtype` through
+    /// which the gradient reaches τ: the form the fused kernels take.
+    pub(crate) fn factor(
+        &self,
+        dtype: candle_core::DType,
+    ) -> Result<std::result::Result<f64, Tensor>> {
+        Ok(match self {
+            LogitScale::Constant(c) => Ok(*c),
+            LogitScale::LogTemperature(tau) => Err(tau.to_dtype(dtype)?.neg()?.exp()?),
+        })
+    }
+
     /// `logits · s`.
     pub fn apply(&self, logits: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            LogitScale::Constant(c) if *c == 1.0 => logits.clone(),
-            LogitScale::Constant(c) => (logits * *c)?,
-            LogitScale::LogTemperature(tau) => {
-                let s = tau.to_dtype(logits.dtype())?.neg()?.exp()?;
-                logits.broadcast_mul(&s)?
-            }
+        Ok(match self.factor(logits.dtype())? {
+            Ok(c) if c == 1.0 => logits.clone(),
+            Ok(c) => (logits * c)?,
+            Err(s) => logits.broadcast_mul(&s)?,
         })
     }
 

@@ -6,7 +6,7 @@
 //! `cpu/encoder-train/convluna-m256/L=4096`, so runs on different devices never mix.
 //!
 //! ```text
-//! cargo bench --bench layers                             # default grid (about 10 min on 2 cores)
+//! cargo bench --bench layers                             # default grid (about 4 min on 2 cores)
 //! CONVLUNA_BENCH_FULL=1 cargo bench --bench layers       # every L in 512 … 16384, both m
 //! cargo bench --bench layers -- encoder-train            # criterion's name filter
 //! cargo bench --features cuda --bench layers             # the same benches on CUDA (cuda/…)
@@ -23,7 +23,8 @@ use convluna::{
     BlockDims, BlockPreset, ConvFilter, DropoutRng, Encoder, EncoderConfig, Filter, InputConfig,
     LunaBlock, MaxPoolFilter, ParamStore, Positions, TransformerBlock,
 };
-use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 
 const TOKENS: usize = 16384;
 const D: usize = 128;
@@ -91,6 +92,51 @@ fn step(train: bool, f: impl Fn() -> Tensor) {
     }
 }
 
+/// The group `name`: 10 samples, the given warm-up and measurement times, tokens/s.
+fn group<'a>(
+    c: &'a mut Criterion,
+    name: String,
+    warm_up_ms: u64,
+    measure_s: u64,
+) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(warm_up_ms))
+        .measurement_time(Duration::from_secs(measure_s));
+    g.throughput(Throughput::Elements(TOKENS as u64));
+    g
+}
+
+/// Benches `f` as `<case>/L=<l>`: its forward, or with `train` forward + backward of its mean.
+fn bench(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    case: impl Into<String>,
+    l: usize,
+    train: bool,
+    dev: &Device,
+    f: impl Fn() -> Tensor,
+) {
+    g.bench_function(BenchmarkId::new(case.into(), format!("L={l}")), |bn| {
+        bn.iter(|| {
+            step(train, &f);
+            sync(dev)
+        })
+    });
+}
+
+/// A Luna-family block of `preset` with memory length `m`.
+fn luna_block(preset: BlockPreset, m: usize, dev: &Device) -> LunaBlock {
+    let store = ParamStore::new(1);
+    let cfg = preset.block(m, D);
+    LunaBlock::new(
+        cfg.luna().unwrap(),
+        &dims(),
+        &DropoutRng::new(1),
+        store.var_builder(DType::F32, dev),
+    )
+    .unwrap()
+}
+
 fn modes() -> [(&'static str, bool); 2] {
     [("fwd", false), ("train", true)]
 }
@@ -99,74 +145,32 @@ fn bench_attention(c: &mut Criterion) {
     let (dev, dn) = device();
     for (mode, train) in modes() {
         for m in memories() {
-            let mut g = c.benchmark_group(format!("{dn}/pack-{mode}/m{m}"));
-            g.sample_size(10)
-                .warm_up_time(Duration::from_millis(300))
-                .measurement_time(Duration::from_secs(2));
-            g.throughput(Throughput::Elements(TOKENS as u64));
+            let mut g = group(c, format!("{dn}/pack-{mode}/m{m}"), 300, 2);
             for l in lengths() {
                 let b = TOKENS / l;
-                let store = ParamStore::new(1);
-                let cfg = BlockPreset::ConvlunaMasked.block(m, D);
-                let blk = LunaBlock::new(
-                    cfg.luna().unwrap(),
-                    &dims(),
-                    &DropoutRng::new(1),
-                    store.var_builder(DType::F32, &dev),
-                )
-                .unwrap();
+                let blk = luna_block(BlockPreset::ConvlunaMasked, m, &dev);
                 let x = Var::from_tensor(&randn(&[b, l, D], &dev)).unwrap();
                 let p = Var::from_tensor(&randn(&[b, m, D], &dev)).unwrap();
                 let mask = Tensor::ones((b, l), DType::F32, &dev).unwrap();
-                g.bench_with_input(
-                    BenchmarkId::new("convluna", format!("L={l}")),
-                    &l,
-                    |bn, _| {
-                        bn.iter(|| {
-                            step(train, || {
-                                blk.pack()
-                                    .forward_t(x.as_tensor(), p.as_tensor(), Some(&mask), false)
-                                    .unwrap()
-                                    .memory
-                            });
-                            sync(&dev)
-                        })
-                    },
-                );
+                bench(&mut g, "convluna", l, train, &dev, || {
+                    blk.pack()
+                        .forward_t(x.as_tensor(), p.as_tensor(), Some(&mask), false)
+                        .unwrap()
+                        .memory
+                });
             }
             g.finish();
-            let mut g = c.benchmark_group(format!("{dn}/unpack-{mode}/m{m}"));
-            g.sample_size(10)
-                .warm_up_time(Duration::from_millis(300))
-                .measurement_time(Duration::from_secs(2));
-            g.throughput(Throughput::Elements(TOKENS as u64));
+            let mut g = group(c, format!("{dn}/unpack-{mode}/m{m}"), 300, 2);
             for l in lengths() {
                 let b = TOKENS / l;
-                let store = ParamStore::new(1);
-                let cfg = BlockPreset::ConvlunaMasked.block(m, D);
-                let blk = LunaBlock::new(
-                    cfg.luna().unwrap(),
-                    &dims(),
-                    &DropoutRng::new(1),
-                    store.var_builder(DType::F32, &dev),
-                )
-                .unwrap();
+                let blk = luna_block(BlockPreset::ConvlunaMasked, m, &dev);
                 let x = Var::from_tensor(&randn(&[b, l, D], &dev)).unwrap();
                 let yp = Var::from_tensor(&randn(&[b, m, D], &dev)).unwrap();
-                g.bench_with_input(
-                    BenchmarkId::new("convluna", format!("L={l}")),
-                    &l,
-                    |bn, _| {
-                        bn.iter(|| {
-                            step(train, || {
-                                blk.unpack()
-                                    .forward_t(x.as_tensor(), yp.as_tensor(), false)
-                                    .unwrap()
-                            });
-                            sync(&dev)
-                        })
-                    },
-                );
+                bench(&mut g, "convluna", l, train, &dev, || {
+                    blk.unpack()
+                        .forward_t(x.as_tensor(), yp.as_tensor(), false)
+                        .unwrap()
+                });
             }
             g.finish();
         }
@@ -176,11 +180,7 @@ fn bench_attention(c: &mut Criterion) {
 fn bench_filters(c: &mut Criterion) {
     let (dev, dn) = device();
     for (mode, train) in modes() {
-        let mut g = c.benchmark_group(format!("{dn}/filter-{mode}"));
-        g.sample_size(10)
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_secs(2));
-        g.throughput(Throughput::Elements(TOKENS as u64));
+        let mut g = group(c, format!("{dn}/filter-{mode}"), 300, 2);
         for l in lengths() {
             let b = TOKENS / l;
             let store = ParamStore::new(1);
@@ -195,26 +195,12 @@ fn bench_filters(c: &mut Criterion) {
             .unwrap();
             let pool = MaxPoolFilter::new(4, 4).unwrap();
             let x = Var::from_tensor(&randn(&[b, H, l, D / H], &dev)).unwrap();
-            g.bench_with_input(
-                BenchmarkId::new("conv-k4s1", format!("L={l}")),
-                &l,
-                |bn, _| {
-                    bn.iter(|| {
-                        step(train, || conv.forward(x.as_tensor()).unwrap());
-                        sync(&dev)
-                    })
-                },
-            );
-            g.bench_with_input(
-                BenchmarkId::new("maxpool-k4s4", format!("L={l}")),
-                &l,
-                |bn, _| {
-                    bn.iter(|| {
-                        step(train, || pool.forward(x.as_tensor()).unwrap());
-                        sync(&dev)
-                    })
-                },
-            );
+            bench(&mut g, "conv-k4s1", l, train, &dev, || {
+                conv.forward(x.as_tensor()).unwrap()
+            });
+            bench(&mut g, "maxpool-k4s4", l, train, &dev, || {
+                pool.forward(x.as_tensor()).unwrap()
+            });
         }
         g.finish();
     }
@@ -223,11 +209,7 @@ fn bench_filters(c: &mut Criterion) {
 fn bench_blocks(c: &mut Criterion) {
     let (dev, dn) = device();
     for (mode, train) in modes() {
-        let mut g = c.benchmark_group(format!("{dn}/block-{mode}"));
-        g.sample_size(10)
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_secs(3));
-        g.throughput(Throughput::Elements(TOKENS as u64));
+        let mut g = group(c, format!("{dn}/block-{mode}"), 300, 3);
         for l in lengths() {
             let b = TOKENS / l;
             let x = Var::from_tensor(&randn(&[b, l, D], &dev)).unwrap();
@@ -237,30 +219,13 @@ fn bench_blocks(c: &mut Criterion) {
                     ("convluna", BlockPreset::ConvlunaMasked),
                     ("luna", BlockPreset::Luna),
                 ] {
-                    let store = ParamStore::new(1);
-                    let cfg = preset.block(m, D);
-                    let blk = LunaBlock::new(
-                        cfg.luna().unwrap(),
-                        &dims(),
-                        &DropoutRng::new(1),
-                        store.var_builder(DType::F32, &dev),
-                    )
-                    .unwrap();
+                    let blk = luna_block(preset, m, &dev);
                     let p = Var::from_tensor(&randn(&[b, m, D], &dev)).unwrap();
-                    g.bench_with_input(
-                        BenchmarkId::new(format!("{name}-m{m}"), format!("L={l}")),
-                        &l,
-                        |bn, _| {
-                            bn.iter(|| {
-                                step(train, || {
-                                    blk.forward_t(x.as_tensor(), p.as_tensor(), Some(&mask), false)
-                                        .unwrap()
-                                        .x
-                                });
-                                sync(&dev)
-                            })
-                        },
-                    );
+                    bench(&mut g, format!("{name}-m{m}"), l, train, &dev, || {
+                        blk.forward_t(x.as_tensor(), p.as_tensor(), Some(&mask), false)
+                            .unwrap()
+                            .x
+                    });
                 }
             }
             if l <= 4096 || full() && l <= 8192 {
@@ -271,18 +236,9 @@ fn bench_blocks(c: &mut Criterion) {
                     store.var_builder(DType::F32, &dev),
                 )
                 .unwrap();
-                g.bench_with_input(
-                    BenchmarkId::new("transformer", format!("L={l}")),
-                    &l,
-                    |bn, _| {
-                        bn.iter(|| {
-                            step(train, || {
-                                blk.forward_t(x.as_tensor(), Some(&mask), false).unwrap()
-                            });
-                            sync(&dev)
-                        })
-                    },
-                );
+                bench(&mut g, "transformer", l, train, &dev, || {
+                    blk.forward_t(x.as_tensor(), Some(&mask), false).unwrap()
+                });
             }
         }
         g.finish();
@@ -292,11 +248,7 @@ fn bench_blocks(c: &mut Criterion) {
 fn bench_encoder(c: &mut Criterion) {
     let (dev, dn) = device();
     for (mode, train) in modes() {
-        let mut g = c.benchmark_group(format!("{dn}/encoder-{mode}"));
-        g.sample_size(10)
-            .warm_up_time(Duration::from_millis(100))
-            .measurement_time(Duration::from_secs(5));
-        g.throughput(Throughput::Elements(TOKENS as u64));
+        let mut g = group(c, format!("{dn}/encoder-{mode}"), 100, 5);
         for l in lengths() {
             let b = TOKENS / l;
             let ids: Vec<u32> = (0..b * l).map(|i| 1 + ((i * 7919) % 255) as u32).collect();
@@ -333,11 +285,8 @@ fn bench_encoder(c: &mut Criterion) {
                     store.var_builder(DType::F32, &dev),
                 )
                 .unwrap();
-                g.bench_with_input(BenchmarkId::new(name, format!("L={l}")), &l, |bn, _| {
-                    bn.iter(|| {
-                        step(train, || enc.forward_t(&ids, None, false).unwrap().hidden);
-                        sync(&dev)
-                    })
+                bench(&mut g, name, l, train, &dev, || {
+                    enc.forward_t(&ids, None, false).unwrap().hidden
                 });
             }
         }

@@ -23,6 +23,17 @@ pub enum BlockPreset {
     Transformer,
 }
 
+/// The entry of `all` called `name`, or [`Error::UnknownPreset`] listing the known names.
+fn by_name<T: Copy>(all: &[(&str, T)], name: &str) -> Result<T> {
+    all.iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| Error::UnknownPreset {
+            name: name.to_string(),
+            known: all.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+        })
+}
+
 impl BlockPreset {
     /// Every preset with its name.
     pub const ALL: [(&'static str, BlockPreset); 5] = [
@@ -35,18 +46,7 @@ impl BlockPreset {
 
     /// Looks a preset up by name (`convluna`, `convluna-masked`, `luna`, `luna-ma`, `transformer`).
     pub fn from_name(name: &str) -> Result<Self> {
-        Self::ALL
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, p)| *p)
-            .ok_or_else(|| Error::UnknownPreset {
-                name: name.to_string(),
-                known: Self::ALL
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+        by_name(&Self::ALL, name)
     }
 
     /// The preset's name.
@@ -150,18 +150,7 @@ impl LraTask {
 
     /// Looks a task up by name.
     pub fn from_name(name: &str) -> Result<Self> {
-        Self::ALL
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, t)| *t)
-            .ok_or_else(|| Error::UnknownPreset {
-                name: name.to_string(),
-                known: Self::ALL
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+        by_name(&Self::ALL, name)
     }
 
     /// Input length (per document).

@@ -239,15 +239,22 @@ pub struct Summary {
     pub parameters: usize,
 }
 
-/// Resumable trainer state, `state.json` of a checkpoint.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct CheckpointState {
+/// Where a run stands: what a checkpoint saves and a resume restores.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct Progress {
     step: usize,
     epoch: u64,
     cursor: usize,
     best_val_acc: f64,
     best_step: usize,
     skipped_steps: usize,
+}
+
+/// Resumable trainer state, `state.json` of a checkpoint (the progress fields at top level).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CheckpointState {
+    #[serde(flatten)]
+    progress: Progress,
     train: TrainConfig,
     model: ModelConfig,
     files: HashMap<String, (u64, u64)>,
@@ -263,12 +270,7 @@ pub struct Trainer {
     rng: DropoutRng,
     opt: AdamW,
     device: Device,
-    step: usize,
-    epoch: u64,
-    cursor: usize,
-    best_val_acc: f64,
-    best_step: usize,
-    skipped_steps: usize,
+    progress: Progress,
     /// The training order of `epoch` (derived from seed and epoch; cached, not checkpointed).
     order: Option<(u64, Vec<usize>)>,
 }
@@ -333,12 +335,14 @@ impl Trainer {
             rng,
             opt,
             device: device.clone(),
-            step: 0,
-            epoch: 0,
-            cursor: 0,
-            best_val_acc: f64::NEG_INFINITY,
-            best_step: 0,
-            skipped_steps: 0,
+            progress: Progress {
+                step: 0,
+                epoch: 0,
+                cursor: 0,
+                best_val_acc: f64::NEG_INFINITY,
+                best_step: 0,
+                skipped_steps: 0,
+            },
             order: None,
         })
     }
@@ -355,7 +359,7 @@ impl Trainer {
 
     /// Steps done so far.
     pub fn step(&self) -> usize {
-        self.step
+        self.progress.step
     }
 
     fn pad(&self, ds: &dyn Dataset) -> PadTo {
@@ -377,13 +381,16 @@ impl Trainer {
             if self
                 .order
                 .as_ref()
-                .is_none_or(|(e, o)| *e != self.epoch || o.len() != n)
+                .is_none_or(|(e, o)| *e != self.progress.epoch || o.len() != n)
             {
-                self.order = Some((self.epoch, epoch_order(n, self.cfg.seed, self.epoch, true)));
+                self.order = Some((
+                    self.progress.epoch,
+                    epoch_order(n, self.cfg.seed, self.progress.epoch, true),
+                ));
             }
-            let start = self.cursor * bs;
+            let start = self.progress.cursor * bs;
             if start + bs <= n {
-                self.cursor += 1;
+                self.progress.cursor += 1;
                 let order = self
                     .order
                     .as_ref()
@@ -391,8 +398,8 @@ impl Trainer {
                     .unwrap_or_default();
                 return Ok(order.to_vec());
             }
-            self.epoch += 1;
-            self.cursor = 0;
+            self.progress.epoch += 1;
+            self.progress.cursor = 0;
         }
     }
 
@@ -434,7 +441,7 @@ impl Trainer {
             seen += idx.len();
         }
         Ok(EvalMetrics {
-            step: self.step,
+            step: self.progress.step,
             split: split.to_string(),
             loss: loss_sum / seen as f64,
             acc: right as f64 / seen as f64,
@@ -506,7 +513,7 @@ impl Trainer {
         &mut self,
         train: &dyn Dataset,
     ) -> Result<Option<(f64, usize, usize, usize, f64)>> {
-        let step = self.step + 1;
+        let step = self.progress.step + 1;
         self.rng.reseed(mix(self.cfg.seed, step as u64));
         let vars: Vec<Var> = self.vars.iter().map(|(_, v)| v.clone()).collect();
         let mut grads: Option<GradStore> = None;
@@ -545,7 +552,7 @@ impl Trainer {
         }
         let lr = self.cfg.schedule.lr(self.cfg.lr, step);
         self.opt.step(&grads, lr)?;
-        self.step = step;
+        self.progress.step = step;
         Ok(Some((loss_sum / k as f64, right, seen, tokens, norm)))
     }
 
@@ -562,8 +569,8 @@ impl Trainer {
                 value,
             }),
             NonFinitePolicy::Skip => {
-                self.skipped_steps += 1;
-                self.step = step;
+                self.progress.skipped_steps += 1;
+                self.progress.step = step;
                 Ok(None)
             }
         }
@@ -574,7 +581,7 @@ impl Trainer {
     pub fn save_checkpoint(&self, out_dir: &Path, best: bool) -> Result<PathBuf> {
         let root = out_dir.join("checkpoints");
         std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-        let name = format!("step-{:08}", self.step);
+        let name = format!("step-{:08}", self.progress.step);
         let final_dir = root.join(&name);
         if !final_dir.exists() {
             let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -596,12 +603,7 @@ impl Trainer {
                 files.insert(f.to_string(), file_sig(&tmp.join(f))?);
             }
             let state = CheckpointState {
-                step: self.step,
-                epoch: self.epoch,
-                cursor: self.cursor,
-                best_val_acc: self.best_val_acc,
-                best_step: self.best_step,
-                skipped_steps: self.skipped_steps,
+                progress: self.progress,
                 train: self.cfg.clone(),
                 model: self.model_cfg.clone(),
                 files,
@@ -672,22 +674,20 @@ impl Trainer {
         self.store.load(&dir.join("model.safetensors"))?;
         let opt_path = dir.join("optimizer.safetensors");
         let ot = load_tensors(&opt_path, &self.device)?;
-        self.opt
-            .load_state(&ot, st.step as u64 - st.skipped_steps as u64, &opt_path)?;
-        self.step = st.step;
-        self.epoch = st.epoch;
-        self.cursor = st.cursor;
-        self.best_val_acc = st.best_val_acc;
-        self.best_step = st.best_step;
-        self.skipped_steps = st.skipped_steps;
-        Ok(st.step)
+        self.opt.load_state(
+            &ot,
+            st.progress.step as u64 - st.progress.skipped_steps as u64,
+            &opt_path,
+        )?;
+        self.progress = st.progress;
+        Ok(st.progress.step)
     }
 
     /// Loads the weights of `out_dir`'s best checkpoint into the model.
     pub fn load_best(&self, out_dir: &Path) -> Result<usize> {
         let (dir, st) = Self::read_checkpoint(out_dir, "BEST")?;
         self.store.load(&dir.join("model.safetensors"))?;
-        Ok(st.step)
+        Ok(st.progress.step)
     }
 
     /// Trains to `cfg.steps`, evaluating, checkpointing and logging into `out_dir`; with
@@ -752,12 +752,12 @@ impl Trainer {
             (0f64, 0usize, 0usize, 0usize, 0usize);
         let mut t_log = Instant::now();
         let train = splits.train.as_ref();
-        while self.step < self.cfg.steps {
-            if until.is_some_and(|u| self.step >= u) {
+        while self.progress.step < self.cfg.steps {
+            if until.is_some_and(|u| self.progress.step >= u) {
                 return Ok(None);
             }
             let outcome = self.train_step(train)?;
-            let step = self.step;
+            let step = self.progress.step;
             match outcome {
                 None => log(serde_json::json!({"kind": "skipped", "step": step}))?,
                 Some((loss, right, seen, tokens, norm)) => {
@@ -800,10 +800,10 @@ impl Trainer {
                     .map_err(|e| Error::format(&metrics_path, e.to_string()))?;
                 v["kind"] = "eval".into();
                 log(v)?;
-                let best = e.acc > self.best_val_acc;
+                let best = e.acc > self.progress.best_val_acc;
                 if best {
-                    self.best_val_acc = e.acc;
-                    self.best_step = step;
+                    self.progress.best_val_acc = e.acc;
+                    self.progress.best_step = step;
                 }
                 observer(&Event::Eval(e));
                 let path = self.save_checkpoint(out_dir, best)?;
@@ -823,12 +823,12 @@ impl Trainer {
         log(v)?;
         observer(&Event::Test(test.clone()));
         let summary = Summary {
-            steps: self.step,
+            steps: self.progress.step,
             best_step,
-            best_val_acc: self.best_val_acc,
+            best_val_acc: self.progress.best_val_acc,
             test,
             test_majority: crate::data::majority_fraction(splits.test.as_ref())?,
-            skipped_steps: self.skipped_steps,
+            skipped_steps: self.progress.skipped_steps,
             wall_s,
             parameters: self.store.num_parameters(),
         };

@@ -47,11 +47,11 @@ pub(crate) fn forward<T: Real>(
     out: usize,
     threads: usize,
 ) -> Vec<T> {
-    let mut y = super::zeros(rows * out);
-    if let Some(b) = b {
-        y.par_chunks_mut(out * super::rows_per_task(out))
-            .for_each(|c| c.chunks_mut(out).for_each(|r| r.copy_from_slice(b)));
-    }
+    // the bias rows (or zeros), onto which the gemm accumulates x·Wᵀ
+    let mut y = match b {
+        Some(b) => super::tiled(rows * out, b),
+        None => super::zeros(rows * out),
+    };
     gemm(
         rows,
         out,

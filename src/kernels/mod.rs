@@ -353,20 +353,48 @@ unsafe fn gemm_raw<T: Real>(
 /// (tens of MB in attention) would leave the other threads idle while the calling thread
 /// writes it and takes its page faults.
 pub(crate) fn zeros<T: Real>(n: usize) -> Vec<T> {
-    const CHUNK: usize = 1 << 16;
-    let mut v: Vec<T> = Vec::with_capacity(n);
-    if n < CHUNK {
-        v.resize(n, T::zero());
-        return v;
-    }
-    v.spare_capacity_mut()[..n]
-        .par_chunks_mut(CHUNK)
-        .for_each(|c| {
+    // SAFETY: the closure writes every element of its chunk.
+    unsafe {
+        par_filled(n, 1 << 16, |c| {
             for x in c {
                 x.write(T::zero());
             }
-        });
-    // SAFETY: the loop above initialised all n elements.
+        })
+    }
+}
+
+/// `pattern` repeated to fill `n` elements (`n` a multiple of its length), written straight
+/// into fresh storage: the bias rows that a gemm then accumulates onto, without a zero fill
+/// first.
+pub(crate) fn tiled<T: Real>(n: usize, pattern: &[T]) -> Vec<T> {
+    let p = pattern.len().max(1);
+    debug_assert!(n % p == 0, "tiled: {n} is not a multiple of {p}");
+    // chunks of about 64K elements, each a whole number of patterns
+    // SAFETY: the closure writes every element of its chunk (`cycle` of a non-empty pattern
+    // never runs out; with an empty one n is 0 and there is no chunk).
+    unsafe {
+        par_filled(n, ((1 << 16) / p).max(1) * p, |c| {
+            for (x, &y) in c.iter_mut().zip(pattern.iter().cycle()) {
+                x.write(y);
+            }
+        })
+    }
+}
+
+/// A buffer of `n` elements whose chunks of `chunk` elements `fill` initialises in parallel.
+///
+/// # Safety
+/// `fill` must write every element of the chunk it is given.
+unsafe fn par_filled<T: Real>(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(&mut [std::mem::MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n]
+        .par_chunks_mut(chunk.max(1))
+        .for_each(&fill);
+    // SAFETY: by the caller's contract `fill` initialised every element of every chunk.
     unsafe { v.set_len(n) };
     v
 }

@@ -91,7 +91,8 @@ impl ConvTime {
         dh: usize,
     ) -> Vec<T> {
         let slab = len * dh;
-        x.par_chunks(slab)
+        let parts = x
+            .par_chunks(slab)
             .zip(g.par_chunks(slab))
             .enumerate()
             .map(|(s, (xs, gs))| {
@@ -115,8 +116,8 @@ impl ConvTime {
                     }
                 }
                 dw
-            })
-            .reduce(|| vec![T::zero(); wlen], super::add_vecs)
+            });
+        super::ordered_sum(parts, wlen)
     }
 
     fn bwd_t<T: Real>(
@@ -311,36 +312,34 @@ impl ConvMerged {
     ) -> Vec<T> {
         let dh = d / self.heads;
         let rpt = super::rows_per_task(d * k);
-        g.par_chunks(rpt * d)
-            .enumerate()
-            .map(|(ci, gc)| {
-                let mut dw = vec![T::zero(); wlen];
-                for (ri, gr) in gc.chunks(d).enumerate() {
-                    let row = ci * rpt + ri;
-                    let (b, t) = (row / len, row % len);
-                    for j in 0..k {
-                        let src = t as isize + j as isize - self.left as isize;
-                        if src < 0 || src >= len as isize {
-                            continue;
+        let parts = g.par_chunks(rpt * d).enumerate().map(|(ci, gc)| {
+            let mut dw = vec![T::zero(); wlen];
+            for (ri, gr) in gc.chunks(d).enumerate() {
+                let row = ci * rpt + ri;
+                let (b, t) = (row / len, row % len);
+                for j in 0..k {
+                    let src = t as isize + j as isize - self.left as isize;
+                    if src < 0 || src >= len as isize {
+                        continue;
+                    }
+                    let src = src as usize;
+                    let mv = m.map_or(T::one(), |m| m[b * len + src]);
+                    let xr = &x[(b * len + src) * d..(b * len + src + 1) * d];
+                    if self.per_channel {
+                        for c in 0..d {
+                            dw[c * k + j] += gr[c] * mv * xr[c];
                         }
-                        let src = src as usize;
-                        let mv = m.map_or(T::one(), |m| m[b * len + src]);
-                        let xr = &x[(b * len + src) * d..(b * len + src + 1) * d];
-                        if self.per_channel {
-                            for c in 0..d {
-                                dw[c * k + j] += gr[c] * mv * xr[c];
-                            }
-                        } else {
-                            for hh in 0..self.heads {
-                                let seg = hh * dh..(hh + 1) * dh;
-                                dw[hh * k + j] += mv * dot(&gr[seg.clone()], &xr[seg]);
-                            }
+                    } else {
+                        for hh in 0..self.heads {
+                            let seg = hh * dh..(hh + 1) * dh;
+                            dw[hh * k + j] += mv * dot(&gr[seg.clone()], &xr[seg]);
                         }
                     }
                 }
-                dw
-            })
-            .reduce(|| vec![T::zero(); wlen], super::add_vecs)
+            }
+            dw
+        });
+        super::ordered_sum(parts, wlen)
     }
 
     fn fwd<T: Real>(

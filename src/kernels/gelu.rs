@@ -45,7 +45,7 @@ fn backward<T: Real>(h: &[T], b: &[T], g: &[T]) -> (Vec<T>, Vec<T>) {
     let f = b.len();
     let mut dh = super::zeros(h.len());
     let rpt = rows_per_task(f);
-    let db = dh
+    let parts = dh
         .par_chunks_mut(f * rpt)
         .zip(h.par_chunks(f * rpt))
         .zip(g.par_chunks(f * rpt))
@@ -59,8 +59,8 @@ fn backward<T: Real>(h: &[T], b: &[T], g: &[T]) -> (Vec<T>, Vec<T>) {
                 }
             }
             db
-        })
-        .reduce(|| vec![T::zero(); f], super::add_vecs);
+        });
+    let db = super::ordered_sum(parts, f);
     (dh, db)
 }
 

@@ -60,7 +60,7 @@ fn backward<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
     let inv_d = T::one() / T::from_f64(d as f64);
     let mut dx = super::zeros(x.len());
     let rpt = rows_per_task(d);
-    let dwb = dx
+    let parts = dx
         .par_chunks_mut(d * rpt)
         .zip(x.par_chunks(d * rpt))
         .zip(g.par_chunks(d * rpt))
@@ -86,8 +86,8 @@ fn backward<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
                 }
             }
             acc
-        })
-        .reduce(|| vec![T::zero(); 2 * d], super::add_vecs);
+        });
+    let dwb = super::ordered_sum(parts, 2 * d);
     (dx, dwb)
 }
 

@@ -74,17 +74,16 @@ pub(crate) fn forward<T: Real>(
 /// Column sums of a `rows × cols` matrix.
 pub(crate) fn column_sums<T: Real>(g: &[T], cols: usize) -> Vec<T> {
     let chunk_rows = (65536 / cols.max(1)).max(1);
-    g.par_chunks(chunk_rows * cols)
-        .map(|c| {
-            let mut acc = vec![T::zero(); cols];
-            for row in c.chunks(cols) {
-                for (a, &v) in acc.iter_mut().zip(row) {
-                    *a += v;
-                }
+    let parts = g.par_chunks(chunk_rows * cols).map(|c| {
+        let mut acc = vec![T::zero(); cols];
+        for row in c.chunks(cols) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v;
             }
-            acc
-        })
-        .reduce(|| vec![T::zero(); cols], super::add_vecs)
+        }
+        acc
+    });
+    super::ordered_sum(parts, cols)
 }
 
 impl Linear {

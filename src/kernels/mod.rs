@@ -400,11 +400,27 @@ unsafe fn par_filled<T: Real>(
 }
 
 /// `a + b` elementwise, reusing `a` (the reduction step of per-task partial sums).
-pub(crate) fn add_vecs<T: Real>(mut a: Vec<T>, b: Vec<T>) -> Vec<T> {
+fn add_vecs<T: Real>(mut a: Vec<T>, b: Vec<T>) -> Vec<T> {
     for (x, y) in a.iter_mut().zip(b) {
         *x += y;
     }
     a
+}
+
+/// The elementwise sum of per-task partial vectors of length `len`, combined serially in task
+/// order.
+///
+/// This is how every cross-task reduction of the kernels is done (bias, LayerNorm, filter and
+/// scale gradients). Each task covers a fixed number of rows that depends only on the shapes
+/// (never on the number of threads), and the partials are added in index order, so the result
+/// is bit-identical at any thread count and under any work stealing. A rayon `reduce` or `sum`
+/// would combine the partials in a tree whose shape depends on how the work was split.
+pub(crate) fn ordered_sum<T: Real>(
+    parts: impl IndexedParallelIterator<Item = Vec<T>>,
+    len: usize,
+) -> Vec<T> {
+    let parts: Vec<Vec<T>> = parts.collect();
+    parts.into_iter().fold(vec![T::zero(); len], add_vecs)
 }
 
 /// Rows handled by one parallel task (aims at ~16K elements a task).

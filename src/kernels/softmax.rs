@@ -56,7 +56,7 @@ fn forward<T: Real>(x: &[T], n: usize, scale: T, bias: Option<(&[T], usize)>) ->
 fn backward<T: Real>(y: &[T], g: &[T], x: Option<&[T]>, n: usize, scale: T) -> (Vec<T>, f64) {
     let mut dx = super::zeros(y.len());
     let rpt = rows_per_task(n);
-    let ds = dx
+    let parts = dx
         .par_chunks_mut(n * rpt)
         .zip(y.par_chunks(n * rpt))
         .zip(g.par_chunks(n * rpt))
@@ -89,9 +89,9 @@ fn backward<T: Real>(y: &[T], g: &[T], x: Option<&[T]>, n: usize, scale: T) -> (
                     }
                 }
             }
-            ds
-        })
-        .sum();
+            vec![ds]
+        });
+    let ds = super::ordered_sum(parts, 1)[0];
     (dx, ds)
 }
 

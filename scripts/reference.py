@@ -162,11 +162,17 @@ class MaxPoolFilter(nn.Module):
 
     def forward(self, x, mask):
         b, h, L, dh = x.shape
+        if mask is not None:
+            # pads are -inf inside the max (never 0: a zero must not beat negative keys)
+            x = x.masked_fill(mask[:, None, :, None] == 0, float("-inf"))
         xc = x.permute(0, 1, 3, 2).reshape(b, h * dh, L)
         y = F.max_pool1d(xc, kernel_size=self.k, stride=self.s)
         lo = y.shape[-1]
         y = y.reshape(b, h, dh, lo).permute(0, 1, 3, 2)
         m = None if mask is None else window_any(mask, self.k, self.s, 0, 0)
+        if m is not None:
+            # a window of padding only is masked out of the attention; its value is 0
+            y = y.masked_fill(m[:, None, :, None] == 0, 0.0)
         return y, m
 
     def masked_right_pad(self, L: int) -> int:
@@ -189,7 +195,7 @@ def make_filter(spec: FilterSpec, heads: int, d: int) -> nn.Module:
 
 @dataclass
 class BlockConfig:
-    family: str = "luna"  # luna | transformer
+    family: str = "luna"  # luna | transformer | filtered_transformer | conv_mixer
     d: int = 16
     heads: int = 4
     ffn: int = 32
@@ -204,6 +210,9 @@ class BlockConfig:
         if self.family == "transformer":
             return {"family": "transformer", "d": self.d, "heads": self.heads,
                     "ffn": self.ffn, "masked": self.masked, "norm": "pre_ln"}
+        if self.family in ("filtered_transformer", "conv_mixer"):
+            return {"family": self.family, "d": self.d, "heads": self.heads, "ffn": self.ffn,
+                    "masked": self.masked, "norm": "pre_ln", "filter": asdict(self.filter)}
         return asdict(self)
 
 
@@ -299,8 +308,19 @@ class LunaBlock(nn.Module):
         return x_new, p_new, a
 
 
+def filter_time(filt: nn.Module, x: torch.Tensor, heads: int, mask, masked: bool):
+    """A length-keeping filter on [B, L, d] per head along time (pads zeroed when masked)."""
+    if masked:
+        x = x * mask[:, :, None]
+    y, _ = filt(split_heads(x, heads), mask if masked else None)
+    return merge_heads(y)
+
+
 class TransformerBlock(nn.Module):
-    """Pre-LN: X1 = X + MHA(LN1(X)); X' = X1 + FFN(LN2(X1))."""
+    """Pre-LN: X1 = X + MHA(LN1(X)); X' = X1 + FFN(LN2(X1)).
+
+    family "filtered_transformer": the keys and values of the attention pass through the
+    (length-keeping) filter first -- a locality control."""
 
     def __init__(self, cfg: BlockConfig):
         super().__init__()
@@ -308,6 +328,8 @@ class TransformerBlock(nn.Module):
         d = cfg.d
         self.norm1 = layer_norm(d)
         self.attn = Projections(d, ["q_proj", "k_proj", "v_proj", "o_proj"])
+        if cfg.family == "filtered_transformer":
+            self.filter = make_filter(cfg.filter, cfg.heads, d)
         self.norm2 = layer_norm(d)
         self.ffn = FFN(d, cfg.ffn)
 
@@ -316,8 +338,11 @@ class TransformerBlock(nn.Module):
         dh = self.cfg.d // h
         y = self.norm1(x)
         q = split_heads(self.attn.q_proj(y), h)
-        k = split_heads(self.attn.k_proj(y), h)
-        v = split_heads(self.attn.v_proj(y), h)
+        k, v = self.attn.k_proj(y), self.attn.v_proj(y)
+        if hasattr(self, "filter"):
+            k = filter_time(self.filter, k, h, mask, self.cfg.masked)
+            v = filter_time(self.filter, v, h, mask, self.cfg.masked)
+        k, v = split_heads(k, h), split_heads(v, h)
         logits = q @ k.transpose(-1, -2) / math.sqrt(dh)
         if self.cfg.masked:
             logits = logits.masked_fill(mask[:, None, None, :] == 0, MASK_VALUE)
@@ -326,8 +351,28 @@ class TransformerBlock(nn.Module):
         return x1 + self.ffn(self.norm2(x1)), p, a
 
 
+class ConvMixerBlock(nn.Module):
+    """No attention: X1 = X + F(LN1(X)); X' = X1 + FFN(LN2(X1)) -- a locality control."""
+
+    def __init__(self, cfg: BlockConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.norm1 = layer_norm(cfg.d)
+        self.filter = make_filter(cfg.filter, cfg.heads, cfg.d)
+        self.norm2 = layer_norm(cfg.d)
+        self.ffn = FFN(cfg.d, cfg.ffn)
+
+    def forward(self, x, p, mask):
+        x1 = x + filter_time(self.filter, self.norm1(x), self.cfg.heads, mask, self.cfg.masked)
+        return x1 + self.ffn(self.norm2(x1)), p, None
+
+
 def make_block(cfg: BlockConfig) -> nn.Module:
-    return TransformerBlock(cfg) if cfg.family == "transformer" else LunaBlock(cfg)
+    if cfg.family in ("transformer", "filtered_transformer"):
+        return TransformerBlock(cfg)
+    if cfg.family == "conv_mixer":
+        return ConvMixerBlock(cfg)
+    return LunaBlock(cfg)
 
 
 # ---------------------------------------------------------------------------
@@ -388,17 +433,22 @@ class Model(nn.Module):
             self.register_buffer("pe", sinusoidal_positions(cfg.max_len, d), persistent=False)
         if cfg.cls:
             self.cls = nn.Parameter(torch.zeros(d))
-        if cfg.block.family != "transformer":
+        if cfg.block.family == "luna":
             self.memory = nn.Parameter(torch.zeros(cfg.memory, d))
         self.layers = nn.ModuleList(make_block(cfg.block) for _ in range(cfg.layers))
         self.head = nn.Module()
-        self.head.norm = layer_norm(d)
+        # The authors' DualClassifier ([u; v]) has no LayerNorm: their post-LN blocks end in
+        # one. A pre-LN Transformer keeps it as the encoder's final norm.
+        self.head_norm = not (cfg.head == "pair" and cfg.pair_features == "concat"
+                              and cfg.block.family == "luna")
+        if self.head_norm:
+            self.head.norm = layer_norm(d)
         f = cfg.head_ffn
         if cfg.head == "pair":
             feat = 2 * d if cfg.pair_features == "concat" else 4 * d
             self.head.fc1 = nn.Linear(feat, f)
-            self.head.fc2 = nn.Linear(f, 2 * d)
-            self.head.out = nn.Linear(2 * d, 2)
+            self.head.fc2 = nn.Linear(f, f // 2)
+            self.head.out = nn.Linear(f // 2, 2)
         else:
             self.head.fc1 = nn.Linear(d, f)
             if cfg.head == "image":
@@ -425,24 +475,27 @@ class Model(nn.Module):
             x = torch.cat([self.cls.expand(b, 1, -1), x], dim=1)
             mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
         p = None
-        if cfg.block.family != "transformer":
+        if cfg.block.family == "luna":
             p = self.memory[None].expand(b, -1, -1)
         for layer in self.layers:
             x, p, _ = layer(x, p, mask)
         return x, p, mask
 
+    def norm(self, x):
+        return self.head.norm(x) if self.head_norm else x
+
     def pool(self, x, p, mask):
         cfg = self.cfg
         if cfg.pooling == "cls":
-            return self.head.norm(x)[:, 0]
+            return self.norm(x)[:, 0]
         if cfg.pooling == "mean":
-            xn = self.head.norm(x)
+            xn = self.norm(x)
             w = mask.clone()
             if cfg.cls:
                 w[:, 0] = 0  # exclude the CLS position
             return (xn * w[:, :, None]).sum(1) / w.sum(1, keepdim=True)
         if cfg.pooling == "memory":
-            return self.head.norm(p).mean(1)
+            return self.norm(p).mean(1)
         raise ValueError(cfg.pooling)
 
     def _mlp(self, z):
@@ -529,6 +582,8 @@ BLOCK_CASES = {
     "luna_ma": dict(family="luna", projections="separate", pack_scale="inv_sqrt_dh",
                     unpack_scale="inv_sqrt_dh", filter=FilterSpec()),
     "transformer": dict(family="transformer"),
+    "transformer_conv4s1": dict(family="filtered_transformer", filter=FilterSpec("conv", 4, 1)),
+    "convmixer_conv4s1": dict(family="conv_mixer", filter=FilterSpec("conv", 4, 1)),
 }
 
 
@@ -543,7 +598,8 @@ def length_mask(valid: list[int], L: int) -> torch.Tensor:
 def case_seed(name: str) -> int:
     # fixed, readable seeds; _mask and _nomask variants share parameters and inputs
     return 1000 + sorted(list(BLOCK_CASES) + ["encoder_convluna", "encoder_transformer_image",
-                                              "encoder_pair_luna_ma"]).index(name)
+                                              "encoder_pair_luna_ma",
+                                              "encoder_pair_convluna"]).index(name)
 
 
 def to_store(t: torch.Tensor) -> torch.Tensor:
@@ -586,7 +642,7 @@ def run_block_case(name: str, masked: bool):
     mask = length_mask(BLOCK_VALID, L)
     rx = torch.randn(B, L, d, dtype=DT)
     rp = torch.randn(B, m, d, dtype=DT)
-    luna = cfg.family != "transformer"
+    luna = cfg.family == "luna"
 
     x.requires_grad_(True)
     mem.requires_grad_(True)
@@ -630,6 +686,13 @@ def encoder_config(name: str, masked: bool) -> ModelConfig:
         return ModelConfig(block=blk, layers=e["layers"], memory=e["m"], input="tokens",
                            vocab=20, max_len=e["max_len"], positions="learned", cls=True,
                            pooling="memory", head="pair", pair_features="interaction",
+                           classes=2, head_ffn=e["ffn"])
+    if name == "encoder_pair_convluna":
+        # the paper preset's retrieval model: ConvLuna with the authors' DualClassifier
+        blk = block_config("convluna_conv4s1", masked, e["d"], e["heads"], e["ffn"])
+        return ModelConfig(block=blk, layers=e["layers"], memory=e["m"], input="tokens",
+                           vocab=20, max_len=e["max_len"], positions="learned", cls=True,
+                           pooling="cls", head="pair", pair_features="concat",
                            classes=2, head_ffn=e["ffn"])
     raise ValueError(name)
 
@@ -689,7 +752,8 @@ def write_fixtures(out_dir: str):
     jobs += [(run_encoder_case, "encoder_convluna", True),
              (run_encoder_case, "encoder_convluna", False),
              (run_encoder_case, "encoder_transformer_image", True),
-             (run_encoder_case, "encoder_pair_luna_ma", True)]
+             (run_encoder_case, "encoder_pair_luna_ma", True),
+             (run_encoder_case, "encoder_pair_convluna", False)]
     total = 0
     for fn, name, masked in jobs:
         case, desc, tensors = fn(name, masked)
@@ -705,14 +769,19 @@ def write_fixtures(out_dir: str):
 # self-checks
 # ---------------------------------------------------------------------------
 
-def explicit_filter(x, weight, kind, k, s, per_channel):
-    """Slow, loop-based reference of the filters on [B, h, L, dh]."""
+def explicit_filter(x, weight, kind, k, s, per_channel, mask=None):
+    """Slow, loop-based reference of the filters on [B, h, L, dh].
+
+    maxpool with a mask: the max over the window's valid positions only, 0 where it has none."""
     b, h, L, dh = x.shape
     if kind == "maxpool":
         lo = (L - k) // s + 1
-        out = torch.empty(b, h, lo, dh, dtype=x.dtype)
-        for t in range(lo):
-            out[:, :, t] = x[:, :, t * s:t * s + k].max(dim=2).values
+        out = torch.zeros(b, h, lo, dh, dtype=x.dtype)
+        for bi in range(b):
+            for t in range(lo):
+                idx = [i for i in range(t * s, t * s + k) if mask is None or mask[bi, i] > 0]
+                if idx:
+                    out[bi, :, t] = x[bi][:, idx].max(dim=1).values
         return out
     left = (k - 1) // 2 if s == 1 else 0
     lo = L if s == 1 else (L - k) // s + 1
@@ -764,8 +833,11 @@ def selfcheck():
         report(f"conv k={k} s={s} filtered mask vs loop", (m - mref).abs().max().item(), 0)
     for k, s in [(4, 2), (4, 1), (2, 2)]:
         y, m = MaxPoolFilter(k, s)(x, mask)
-        ref = explicit_filter(x, None, "maxpool", k, s, False)
-        report(f"maxpool k={k} s={s} vs loop", (y - ref).abs().max().item(), 0)
+        ref = explicit_filter(x, None, "maxpool", k, s, False, mask)
+        report(f"maxpool k={k} s={s} (masked) vs loop", (y - ref).abs().max().item(), 0)
+        y0, _ = MaxPoolFilter(k, s)(x, None)
+        ref0 = explicit_filter(x, None, "maxpool", k, s, False)
+        report(f"maxpool k={k} s={s} (unmasked) vs loop", (y0 - ref0).abs().max().item(), 0)
         report(f"maxpool k={k} s={s} filtered mask vs loop",
                (m - explicit_mask_strided(mask, k, s)).abs().max().item(), 0)
     # per-head conv equals per-channel conv with the head kernel repeated over dh channels
@@ -827,7 +899,7 @@ def selfcheck():
             mks = length_mask([7, 5], Ls)
             names = [n for n, _ in block.named_parameters()]
             params = tuple(p.detach().clone().requires_grad_(True) for _, p in block.named_parameters())
-            luna = cfg.family != "transformer"
+            luna = cfg.family == "luna"
 
             def fn(xx, pp, *prm):
                 o = functional_call(block, dict(zip(names, prm)), (xx, pp if luna else None, mks))

@@ -27,8 +27,17 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
 /// value at pads (−1e9, or −3·10⁴ in f16 so it cannot overflow).
 pub fn key_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
     let (b, l) = mask.dims2()?;
-    let big = if dtype == DType::F16 { 3e4 } else { 1e9 };
-    Ok(((mask.to_dtype(dtype)? - 1.0)? * big)?.reshape((b, 1, 1, l))?)
+    Ok(((mask.to_dtype(dtype)? - 1.0)? * mask_value(dtype))?.reshape((b, 1, 1, l))?)
+}
+
+/// The magnitude that stands for ∞ in masks of `dtype`: 10⁹, or 3·10⁴ in f16 (whose largest
+/// finite value is 65,504).
+pub fn mask_value(dtype: DType) -> f64 {
+    if dtype == DType::F16 {
+        3e4
+    } else {
+        1e9
+    }
 }
 
 /// `softmax(q·kᵀ·s + bias)` and its product with v: q `[B,h,n,d_h]`, k and v `[B,h,L,d_h]`.
@@ -157,7 +166,10 @@ fn fused(
     })
 }
 
-/// Softmax self-attention with 1/√d_h and key masking: `q_proj`, `k_proj`, `v_proj`, `o_proj`.
+/// Softmax self-attention with 1/√d_h and key masking: `q_proj`, `k_proj`, `v_proj`, `o_proj`;
+/// optionally with a length-keeping filter F on the keys and values (`K̃ = F(K)`, `Ṽ = F(V)`,
+/// per head along time, pads zeroed first), the locality control of
+/// [`crate::config::BlockConfig::FilteredTransformer`].
 #[derive(Clone, Debug)]
 pub struct SelfAttention {
     q: Linear,
@@ -166,6 +178,7 @@ pub struct SelfAttention {
     o: Linear,
     heads: usize,
     drop: Dropout,
+    filter: Option<std::sync::Arc<dyn crate::filter::Filter>>,
 }
 
 impl SelfAttention {
@@ -178,14 +191,26 @@ impl SelfAttention {
             o: linear(d, d, vb.pp("o_proj"))?,
             heads,
             drop,
+            filter: None,
         })
+    }
+
+    /// The same attention with `filter` applied to its keys and values.
+    pub fn with_filter(mut self, filter: std::sync::Arc<dyn crate::filter::Filter>) -> Self {
+        self.filter = Some(filter);
+        self
     }
 
     /// `x [B, L, d]`, optional `[B, L]` 0/1 mask → `[B, L, d]`.
     pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
         let q = self.q.forward(x)?;
-        let k = self.k.forward(x)?;
-        let v = self.v.forward(x)?;
+        let mut k = self.k.forward(x)?;
+        let mut v = self.v.forward(x)?;
+        if let Some(f) = &self.filter {
+            let m = mask.map(|m| m.to_dtype(x.dtype())).transpose()?;
+            k = crate::filter::filter_merged(f.as_ref(), &k, self.heads, m.as_ref())?;
+            v = crate::filter::filter_merged(f.as_ref(), &v, self.heads, m.as_ref())?;
+        }
         let s = 1.0 / ((q.dim(2)? / self.heads) as f64).sqrt();
         let bias = mask.map(|m| key_bias(m, x.dtype())).transpose()?;
         let (y, _) = attend_merged(

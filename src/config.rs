@@ -111,6 +111,20 @@ pub enum BlockConfig {
     Luna(LunaConfig),
     /// The pre-LN softmax Transformer block (SPEC §3.5).
     Transformer,
+    /// Locality control: the pre-LN Transformer whose self-attention keys and values pass
+    /// through `filter` (per head along time, as ConvLuna filters its packing keys and
+    /// values). The filter must keep the length (a stride-1 conv, or the identity).
+    FilteredTransformer {
+        /// The filter (weights `layers.{i}.filter.weight`).
+        filter: FilterConfig,
+    },
+    /// Locality control: a pre-LN block without attention whose only token mixing is
+    /// `filter`: `X1 = X + F(LN₁(X))`, `X' = X1 + FFN(LN₂(X1))`. The filter must keep the
+    /// length (a stride-1 conv).
+    ConvMixer {
+        /// The filter (weights `layers.{i}.filter.weight`).
+        filter: FilterConfig,
+    },
 }
 
 impl BlockConfig {
@@ -118,8 +132,13 @@ impl BlockConfig {
     pub fn luna(&self) -> Option<&LunaConfig> {
         match self {
             BlockConfig::Luna(c) => Some(c),
-            BlockConfig::Transformer => None,
+            _ => None,
         }
+    }
+
+    /// Whether the blocks are pre-LN (their output needs a final LayerNorm before a head).
+    pub fn pre_ln(&self) -> bool {
+        !matches!(self, BlockConfig::Luna(_))
     }
 }
 
@@ -196,9 +215,9 @@ pub enum Pooling {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PairFeatures {
-    /// [u; v] (authors).
+    /// [u; v] without a LayerNorm on u, v: the ConvLuna authors' `DualClassifier`.
     Concat,
-    /// [u, v, u⊙v, u−v] (LRA paper).
+    /// [u, v, u⊙v, u−v] after a LayerNorm: the LRA paper's head.
     Interaction,
 }
 
@@ -390,14 +409,28 @@ impl EncoderConfig {
                 "sinusoidal positions need an even d_model",
             ));
         }
-        if let BlockConfig::Luna(l) = &self.block {
-            l.validate(self.seq_len()).map_err(|e| match e {
+        match &self.block {
+            BlockConfig::Luna(l) => l.validate(self.seq_len()).map_err(|e| match e {
                 Error::Config { field, reason } => Error::Config {
                     field: format!("encoder.{field}"),
                     reason,
                 },
                 e => e,
-            })?;
+            })?,
+            BlockConfig::FilteredTransformer { filter } | BlockConfig::ConvMixer { filter } => {
+                filter.validate("encoder.block.filter", self.seq_len())?;
+                let keeps = matches!(
+                    filter,
+                    FilterConfig::Identity | FilterConfig::Conv { stride: 1, .. }
+                );
+                if !keeps {
+                    return Err(Error::config(
+                        "encoder.block.filter",
+                        "must keep the length here (a stride-1 conv or the identity)",
+                    ));
+                }
+            }
+            BlockConfig::Transformer => {}
         }
         Ok(())
     }

@@ -8,7 +8,7 @@
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::block::{Block, BlockDims, LunaBlock, TransformerBlock};
+use crate::block::{Block, BlockDims, ConvMixerBlock, LunaBlock, TransformerBlock};
 use crate::config::{BlockConfig, EncoderConfig, InputConfig, Positions};
 use crate::error::{Error, Result};
 use crate::layers::DropoutRng;
@@ -116,14 +116,22 @@ impl Encoder {
             Positions::None => None,
         };
         let cls = if cfg.cls {
-            Some(vb.get_with_hints(
-                d,
-                "cls",
-                Init::Randn {
+            // The authors' initialisations: `xavier_uniform_` on a [1, 1, d] tensor for token
+            // inputs (fan_in = fan_out = d, so U(±√(3/d))), N(0, 1) for pixel inputs.
+            let init = match cfg.input {
+                InputConfig::Tokens { .. } => {
+                    let bound = (3.0 / d as f64).sqrt();
+                    Init::Uniform {
+                        lo: -bound,
+                        up: bound,
+                    }
+                }
+                InputConfig::Pixels { .. } => Init::Randn {
                     mean: 0.0,
                     stdev: 1.0,
                 },
-            )?)
+            };
+            Some(vb.get_with_hints(d, "cls", init)?)
         } else {
             None
         };
@@ -146,15 +154,24 @@ impl Encoder {
                     },
                 )?)
             }
-            BlockConfig::Transformer => None,
+            _ => None,
         };
         let mut blocks = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let lvb = vb.pp(format!("layers.{i}"));
+            let filter = |f: &crate::config::FilterConfig| {
+                crate::filter::build(f, cfg.num_heads, dims.head_dim(), lvb.pp("filter"))
+            };
             blocks.push(match &cfg.block {
                 BlockConfig::Luna(l) => Block::Luna(LunaBlock::new(l, &dims, rng, lvb)?),
                 BlockConfig::Transformer => {
                     Block::Transformer(TransformerBlock::new(&dims, rng, lvb)?)
+                }
+                BlockConfig::FilteredTransformer { filter: f } => {
+                    Block::Transformer(TransformerBlock::with_filter(&dims, filter(f)?, rng, lvb)?)
+                }
+                BlockConfig::ConvMixer { filter: f } => {
+                    Block::ConvMixer(ConvMixerBlock::new(&dims, filter(f)?, rng, lvb)?)
                 }
             });
         }
@@ -369,6 +386,7 @@ impl Encoder {
                     memory = Some(out.memory);
                 }
                 Block::Transformer(blk) => x = blk.forward_t(&x, Some(&mask), train)?,
+                Block::ConvMixer(blk) => x = blk.forward_t(&x, Some(&mask), train)?,
             }
         }
         Ok(EncoderOutput {

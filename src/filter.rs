@@ -34,6 +34,15 @@ pub trait Filter: std::fmt::Debug + Send + Sync {
         let _ = len;
         0
     }
+    /// The filter on `x [B, h, L, d_h]` whose positions with `mask [B, L]` (float 0/1) equal
+    /// to 0 are padding. The default zeroes the pads and filters (right for linear filters: a
+    /// pad then adds nothing to any window). A filter for which a zero is not neutral must
+    /// override it: [`MaxPoolFilter`] gives pads −∞ so that they never win a max.
+    fn forward_masked(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, l) = mask.dims2()?;
+        let m = mask.to_dtype(x.dtype())?.reshape((b, 1, l, 1))?;
+        self.forward(&x.broadcast_mul(&m)?)
+    }
     /// The same filter on `x ⊙ mask` with the heads left in the model dimension,
     /// `[B, L, h·d_h] → [B, L, h·d_h]`, for a length-keeping filter with a fused kernel for that
     /// layout (the optional `mask` is `[B, L]` 0/1). `None` (the default) means "not available":
@@ -344,6 +353,45 @@ impl Filter for MaxPoolFilter {
     fn masked_right_pad(&self, len: usize) -> usize {
         self.window.coverage_pad(len)
     }
+    /// Pads count as −∞ inside the max (a large negative, [`crate::attention::mask_value`]),
+    /// so a pad never wins over a real key, however negative; a window that holds only
+    /// padding gives 0 (it is masked out of the attention by [`Filter::filter_mask`]).
+    fn forward_masked(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, l) = mask.dims2()?;
+        let m = mask.to_dtype(x.dtype())?;
+        let neg = ((&m - 1.0)? * crate::attention::mask_value(x.dtype()))?.reshape((b, 1, l, 1))?;
+        let y = self.forward(&x.broadcast_add(&neg)?)?;
+        let fm = self.filter_mask(&m)?;
+        let lo = fm.dim(1)?;
+        Ok(y.broadcast_mul(&fm.reshape((b, 1, lo, 1))?)?)
+    }
+}
+
+/// Applies a length-keeping `filter` to `x [B, L, h·d_h]` with the heads in the model dimension
+/// (`mask [B, L]` float 0/1 marks padding, handled by [`Filter::forward_masked`]): the fused
+/// merged-layout path where the filter has one, else split heads, filter, merge.
+pub fn filter_merged(
+    filter: &dyn Filter,
+    x: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (_, l, _) = x.dims3()?;
+    if filter.output_len(l)? != l {
+        return Err(Error::config(
+            "filter",
+            "this block needs a filter that keeps the length (stride 1, padded)",
+        ));
+    }
+    if let Some(y) = filter.forward_merged(x, heads, mask)? {
+        return Ok(y);
+    }
+    let xs = crate::attention::split_heads(x, heads)?;
+    let y = match mask {
+        Some(m) => filter.forward_masked(&xs, m)?,
+        None => filter.forward(&xs)?,
+    };
+    crate::attention::merge_heads(&y)
 }
 
 /// Builds the filter named by `cfg`; conv kernels are created under `vb` (`weight`).

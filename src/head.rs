@@ -1,9 +1,16 @@
 //! Classification heads (SPEC §4).
 //!
 //! Single document: `LN → pool → fc1 (d→f) GELU [→ fc2 (f→f) GELU] → out (f→classes)`.
-//! Two documents: pooled u, v → `[u; v]` or `[u, v, u⊙v, u−v]` → `fc1 (→f) GELU →
-//! fc2 (f→2d) GELU → out (2d→classes)`. Parameter names `head.norm`, `head.fc1`, `head.fc2`,
-//! `head.out`.
+//! Two documents (the same encoder on both), pooled to u and v, then `fc1 (→f) GELU →
+//! fc2 (f→f/2) GELU → out (f/2→classes)` on the features:
+//! - [`PairFeatures::Concat`], the ConvLuna authors' `DualClassifier`: `[u; v]` of the CLS
+//!   vectors **without** a LayerNorm (the post-LN Luna blocks already end in one; a pre-LN
+//!   Transformer encoder keeps the head's LayerNorm as its final norm);
+//! - [`PairFeatures::Interaction`], the LRA paper's head: `[u, v, u⊙v, u−v]` after the head's
+//!   LayerNorm (LRA's encoder norm). LRA uses ReLU in this MLP; the crate uses GELU in every
+//!   head, as the ConvLuna authors do.
+//!
+//! Parameter names `head.norm` (where there is one), `head.fc1`, `head.fc2`, `head.out`.
 
 use candle_core::{Module, Tensor, D};
 use candle_nn::VarBuilder;
@@ -13,10 +20,11 @@ use crate::encoder::EncoderOutput;
 use crate::error::{Error, Result};
 use crate::layers::{linear, LayerNorm, Linear};
 
-/// Normalises the encoder output with the head's LayerNorm and pools it to `[B, d]`.
+/// Normalises the encoder output with the head's LayerNorm (where it has one) and pools it to
+/// `[B, d]`.
 #[derive(Clone, Debug)]
 pub struct Pooler {
-    norm: LayerNorm,
+    norm: Option<LayerNorm>,
     pooling: Pooling,
     cls: bool,
 }
@@ -24,6 +32,17 @@ pub struct Pooler {
 impl Pooler {
     /// `cls` tells whether position 0 of the hidden states is a CLS token.
     pub fn new(d: usize, pooling: Pooling, cls: bool, vb: VarBuilder) -> Result<Self> {
+        Self::with_norm(d, pooling, cls, true, vb)
+    }
+
+    /// As [`Pooler::new`], with (`head.norm`) or without a LayerNorm before pooling.
+    pub fn with_norm(
+        d: usize,
+        pooling: Pooling,
+        cls: bool,
+        norm: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         if pooling == Pooling::Cls && !cls {
             return Err(Error::config(
                 "head.pooling",
@@ -31,9 +50,20 @@ impl Pooler {
             ));
         }
         Ok(Self {
-            norm: LayerNorm::new(d, vb.pp("norm"))?,
+            norm: if norm {
+                Some(LayerNorm::new(d, vb.pp("norm"))?)
+            } else {
+                None
+            },
             pooling,
             cls,
+        })
+    }
+
+    fn normed(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match &self.norm {
+            Some(n) => n.forward(x)?,
+            None => x.clone(),
         })
     }
 
@@ -41,12 +71,9 @@ impl Pooler {
     /// mean of the normalised final memory.
     pub fn pool(&self, out: &EncoderOutput) -> Result<Tensor> {
         match self.pooling {
-            Pooling::Cls => Ok(self
-                .norm
-                .forward(&out.hidden.narrow(1, 0, 1)?)?
-                .squeeze(1)?),
+            Pooling::Cls => Ok(self.normed(&out.hidden.narrow(1, 0, 1)?)?.squeeze(1)?),
             Pooling::Mean => {
-                let h = self.norm.forward(&out.hidden)?;
+                let h = self.normed(&out.hidden)?;
                 let (h, m) = if self.cls {
                     let l = h.dim(1)?;
                     (h.narrow(1, 1, l - 1)?, out.mask.narrow(1, 1, l - 1)?)
@@ -65,7 +92,7 @@ impl Pooler {
                         "`memory` pooling needs a Luna-family encoder",
                     )
                 })?;
-                Ok(self.norm.forward(mem)?.mean(1)?)
+                Ok(self.normed(mem)?.mean(1)?)
             }
         }
     }
@@ -117,25 +144,34 @@ pub struct PairHead {
 }
 
 impl PairHead {
-    /// Builds the head for width `d` under `vb`.
+    /// Builds the head for width `d` under `vb`. `pre_ln_encoder` tells that the encoder's
+    /// blocks are pre-LN (the Transformer): its output then needs the head's LayerNorm as the
+    /// encoder's final norm whatever the features.
     pub fn new(
         cfg: &HeadConfig,
         features: PairFeatures,
         d: usize,
         cls: bool,
+        pre_ln_encoder: bool,
         vb: VarBuilder,
     ) -> Result<Self> {
         let f = cfg.hidden_dim;
-        let in_dim = match features {
-            PairFeatures::Concat => 2 * d,
-            PairFeatures::Interaction => 4 * d,
+        if f < 2 {
+            return Err(Error::config(
+                "head.hidden_dim",
+                "must be at least 2 for a pair head (its second layer is f/2 wide)",
+            ));
+        }
+        let (in_dim, norm) = match features {
+            PairFeatures::Concat => (2 * d, pre_ln_encoder),
+            PairFeatures::Interaction => (4 * d, true),
         };
         Ok(Self {
-            pooler: Pooler::new(d, cfg.pooling, cls, vb.clone())?,
+            pooler: Pooler::with_norm(d, cfg.pooling, cls, norm, vb.clone())?,
             features,
             fc1: linear(in_dim, f, vb.pp("fc1"))?,
-            fc2: linear(f, 2 * d, vb.pp("fc2"))?,
-            out: linear(2 * d, cfg.num_classes, vb.pp("out"))?,
+            fc2: linear(f, f / 2, vb.pp("fc2"))?,
+            out: linear(f / 2, cfg.num_classes, vb.pp("out"))?,
         })
     }
 

@@ -93,7 +93,7 @@ pub mod temperature;
 pub mod train;
 pub mod unpack;
 
-pub use block::{Block, BlockDims, LunaBlock, LunaBlockOutput, TransformerBlock};
+pub use block::{Block, BlockDims, ConvMixerBlock, LunaBlock, LunaBlockOutput, TransformerBlock};
 pub use config::{
     BlockConfig, EncoderConfig, FilterConfig, HeadConfig, InputConfig, LunaConfig, ModelConfig,
     PairFeatures, Pooling, Positions, Projections, Scale,

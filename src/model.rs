@@ -119,6 +119,7 @@ impl PairClassifier {
             features,
             cfg.encoder.d_model,
             cfg.encoder.cls,
+            cfg.encoder.block.pre_ln(),
             vb.pp("head"),
         )?;
         Ok(Self { encoder, head })

@@ -210,7 +210,10 @@ impl AdamW {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Schedule {
-    /// The authors' `lr·min(1, t/w)/√max(t, w)` (SPEC §6); its peak is lr/√w.
+    /// The authors' `lr·λ(s)`, `λ(s) = min(1, s/w)/√max(s, w)`, evaluated as PyTorch's
+    /// `LambdaLR` does under Lightning: update `t` (1-based) uses `λ(t − 1)`, so the first
+    /// update has learning rate 0 (it only fills AdamW's moments) and the peak lr/√w is
+    /// reached at update w + 1.
     Rsqrt {
         /// Warmup steps w.
         warmup: usize,
@@ -229,13 +232,13 @@ pub enum Schedule {
 }
 
 impl Schedule {
-    /// Learning rate at step `t` (1-based) for base rate `lr`.
+    /// Learning rate of update `t` (1-based) for base rate `lr`.
     pub fn lr(&self, lr: f64, t: usize) -> f64 {
         let t = t.max(1) as f64;
         match *self {
             Schedule::Rsqrt { warmup } => {
-                let w = warmup.max(1) as f64;
-                lr * (t / w).min(1.0) / t.max(w).sqrt()
+                let (w, s) = (warmup.max(1) as f64, t - 1.0);
+                lr * (s / w).min(1.0) / s.max(w).sqrt()
             }
             Schedule::Cosine {
                 warmup,

@@ -147,9 +147,6 @@ impl PackAttention {
                 Some(m) => m.to_dtype(x.dtype())?,
                 None => Tensor::ones((b, l), x.dtype(), x.device())?,
             };
-            let m3 = m.unsqueeze(2)?;
-            k = k.broadcast_mul(&m3)?;
-            v = v.broadcast_mul(&m3)?;
             let pad = self.filter.masked_right_pad(l);
             let m = if pad > 0 {
                 k = k.pad_with_zeros(1, 0, pad)?;
@@ -158,10 +155,21 @@ impl PackAttention {
             } else {
                 m
             };
-            fmask = Some(self.filter.filter_mask(&m)?);
+            fmask = Some((self.filter.filter_mask(&m)?, m));
         }
-        let k = self.filter.forward(&split_heads(&k, self.heads)?)?;
-        let v = self.filter.forward(&split_heads(&v, self.heads)?)?;
+        let (k, v) = match &fmask {
+            Some((_, m)) => (
+                self.filter
+                    .forward_masked(&split_heads(&k, self.heads)?, m)?,
+                self.filter
+                    .forward_masked(&split_heads(&v, self.heads)?, m)?,
+            ),
+            None => (
+                self.filter.forward(&split_heads(&k, self.heads)?)?,
+                self.filter.forward(&split_heads(&v, self.heads)?)?,
+            ),
+        };
+        let fmask = fmask.map(|(f, _)| f);
         let bias = fmask.as_ref().map(|m| key_bias(m, x.dtype())).transpose()?;
         let q = split_heads(&self.q.forward(p)?, self.heads)?;
         let (y, a) = attend_scaled(&q, &k, &v, &self.scale, bias.as_ref(), &self.drop, train)?;

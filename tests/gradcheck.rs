@@ -115,6 +115,48 @@ fn transformer_block() {
     gradcheck(&vars, loss, 5);
 }
 
+/// The two locality controls: the Transformer with the ConvLuna filter on its keys and
+/// values, and the attention-free conv mixer, each with and without a mask.
+#[test]
+fn locality_control_blocks() {
+    let dev = Device::Cpu;
+    for masked in [true, false] {
+        for mixer in [false, true] {
+            let store = ParamStore::new(5);
+            let vb = store.var_builder(DType::F64, &dev);
+            let f =
+                convluna::filter::build(&FilterConfig::authors_conv(), H, D / H, vb.pp("filter"))
+                    .unwrap();
+            let block = if mixer {
+                Block::ConvMixer(
+                    ConvMixerBlock::new(&dims(D, H, F), f, &DropoutRng::new(0), vb).unwrap(),
+                )
+            } else {
+                Block::Transformer(
+                    TransformerBlock::with_filter(&dims(D, H, F), f, &DropoutRng::new(0), vb)
+                        .unwrap(),
+                )
+            };
+            let x = Var::from_tensor(&randn(&[B, L, D], 1, DType::F64, &dev)).unwrap();
+            let rx = randn(&[B, L, D], 3, DType::F64, &dev);
+            let m = mask(&[L, 5], L, DType::F64, &dev);
+            let m = masked.then_some(&m);
+            let loss = || {
+                let y = match &block {
+                    Block::ConvMixer(b) => b.forward_t(x.as_tensor(), m, false),
+                    Block::Transformer(b) => b.forward_t(x.as_tensor(), m, false),
+                    Block::Luna(_) => unreachable!(),
+                };
+                (y.unwrap() * &rx).unwrap().sum_all().unwrap()
+            };
+            let mut vars = store.vars();
+            vars.push(("input.x".into(), x.clone()));
+            let err = gradcheck(&vars, loss, 5);
+            eprintln!("mixer={mixer} masked={masked}: max |fd − analytic| = {err:.2e}");
+        }
+    }
+}
+
 fn small_model(
     block: BlockConfig,
     input: InputConfig,

@@ -332,3 +332,78 @@ fn dropout_only_in_training_and_reproducible() {
     assert_eq!(max_abs_diff(&t1.x, &t2.x), 0.0);
     assert!(max_abs_diff(&t1.x, &e1.x) > 1e-3);
 }
+
+/// Masked max-pool: a pad is −∞ inside the max, so it never wins over real (negative) keys,
+/// and a window of padding only gives 0 (it is masked out of the attention).
+#[test]
+fn masked_max_pool_never_lets_padding_win() {
+    let dev = Device::Cpu;
+    // one head, one channel, 6 positions, all negative; the last two are padding
+    let x = Tensor::new(&[-5f32, -4., -3., -2., -7., -9.], &dev)
+        .unwrap()
+        .reshape((1, 1, 6, 1))
+        .unwrap();
+    let mask = Tensor::new(&[[1f32, 1., 1., 1., 0., 0.]], &dev).unwrap();
+    let pool = MaxPoolFilter::new(2, 1).unwrap();
+    let y: Vec<f32> = pool
+        .forward_masked(&x, &mask)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    // windows (0,1) (1,2) (2,3) (3,4) (4,5): the fourth holds a real −2 and a pad,
+    // the fifth only padding
+    assert_eq!(y, vec![-4., -3., -2., -2., 0.]);
+    // the filtered mask agrees: the last window is padding
+    let fm: Vec<f32> = pool
+        .filter_mask(&mask)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(fm, vec![1., 1., 1., 1., 0.]);
+}
+
+/// CLS initialisation as the authors': `xavier_uniform_` on [1, 1, d] for token inputs
+/// (U(±√(3/d))), N(0, 1) for pixels.
+#[test]
+fn cls_initialisation_follows_the_authors() {
+    let dev = Device::Cpu;
+    let d = 128;
+    let enc = |input| {
+        let cfg = EncoderConfig {
+            input,
+            max_len: 8,
+            d_model: d,
+            num_heads: 4,
+            ffn_dim: 16,
+            num_layers: 1,
+            dropout: 0.0,
+            attention_dropout: 0.0,
+            positions: Positions::Learned,
+            cls: true,
+            block: BlockPreset::Transformer.block(4, d),
+        };
+        let store = ParamStore::new(11);
+        Encoder::new(
+            &cfg,
+            &DropoutRng::new(0),
+            store.var_builder(DType::F64, &dev),
+        )
+        .unwrap();
+        store.tensors()["cls"].to_vec1::<f64>().unwrap()
+    };
+    let bound = (3.0 / d as f64).sqrt();
+    let tok = enc(InputConfig::Tokens { vocab_size: 10 });
+    assert!(tok.iter().all(|v| v.abs() <= bound), "outside ±√(3/d)");
+    let var = tok.iter().map(|v| v * v).sum::<f64>() / d as f64;
+    // U(±b) has variance b²/3 = 1/d
+    assert!((var * d as f64 - 1.0).abs() < 0.3, "variance {var}");
+    let pix = enc(InputConfig::Pixels {
+        mean: 0.5,
+        std: 0.5,
+    });
+    assert!(pix.iter().any(|v| v.abs() > 1.0), "pixels keep N(0, 1)");
+}

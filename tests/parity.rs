@@ -130,7 +130,7 @@ fn block_cfg(case: &str, masked: bool) -> Option<LunaConfig> {
             FilterConfig::Identity,
             masked,
         ),
-        "transformer" => return None,
+        "transformer" | "transformer_conv4s1" | "convmixer_conv4s1" => return None,
         other => panic!("unknown case {other}"),
     })
 }
@@ -172,9 +172,17 @@ fn run_block(case: &str, masked: bool) -> f64 {
     let cfg = block_cfg(case, masked);
     let d = dims(16, 4, 32);
     let rng = DropoutRng::new(0);
-    let blk = match &cfg {
-        Some(c) => Block::Luna(LunaBlock::new(c, &d, &rng, vb).unwrap()),
-        None => Block::Transformer(TransformerBlock::new(&d, &rng, vb).unwrap()),
+    let conv4 =
+        || convluna::filter::build(&FilterConfig::authors_conv(), 4, 4, vb.pp("filter")).unwrap();
+    let blk = match (&cfg, case) {
+        (Some(c), _) => Block::Luna(LunaBlock::new(c, &d, &rng, vb.clone()).unwrap()),
+        (None, "transformer_conv4s1") => Block::Transformer(
+            TransformerBlock::with_filter(&d, conv4(), &rng, vb.clone()).unwrap(),
+        ),
+        (None, "convmixer_conv4s1") => {
+            Block::ConvMixer(ConvMixerBlock::new(&d, conv4(), &rng, vb.clone()).unwrap())
+        }
+        (None, _) => Block::Transformer(TransformerBlock::new(&d, &rng, vb.clone()).unwrap()),
     };
     store
         .assign(&with_prefix(&f, "param."), &path)
@@ -206,6 +214,13 @@ fn run_block(case: &str, masked: bool) -> f64 {
         }
         Block::Transformer(b) => {
             // the Transformer block takes its key mask as an argument: `_nomask` = no mask
+            let y = b
+                .forward_t(x.as_tensor(), masked.then_some(mask), false)
+                .unwrap();
+            worst = worst.max(agree(&format!("{name}: output.x"), &y, &f["output.x"]));
+            ((&y * &f["input.rx"]).unwrap().sum_all().unwrap(), None)
+        }
+        Block::ConvMixer(b) => {
             let y = b
                 .forward_t(x.as_tensor(), masked.then_some(mask), false)
                 .unwrap();
@@ -251,6 +266,8 @@ block_case!(
 block_case!(luna_authors, "luna_authors");
 block_case!(luna_ma, "luna_ma");
 block_case!(transformer, "transformer");
+block_case!(transformer_with_conv_on_keys_values, "transformer_conv4s1");
+block_case!(conv_mixer_without_attention, "convmixer_conv4s1");
 
 fn encoder_cfg(case: &str, masked: bool) -> ModelConfig {
     let (input, positions, cls, block, pooling, extra, pair, classes) = match case {
@@ -285,6 +302,16 @@ fn encoder_cfg(case: &str, masked: bool) -> ModelConfig {
             Pooling::Memory,
             false,
             Some(PairFeatures::Interaction),
+            2,
+        ),
+        "encoder_pair_convluna" => (
+            InputConfig::Tokens { vocab_size: 20 },
+            Positions::Learned,
+            true,
+            BlockConfig::Luna(block_cfg("convluna_conv4s1", masked).unwrap()),
+            Pooling::Cls,
+            false,
+            Some(PairFeatures::Concat),
             2,
         ),
         other => panic!("unknown case {other}"),
@@ -386,4 +413,11 @@ fn encoder_transformer_pixels_mean_pooling_image_head() {
 #[test]
 fn encoder_pair_luna_ma_memory_pooling() {
     run_encoder("encoder_pair_luna_ma", true);
+}
+
+/// The paper preset's retrieval model: ConvLuna (unmasked) with the authors' `DualClassifier`
+/// (`[u; v]` of the CLS vectors, no LayerNorm, f → f/2).
+#[test]
+fn encoder_pair_convluna_authors_dual_classifier() {
+    run_encoder("encoder_pair_convluna", false);
 }

@@ -222,10 +222,13 @@ fn corrupted_or_half_written_checkpoints_are_refused() {
 
 #[test]
 fn schedules() {
+    // update t uses λ(t − 1), as LambdaLR stepped by Lightning: the first update has lr 0
     let r = Schedule::Rsqrt { warmup: 100 };
-    assert!((r.lr(1.0, 50) - 0.5 / 10.0).abs() < 1e-12);
-    assert!((r.lr(1.0, 100) - 0.1).abs() < 1e-12);
-    assert!((r.lr(1.0, 400) - 0.05).abs() < 1e-12);
+    assert_eq!(r.lr(1.0, 1), 0.0);
+    assert!((r.lr(1.0, 2) - 0.01 / 10.0).abs() < 1e-15);
+    assert!((r.lr(1.0, 51) - 0.5 / 10.0).abs() < 1e-12);
+    assert!((r.lr(1.0, 101) - 0.1).abs() < 1e-12);
+    assert!((r.lr(1.0, 401) - 0.05).abs() < 1e-12);
     let c = Schedule::Cosine {
         warmup: 10,
         total: 110,

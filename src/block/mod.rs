@@ -1,9 +1,11 @@
 //! The three block families: ConvLuna / Luna ([`LunaBlock`]) and the pre-LN Transformer
-//! ([`TransformerBlock`]).
+//! ([`TransformerBlock`]), plus the attention-free [`ConvMixerBlock`] (a locality control).
 
+mod conv_mixer;
 mod luna;
 mod transformer;
 
+pub use conv_mixer::ConvMixerBlock;
 pub use luna::{LunaBlock, LunaBlockOutput};
 pub use transformer::TransformerBlock;
 
@@ -50,6 +52,8 @@ impl BlockDims {
 pub enum Block {
     /// ConvLuna or Luna.
     Luna(LunaBlock),
-    /// Pre-LN Transformer.
+    /// Pre-LN Transformer (with or without a filter on its keys and values).
     Transformer(TransformerBlock),
+    /// Pre-LN block whose only token mixing is a filter (no attention).
+    ConvMixer(ConvMixerBlock),
 }

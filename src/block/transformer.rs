@@ -1,6 +1,9 @@
 //! Pre-LN Transformer block (the authors' baseline, SPEC §3.5):
 //! `X1 = X + MHA(LN₁(X))`, `X' = X1 + FFN(LN₂(X1))`.
-//! Parameter names: `norm1`, `attn.{q,k,v,o}_proj`, `norm2`, `ffn.fc1`, `ffn.fc2`.
+//! Parameter names: `norm1`, `attn.{q,k,v,o}_proj`, `norm2`, `ffn.fc1`, `ffn.fc2` (and
+//! `filter.weight` for the filtered variant).
+
+use std::sync::Arc;
 
 use candle_core::{Module, ModuleT, Tensor};
 use candle_nn::VarBuilder;
@@ -8,6 +11,7 @@ use candle_nn::VarBuilder;
 use super::BlockDims;
 use crate::attention::SelfAttention;
 use crate::error::Result;
+use crate::filter::Filter;
 use crate::layers::{Dropout, DropoutRng, FeedForward, LayerNorm};
 
 /// Pre-LN Transformer block.
@@ -22,16 +26,41 @@ pub struct TransformerBlock {
 impl TransformerBlock {
     /// Builds the block under `vb`.
     pub fn new(dims: &BlockDims, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
+        Self::build(dims, None, rng, vb)
+    }
+
+    /// The block whose attention keys and values pass through `filter` (a length-keeping
+    /// filter; its weights, if any, are the caller's), the locality control
+    /// [`crate::config::BlockConfig::FilteredTransformer`].
+    pub fn with_filter(
+        dims: &BlockDims,
+        filter: Arc<dyn Filter>,
+        rng: &DropoutRng,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Self::build(dims, Some(filter), rng, vb)
+    }
+
+    fn build(
+        dims: &BlockDims,
+        filter: Option<Arc<dyn Filter>>,
+        rng: &DropoutRng,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         dims.check()?;
         let d = dims.d_model;
+        let attn = SelfAttention::new(
+            d,
+            dims.num_heads,
+            Dropout::new(dims.attention_dropout, rng.clone()),
+            vb.pp("attn"),
+        )?;
         Ok(Self {
             norm1: LayerNorm::new(d, vb.pp("norm1"))?,
-            attn: SelfAttention::new(
-                d,
-                dims.num_heads,
-                Dropout::new(dims.attention_dropout, rng.clone()),
-                vb.pp("attn"),
-            )?,
+            attn: match filter {
+                Some(f) => attn.with_filter(f),
+                None => attn,
+            },
             norm2: LayerNorm::new(d, vb.pp("norm2"))?,
             ffn: FeedForward::new(
                 d,

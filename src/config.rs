@@ -363,7 +363,7 @@ impl EncoderConfig {
         if self.num_heads == 0 {
             return Err(Error::config("encoder.num_heads", "must be at least 1"));
         }
-        if self.d_model % self.num_heads != 0 {
+        if !self.d_model.is_multiple_of(self.num_heads) {
             return Err(Error::config(
                 "encoder.d_model",
                 format!(
@@ -403,7 +403,7 @@ impl EncoderConfig {
             }
             _ => {}
         }
-        if self.positions == Positions::Sinusoidal && self.d_model % 2 != 0 {
+        if self.positions == Positions::Sinusoidal && !self.d_model.is_multiple_of(2) {
             return Err(Error::config(
                 "encoder.positions",
                 "sinusoidal positions need an even d_model",

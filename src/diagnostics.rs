@@ -9,9 +9,20 @@
 //!   σ the singular values of P (`[m, d]`, values below 1e-7·σ_max count as 0); rank-one → 1,
 //!   m orthogonal equal-norm → m;
 //! - **pack-attention entropy** of slot i: `−Σ_t a_it ln a_it / ln n`, over the n valid
-//!   (filtered) key positions of the example (1 = uniform, 0 = one-hot; n = 1 counts as 0).
+//!   (filtered) key positions of the example (1 = uniform, 0 = one-hot; n = 1 counts as 0);
+//! - **pack-row divergence**: the mean over slot pairs `i < j` (and heads) of the
+//!   Jensen–Shannon divergence `JS(a_i, a_j) = ½ KL(a_i ‖ μ) + ½ KL(a_j ‖ μ)`, `μ = ½(a_i + a_j)`,
+//!   in bits (0 = the two slots read exactly the same positions, 1 = disjoint positions).
+//!
+//! These are reported for the memory entering and leaving each layer (`P`, `P'`) and for the
+//! packed output `Y_p` — what the memory actually carries into unpacking. `P' = LN(P + Y_p)`
+//! keeps the learned initial memory's diversity by construction, so a collapse of what the
+//! memory carries shows in `Y_p` and in the pack rows, not in `P'`.
 //!
 //! Each number is computed per example and averaged over the examples of a batch.
+
+// The matrix code below reads as the formulas do, with explicit indices.
+#![allow(clippy::needless_range_loop)]
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -44,6 +55,13 @@ pub struct LayerDiagnostics {
     pub memory_out: MemoryStats,
     /// Mean normalised pack-attention entropy over examples, heads and slots.
     pub pack_entropy: f64,
+    /// The packed output `Y_p` of the layer (what the memory carries into unpacking).
+    #[serde(default)]
+    pub packed: Option<MemoryStats>,
+    /// Mean pairwise Jensen–Shannon divergence (bits) between the pack-attention rows of the
+    /// memory slots, over examples and heads (`None` for m = 1).
+    #[serde(default)]
+    pub pack_row_divergence: Option<f64>,
 }
 
 fn rows(t: &Tensor) -> Result<Vec<Vec<Vec<f64>>>> {
@@ -269,6 +287,92 @@ pub fn attention_entropy(attention: &Tensor, mask: &Tensor, max_examples: usize)
     Ok(total / count.max(1) as f64)
 }
 
+/// Jensen–Shannon divergence in bits between two distributions over the same positions.
+pub fn js_divergence(a: &[f64], b: &[f64]) -> f64 {
+    let kl = |p: f64, m: f64| if p > 0.0 { p * (p / m).log2() } else { 0.0 };
+    let mut js = 0.0;
+    for (&p, &q) in a.iter().zip(b) {
+        let m = 0.5 * (p + q);
+        if m > 0.0 {
+            js += 0.5 * kl(p, m) + 0.5 * kl(q, m);
+        }
+    }
+    js.max(0.0)
+}
+
+/// Pairwise Jensen–Shannon divergences (bits) of the pack-attention rows of example `e`,
+/// averaged over heads: an `m × m` matrix (0 on the diagonal), restricted to the valid
+/// positions of `mask`. Returns `None` where `e` is past the batch.
+pub fn pack_row_divergences(
+    attention: &Tensor,
+    mask: &Tensor,
+    e: usize,
+) -> Result<Option<Vec<Vec<f64>>>> {
+    let (b, h, m, l) = attention.dims4()?;
+    if e >= b {
+        return Ok(None);
+    }
+    let a = attention
+        .narrow(0, e, 1)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let mk = mask
+        .narrow(0, e, 1)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let valid: Vec<usize> = (0..l).filter(|&t| mk[t] > 0.0).collect();
+    let row = |hh: usize, s: usize| -> Vec<f64> {
+        let off = (hh * m + s) * l;
+        valid.iter().map(|&t| a[off + t]).collect()
+    };
+    let mut out = vec![vec![0.0; m]; m];
+    for hh in 0..h {
+        let rows: Vec<Vec<f64>> = (0..m).map(|s| row(hh, s)).collect();
+        for i in 0..m {
+            for j in i + 1..m {
+                let v = js_divergence(&rows[i], &rows[j]) / h as f64;
+                out[i][j] += v;
+                out[j][i] += v;
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Mean pairwise pack-row divergence over the first `max_examples` examples (`None` for
+/// m = 1).
+pub fn pack_row_divergence(
+    attention: &Tensor,
+    mask: &Tensor,
+    max_examples: usize,
+) -> Result<Option<f64>> {
+    let (b, _, m, l) = attention.dims4()?;
+    if mask.dims() != [b, l] {
+        return Err(Error::shape(
+            "mask",
+            format!("[{b}, {l}] like the attention keys"),
+            mask.dims(),
+        ));
+    }
+    if m < 2 {
+        return Ok(None);
+    }
+    let n = b.min(max_examples.max(1));
+    let mut total = 0.0;
+    for e in 0..n {
+        if let Some(d) = pack_row_divergences(attention, mask, e)? {
+            let s: f64 = (0..m)
+                .flat_map(|i| (i + 1..m).map(move |j| (i, j)))
+                .map(|(i, j)| d[i][j])
+                .sum();
+            total += s / (m * (m - 1) / 2) as f64;
+        }
+    }
+    Ok(Some(total / n as f64))
+}
+
 /// Diagnostics of every layer of a traced forward pass.
 pub fn diagnose(
     trace: &[LayerTrace],
@@ -284,6 +388,12 @@ pub fn diagnose(
                 memory_in: memory_stats(&t.memory_in, threshold, max_examples)?,
                 memory_out: memory_stats(&t.memory_out, threshold, max_examples)?,
                 pack_entropy: attention_entropy(&t.pack_attention, &t.pack_mask, max_examples)?,
+                packed: Some(memory_stats(&t.packed, threshold, max_examples)?),
+                pack_row_divergence: pack_row_divergence(
+                    &t.pack_attention,
+                    &t.pack_mask,
+                    max_examples,
+                )?,
             })
         })
         .collect()
@@ -359,6 +469,37 @@ mod tests {
         let one_hot: Vec<f32> = (0..l).map(|t| if t == 2 { 1.0 } else { 0.0 }).collect();
         let a = Tensor::from_vec(one_hot, (1, 1, 1, l), &dev).unwrap();
         assert!(attention_entropy(&a, &mask, 8).unwrap().abs() < 1e-9);
+    }
+
+    #[test]
+    fn identical_pack_rows_diverge_by_zero_and_disjoint_rows_by_one_bit() {
+        let dev = Device::Cpu;
+        // 1 example, 1 head, 3 slots over 4 positions (the last one padding)
+        let rows = [
+            [0.5f32, 0.5, 0.0, 0.0],
+            [0.5, 0.5, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+        ];
+        let a = Tensor::new(&rows, &dev)
+            .unwrap()
+            .reshape((1, 1, 3, 4))
+            .unwrap();
+        let mask = Tensor::new(&[[1f32, 1., 1., 0.]], &dev).unwrap();
+        let d = pack_row_divergences(&a, &mask, 0).unwrap().unwrap();
+        assert!(d[0][1].abs() < 1e-12, "identical rows: {}", d[0][1]);
+        assert!((d[0][2] - 1.0).abs() < 1e-12, "disjoint rows: {}", d[0][2]);
+        assert_eq!(d[1][2], d[2][1]);
+        let mean = pack_row_divergence(&a, &mask, 8).unwrap().unwrap();
+        assert!((mean - 2.0 / 3.0).abs() < 1e-12, "{mean}");
+        // every slot reading the same thing: 0; a single slot: undefined
+        let same = Tensor::ones((2, 2, 5, 4), DType::F32, &dev)
+            .unwrap()
+            .affine(0.25, 0.0)
+            .unwrap();
+        let m2 = Tensor::ones((2, 4), DType::F32, &dev).unwrap();
+        assert!(pack_row_divergence(&same, &m2, 8).unwrap().unwrap().abs() < 1e-12);
+        let one = Tensor::ones((2, 2, 1, 4), DType::F32, &dev).unwrap();
+        assert_eq!(pack_row_divergence(&one, &m2, 8).unwrap(), None);
     }
 
     #[test]

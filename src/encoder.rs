@@ -20,6 +20,8 @@ pub struct LayerTrace {
     pub memory_in: Tensor,
     /// Memory leaving the layer `[B, m, d]`.
     pub memory_out: Tensor,
+    /// The packed output `Y_p` `[B, m, d]` (what unpacking reads).
+    pub packed: Tensor,
     /// Pack-attention weights `[B, h, m, L']`.
     pub pack_attention: Tensor,
     /// The filtered key mask `[B, L']` matching `pack_attention` (all ones when unmasked).
@@ -378,6 +380,7 @@ impl Encoder {
                         t.push(LayerTrace {
                             memory_in: p.clone(),
                             memory_out: out.memory.clone(),
+                            packed: out.packed.clone(),
                             pack_attention: out.pack_attention.clone(),
                             pack_mask: pm,
                         });

@@ -13,8 +13,8 @@ pub enum Error {
         /// Why the value is rejected.
         reason: String,
     },
-    /// A preset name that the crate does not know.
-    #[error("unknown preset `{name}`; known presets: {known}")]
+    /// A preset, task or model name that the crate does not know.
+    #[error("unknown name `{name}`; known names: {known}")]
     UnknownPreset {
         /// The name that was asked for.
         name: String,
@@ -69,6 +69,34 @@ pub enum Error {
         what: String,
         /// The value seen.
         value: f64,
+    },
+    /// Examples longer than the run's length limit, found before training: they would be cut.
+    #[error("{over} of {total} {split} examples of {data} are longer than the length limit {limit} (the longest has {longest} positions): they would be cut. Raise the limit (`--max-len`, `fit_lengths`'s `limit`) or ask for truncation explicitly (`--truncate`)")]
+    TooLong {
+        /// The data set (its [`crate::data::Dataset::name`]).
+        data: String,
+        /// `train`, `val` or `test`.
+        split: String,
+        /// Examples longer than the limit.
+        over: usize,
+        /// Examples in the split.
+        total: usize,
+        /// Length of the longest example (the longer document of a pair).
+        longest: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// `--resume` was given an option that differs from the one the run was started with.
+    #[error("--{option} {given} differs from the run being resumed ({recorded}, recorded in {}); leave it out to continue that run, or start a new run in another folder", file.display())]
+    ResumeMismatch {
+        /// The option, as the command line spells it (without `--`).
+        option: String,
+        /// The value given now.
+        given: String,
+        /// The value the run was started with.
+        recorded: String,
+        /// The file that records it.
+        file: PathBuf,
     },
     /// An error from Candle.
     #[error(transparent)]

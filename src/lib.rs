@@ -77,6 +77,7 @@ pub mod data;
 pub mod diagnostics;
 pub mod encoder;
 pub mod error;
+pub mod experiment;
 pub mod filter;
 pub mod head;
 pub mod kernels;

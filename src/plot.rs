@@ -55,7 +55,7 @@ fn esc(s: &str) -> String {
 }
 
 fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
-    if !(hi > lo) {
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         return vec![lo];
     }
     let raw = (hi - lo) / n as f64;
@@ -331,7 +331,7 @@ pub fn bars_svg(
         hi = hi.max(r);
         lo = lo.min(r);
     }
-    if !(hi > lo) {
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         hi = lo + 1.0;
     }
     let hi = hi + 0.08 * (hi - lo);

@@ -23,8 +23,13 @@ pub enum BlockPreset {
     Transformer,
 }
 
+/// The name of `value` in `all` (`?` if it is not listed).
+pub(crate) fn name_of<T: PartialEq>(all: &[(&'static str, T)], value: &T) -> &'static str {
+    all.iter().find(|(_, v)| v == value).map_or("?", |(n, _)| n)
+}
+
 /// The entry of `all` called `name`, or [`Error::UnknownPreset`] listing the known names.
-fn by_name<T: Copy>(all: &[(&str, T)], name: &str) -> Result<T> {
+pub(crate) fn by_name<T: Copy>(all: &[(&str, T)], name: &str) -> Result<T> {
     all.iter()
         .find(|(n, _)| *n == name)
         .map(|(_, v)| *v)
@@ -51,11 +56,7 @@ impl BlockPreset {
 
     /// The preset's name.
     pub fn name(&self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, p)| p == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("?")
+        name_of(&Self::ALL, self)
     }
 
     /// The block config with memory length `memory_len` (ignored by the Transformer) for
@@ -151,6 +152,11 @@ impl LraTask {
     /// Looks a task up by name.
     pub fn from_name(name: &str) -> Result<Self> {
         by_name(&Self::ALL, name)
+    }
+
+    /// The task's name.
+    pub fn name(&self) -> &'static str {
+        name_of(&Self::ALL, self)
     }
 
     /// Input length (per document).

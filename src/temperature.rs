@@ -46,7 +46,7 @@ impl LogitScale {
     /// `logits · s`.
     pub fn apply(&self, logits: &Tensor) -> Result<Tensor> {
         Ok(match self.factor(logits.dtype())? {
-            Ok(c) if c == 1.0 => logits.clone(),
+            Ok(1.0) => logits.clone(),
             Ok(c) => (logits * c)?,
             Err(s) => logits.broadcast_mul(&s)?,
         })

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ModelConfig;
 use crate::data::{epoch_order, make_batch, Batch, Dataset, PadTo, Splits};
-use crate::diagnostics::{diagnose, LayerDiagnostics, DISTINCT_THRESHOLD};
+use crate::diagnostics::{diagnose, pack_row_divergences, LayerDiagnostics, DISTINCT_THRESHOLD};
 use crate::error::{Error, Result};
 use crate::layers::DropoutRng;
 use crate::model::{Inputs, Model};
@@ -81,6 +81,10 @@ pub struct TrainConfig {
     pub diagnostics: bool,
     /// Examples used for diagnostics.
     pub diagnostic_examples: usize,
+    /// Stop early after this many evaluations in a row without a new best validation
+    /// accuracy (`None`: train all `steps`).
+    #[serde(default)]
+    pub patience: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -106,6 +110,7 @@ impl Default for TrainConfig {
             non_finite: NonFinitePolicy::Stop,
             diagnostics: true,
             diagnostic_examples: 16,
+            patience: None,
         }
     }
 }
@@ -142,6 +147,18 @@ impl TrainConfig {
         }
         if !(self.optimizer.weight_decay >= 0.0 && self.optimizer.weight_decay.is_finite()) {
             return Err(Error::config("train.optimizer.weight_decay", "must be ≥ 0"));
+        }
+        if self.eval_batches == Some(0) {
+            return Err(Error::config("train.eval_batches", "must be at least 1"));
+        }
+        if self.patience == Some(0) {
+            return Err(Error::config("train.patience", "must be at least 1"));
+        }
+        if self.diagnostic_examples == 0 {
+            return Err(Error::config(
+                "train.diagnostic_examples",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -188,6 +205,11 @@ pub struct EvalMetrics {
     /// Cosine similarity matrix of the final memory of the first evaluated example.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_memory_cosine: Option<Vec<Vec<f64>>>,
+    /// Per layer, the pairwise Jensen–Shannon divergences (bits, averaged over heads) of the
+    /// pack-attention rows of the first evaluated example: an `m × m` heatmap of which memory
+    /// slots read the same positions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack_row_divergence: Option<Vec<Vec<Vec<f64>>>>,
 }
 
 /// What the trainer reports to its observer.
@@ -233,6 +255,9 @@ pub struct Summary {
     pub test_majority: f64,
     /// Steps skipped for non-finite values.
     pub skipped_steps: usize,
+    /// Whether training stopped early (`patience` evaluations without improvement).
+    #[serde(default)]
+    pub stopped_early: bool,
     /// Wall time of this process's training, seconds.
     pub wall_s: f64,
     /// Parameters.
@@ -248,16 +273,104 @@ struct Progress {
     best_val_acc: f64,
     best_step: usize,
     skipped_steps: usize,
+    /// Evaluations since the last new best (for `patience`).
+    #[serde(default)]
+    evals_since_best: usize,
+    /// The training metrics accumulated since the last logged step, so that a resumed run
+    /// logs the same averages as an uninterrupted one.
+    #[serde(default)]
+    window: LogWindow,
+}
+
+/// Sums of the training metrics since the last logged step.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+struct LogWindow {
+    loss: f64,
+    right: usize,
+    seen: usize,
+    steps: usize,
+}
+
+/// The `state.json` layout this version writes. Format 1 (convluna 0.1.0 before the
+/// `format` field existed) has no `format`, `crate_version` or `evals_since_best`; it loads
+/// with those defaulted. A newer format is refused with a message naming both.
+pub const CHECKPOINT_FORMAT: u32 = 2;
+
+fn format_1() -> u32 {
+    1
 }
 
 /// Resumable trainer state, `state.json` of a checkpoint (the progress fields at top level).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct CheckpointState {
+    #[serde(default = "format_1")]
+    format: u32,
+    #[serde(default)]
+    crate_version: String,
     #[serde(flatten)]
     progress: Progress,
     train: TrainConfig,
     model: ModelConfig,
     files: HashMap<String, (u64, u64)>,
+}
+
+/// The top-level fields (dotted for nested ones) in which two serialisable values differ.
+pub fn differing_fields<T: Serialize>(a: &T, b: &T) -> Vec<String> {
+    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        use serde_json::Value;
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    let null = Value::Null;
+                    walk(
+                        &p,
+                        x.get(k).unwrap_or(&null),
+                        y.get(k).unwrap_or(&null),
+                        out,
+                    );
+                }
+            }
+            _ if a != b => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    let (a, b) = (
+        serde_json::to_value(a).unwrap_or_default(),
+        serde_json::to_value(b).unwrap_or_default(),
+    );
+    let mut out = Vec::new();
+    walk("", &a, &b, &mut out);
+    out
+}
+
+/// What one optimisation step measured.
+struct StepOutcome {
+    /// Mean loss over the micro-batches.
+    loss: f64,
+    /// Correct predictions.
+    right: usize,
+    /// Examples.
+    seen: usize,
+    /// Real (unpadded) tokens.
+    tokens: usize,
+    /// Global gradient norm before clipping.
+    norm: f64,
+}
+
+/// What a traced evaluation batch tells about the memory.
+#[derive(Default)]
+struct Traced {
+    layers: Vec<LayerDiagnostics>,
+    final_memory_cosine: Option<Vec<Vec<f64>>>,
+    pack_row_divergence: Option<Vec<Vec<Vec<f64>>>>,
 }
 
 /// The trainer: a model, its parameters, an optimiser, and the run's state.
@@ -273,6 +386,14 @@ pub struct Trainer {
     progress: Progress,
     /// The training order of `epoch` (derived from seed and epoch; cached, not checkpointed).
     order: Option<(u64, Vec<usize>)>,
+}
+
+/// Fault injection for the crash tests (`tests/reproducibility.rs`): with
+/// `CONVLUNA_FAULT=checkpoint-write:<step>` in the environment the process aborts right after
+/// writing the model file of step `<step>`'s checkpoint, before its optimizer state and
+/// `state.json` — a crash in the middle of a checkpoint write, at a moment a test can name.
+fn fault_requested(what: &str, step: usize) -> bool {
+    std::env::var("CONVLUNA_FAULT").is_ok_and(|v| v == format!("{what}:{step}"))
 }
 
 fn mix(seed: u64, step: u64) -> u64 {
@@ -342,6 +463,8 @@ impl Trainer {
                 best_val_acc: f64::NEG_INFINITY,
                 best_step: 0,
                 skipped_steps: 0,
+                evals_since_best: 0,
+                window: LogWindow::default(),
             },
             order: None,
         })
@@ -421,15 +544,13 @@ impl Trainer {
         let bs = self.cfg.batch_size;
         let batches = n.div_ceil(bs).min(max_batches.unwrap_or(usize::MAX)).max(1);
         let (mut loss_sum, mut right, mut seen) = (0f64, 0usize, 0usize);
-        let mut diags = Vec::new();
-        let mut cosine = None;
+        let mut traced = Traced::default();
         for bi in 0..batches {
             let idx: Vec<usize> = (bi * bs..((bi + 1) * bs).min(n)).collect();
             let batch = make_batch(ds, &idx, self.pad(ds), &self.device)?;
             let logits = if bi == 0 && diagnostics {
-                let (logits, d, c) = self.traced(&batch)?;
-                diags = d;
-                cosine = c;
+                let (logits, t) = self.traced(&batch)?;
+                traced = t;
                 logits
             } else {
                 self.model.forward_t(inputs(&batch), false)?
@@ -446,52 +567,54 @@ impl Trainer {
             loss: loss_sum / seen as f64,
             acc: right as f64 / seen as f64,
             examples: seen,
-            diagnostics: diags,
+            diagnostics: traced.layers,
             tau: self.taus()?,
-            final_memory_cosine: cosine,
+            final_memory_cosine: traced.final_memory_cosine,
+            pack_row_divergence: traced.pack_row_divergence,
         })
     }
 
-    #[allow(clippy::type_complexity)]
-    fn traced(
-        &self,
-        batch: &Batch,
-    ) -> Result<(Tensor, Vec<LayerDiagnostics>, Option<Vec<Vec<f64>>>)> {
-        match &self.model {
-            Model::Single(m) if self.model_cfg.encoder.block.luna().is_some() => {
-                let (logits, out) = m.forward_traced(&batch.input, Some(&batch.mask), false)?;
-                let trace = out.trace.unwrap_or_default();
-                let d = diagnose(&trace, DISTINCT_THRESHOLD, self.cfg.diagnostic_examples)?;
-                let cos = match &out.memory {
-                    Some(mem) => {
-                        let p = mem
-                            .narrow(0, 0, 1)?
-                            .squeeze(0)?
-                            .to_dtype(DType::F64)?
-                            .to_vec2::<f64>()?;
-                        Some(crate::diagnostics::cosine_matrix(&p))
-                    }
-                    None => None,
-                };
-                Ok((logits, d, cos))
-            }
-            Model::Pair(m) if self.model_cfg.encoder.block.luna().is_some() => {
-                let out = m
-                    .encoder()
-                    .forward_traced(&batch.input, Some(&batch.mask), false)?;
-                let d = diagnose(
-                    &out.trace.unwrap_or_default(),
-                    DISTINCT_THRESHOLD,
-                    self.cfg.diagnostic_examples,
-                )?;
-                Ok((self.model.forward_t(inputs(batch), false)?, d, None))
-            }
-            _ => Ok((
+    /// Logits of `batch` and, for Luna-family models, the memory diagnostics of its layers.
+    fn traced(&self, batch: &Batch) -> Result<(Tensor, Traced)> {
+        if self.model_cfg.encoder.block.luna().is_none() {
+            return Ok((
                 self.model.forward_t(inputs(batch), false)?,
-                Vec::new(),
-                None,
-            )),
+                Traced::default(),
+            ));
         }
+        let (logits, out) = match &self.model {
+            Model::Single(m) => m.forward_traced(&batch.input, Some(&batch.mask), false)?,
+            Model::Pair(m) => (
+                self.model.forward_t(inputs(batch), false)?,
+                m.encoder()
+                    .forward_traced(&batch.input, Some(&batch.mask), false)?,
+            ),
+        };
+        let trace = out.trace.unwrap_or_default();
+        let layers = diagnose(&trace, DISTINCT_THRESHOLD, self.cfg.diagnostic_examples)?;
+        let final_memory_cosine = match &out.memory {
+            Some(mem) => {
+                let p = mem
+                    .narrow(0, 0, 1)?
+                    .squeeze(0)?
+                    .to_dtype(DType::F64)?
+                    .to_vec2::<f64>()?;
+                Some(crate::diagnostics::cosine_matrix(&p))
+            }
+            None => None,
+        };
+        let pack_row_divergence = trace
+            .iter()
+            .map(|t| pack_row_divergences(&t.pack_attention, &t.pack_mask, 0))
+            .collect::<Result<Option<Vec<_>>>>()?;
+        Ok((
+            logits,
+            Traced {
+                layers,
+                final_memory_cosine,
+                pack_row_divergence,
+            },
+        ))
     }
 
     /// τ of every layer's pack attention (learned temperatures only).
@@ -507,12 +630,9 @@ impl Trainer {
         Ok(v)
     }
 
-    /// One optimisation step (with accumulation). Returns (loss, correct, examples, tokens,
-    /// grad norm), or `None` when the step was skipped for a non-finite value.
-    fn train_step(
-        &mut self,
-        train: &dyn Dataset,
-    ) -> Result<Option<(f64, usize, usize, usize, f64)>> {
+    /// One optimisation step (with accumulation), or `None` when the step was skipped for a
+    /// non-finite value.
+    fn train_step(&mut self, train: &dyn Dataset) -> Result<Option<StepOutcome>> {
         let step = self.progress.step + 1;
         self.rng.reseed(mix(self.cfg.seed, step as u64));
         let vars: Vec<Var> = self.vars.iter().map(|(_, v)| v.clone()).collect();
@@ -553,15 +673,16 @@ impl Trainer {
         let lr = self.cfg.schedule.lr(self.cfg.lr, step);
         self.opt.step(&grads, lr)?;
         self.progress.step = step;
-        Ok(Some((loss_sum / k as f64, right, seen, tokens, norm)))
+        Ok(Some(StepOutcome {
+            loss: loss_sum / k as f64,
+            right,
+            seen,
+            tokens,
+            norm,
+        }))
     }
 
-    fn non_finite(
-        &mut self,
-        step: usize,
-        what: &str,
-        value: f64,
-    ) -> Result<Option<(f64, usize, usize, usize, f64)>> {
+    fn non_finite(&mut self, step: usize, what: &str, value: f64) -> Result<Option<StepOutcome>> {
         match self.cfg.non_finite {
             NonFinitePolicy::Stop => Err(Error::NonFinite {
                 step,
@@ -592,6 +713,10 @@ impl Trainer {
                 &tmp.join("model.safetensors"),
                 Some(HashMap::from([("config".to_string(), json.clone())])),
             )?;
+            if fault_requested("checkpoint-write", self.progress.step) {
+                // a crash half-way through writing a checkpoint (see `fault_requested`)
+                std::process::abort();
+            }
             save_tensors(
                 &self.opt.state_tensors(),
                 &tmp.join("optimizer.safetensors"),
@@ -603,6 +728,8 @@ impl Trainer {
                 files.insert(f.to_string(), file_sig(&tmp.join(f))?);
             }
             let state = CheckpointState {
+                format: CHECKPOINT_FORMAT,
+                crate_version: env!("CARGO_PKG_VERSION").to_string(),
                 progress: self.progress,
                 train: self.cfg.clone(),
                 model: self.model_cfg.clone(),
@@ -649,8 +776,28 @@ impl Trainer {
         let dir = root.join(name.trim());
         let sp = dir.join("state.json");
         let s = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
+        let format = serde_json::from_str::<serde_json::Value>(&s)
+            .ok()
+            .and_then(|v| v.get("format").and_then(|f| f.as_u64()))
+            .unwrap_or(1);
+        if format > CHECKPOINT_FORMAT as u64 {
+            return Err(Error::format(
+                &sp,
+                format!(
+                    "checkpoint format {format} was written by a newer convluna; this version ({}) reads formats 1 to {CHECKPOINT_FORMAT}",
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ));
+        }
         let state: CheckpointState = serde_json::from_str(&s).map_err(|e| {
-            Error::format(&sp, format!("line {} column {}: {e}", e.line(), e.column()))
+            Error::format(
+                &sp,
+                format!(
+                    "line {} column {}: {e} (checkpoint format {format}; this version reads formats 1 to {CHECKPOINT_FORMAT})",
+                    e.line(),
+                    e.column()
+                ),
+            )
         })?;
         for (f, (len, hash)) in &state.files {
             let fp = dir.join(f);
@@ -662,14 +809,24 @@ impl Trainer {
         Ok((dir, state))
     }
 
-    /// Restores the state of `out_dir`'s latest checkpoint. The model config must match.
+    /// Restores the state of `out_dir`'s latest checkpoint. The model and training configs
+    /// must be the ones the checkpoint recorded: a resume never silently continues a
+    /// different run (the error names the fields that differ).
     pub fn resume(&mut self, out_dir: &Path) -> Result<usize> {
         let (dir, st) = Self::read_checkpoint(out_dir, "LATEST")?;
-        if st.model != self.model_cfg {
-            return Err(Error::format(
-                dir.join("state.json"),
-                "the checkpoint's model config differs from this run's",
-            ));
+        for (what, diff) in [
+            ("model", differing_fields(&st.model, &self.model_cfg)),
+            ("training", differing_fields(&st.train, &self.cfg)),
+        ] {
+            if !diff.is_empty() {
+                return Err(Error::format(
+                    dir.join("state.json"),
+                    format!(
+                        "the checkpoint's {what} config differs from this run's in: {}",
+                        diff.join(", ")
+                    ),
+                ));
+            }
         }
         self.store.load(&dir.join("model.safetensors"))?;
         let opt_path = dir.join("optimizer.safetensors");
@@ -748,11 +905,12 @@ impl Trainer {
             metrics.flush().map_err(|e| Error::io(&metrics_path, e))
         };
         let t0 = Instant::now();
-        let (mut acc_loss, mut acc_right, mut acc_seen, mut acc_tokens, mut acc_steps) =
-            (0f64, 0usize, 0usize, 0usize, 0usize);
+        let mut acc_tokens = 0usize;
         let mut t_log = Instant::now();
         let train = splits.train.as_ref();
-        while self.progress.step < self.cfg.steps {
+        let patience = self.cfg.patience;
+        let patience_spent = |p: &Progress| patience.is_some_and(|n| p.evals_since_best >= n);
+        while self.progress.step < self.cfg.steps && !patience_spent(&self.progress) {
             if until.is_some_and(|u| self.progress.step >= u) {
                 return Ok(None);
             }
@@ -760,18 +918,26 @@ impl Trainer {
             let step = self.progress.step;
             match outcome {
                 None => log(serde_json::json!({"kind": "skipped", "step": step}))?,
-                Some((loss, right, seen, tokens, norm)) => {
-                    acc_loss += loss;
-                    acc_right += right;
-                    acc_seen += seen;
+                Some(StepOutcome {
+                    loss,
+                    right,
+                    seen,
+                    tokens,
+                    norm,
+                }) => {
+                    let w = &mut self.progress.window;
+                    w.loss += loss;
+                    w.right += right;
+                    w.seen += seen;
+                    w.steps += 1;
                     acc_tokens += tokens;
-                    acc_steps += 1;
-                    let logged = step % self.cfg.log_every == 0 || step == self.cfg.steps;
+                    let w = *w;
+                    let logged = step.is_multiple_of(self.cfg.log_every) || step == self.cfg.steps;
                     let dt = t_log.elapsed().as_secs_f64().max(1e-9);
                     let m = StepMetrics {
                         step,
-                        loss: acc_loss / acc_steps as f64,
-                        acc: acc_right as f64 / acc_seen.max(1) as f64,
+                        loss: w.loss / w.steps as f64,
+                        acc: w.right as f64 / w.seen.max(1) as f64,
                         lr: self.cfg.schedule.lr(self.cfg.lr, step),
                         grad_norm: norm,
                         tokens_per_s: acc_tokens as f64 / dt,
@@ -782,13 +948,14 @@ impl Trainer {
                             .map_err(|e| Error::format(&metrics_path, e.to_string()))?;
                         v["kind"] = "train".into();
                         log(v)?;
-                        (acc_loss, acc_right, acc_seen, acc_tokens, acc_steps) = (0.0, 0, 0, 0, 0);
+                        self.progress.window = LogWindow::default();
+                        acc_tokens = 0;
                         t_log = Instant::now();
                     }
                     observer(&Event::Step { metrics: m, logged });
                 }
             }
-            let eval_now = step % self.cfg.eval_every == 0 || step == self.cfg.steps;
+            let eval_now = step.is_multiple_of(self.cfg.eval_every) || step == self.cfg.steps;
             if eval_now {
                 let e = self.evaluate(
                     splits.val.as_ref(),
@@ -804,11 +971,14 @@ impl Trainer {
                 if best {
                     self.progress.best_val_acc = e.acc;
                     self.progress.best_step = step;
+                    self.progress.evals_since_best = 0;
+                } else {
+                    self.progress.evals_since_best += 1;
                 }
                 observer(&Event::Eval(e));
                 let path = self.save_checkpoint(out_dir, best)?;
                 observer(&Event::Checkpoint { step, path });
-            } else if step % self.cfg.checkpoint_every == 0 {
+            } else if step.is_multiple_of(self.cfg.checkpoint_every) {
                 let path = self.save_checkpoint(out_dir, false)?;
                 observer(&Event::Checkpoint { step, path });
             }
@@ -829,6 +999,7 @@ impl Trainer {
             test,
             test_majority: crate::data::majority_fraction(splits.test.as_ref())?,
             skipped_steps: self.progress.skipped_steps,
+            stopped_early: self.progress.step < self.cfg.steps,
             wall_s,
             parameters: self.store.num_parameters(),
         };

@@ -79,6 +79,7 @@ fn train_cfg(steps: usize) -> TrainConfig {
         non_finite: NonFinitePolicy::Stop,
         diagnostics: true,
         diagnostic_examples: 4,
+        patience: None,
     }
 }
 
@@ -283,5 +284,89 @@ fn bf16_training_keeps_f32_master_weights() {
         .to_dtype(DType::F32)
         .unwrap();
     assert!(common::max_abs_diff(&master.to_dtype(DType::BF16).unwrap(), &p) < 1e-6);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A resume with a training config that differs from the checkpoint's is refused, naming the
+/// fields; a checkpoint written before `format` existed (format 1) still loads.
+#[test]
+fn resume_refuses_a_different_training_config_and_reads_format_1() {
+    let data = splits();
+    let mc = model(BlockPreset::ConvlunaMasked.block(4, 16));
+    let tc = train_cfg(13);
+    let dev = Device::Cpu;
+    let dir = tmp("resume-config");
+    let mut a = Trainer::new(&mc, &tc, DType::F32, &dev).unwrap();
+    assert!(a
+        .fit_until(&data, &dir, false, Some(7), &mut |_| {})
+        .unwrap()
+        .is_none());
+    let other = TrainConfig {
+        lr: 1e-2,
+        batch_size: 4,
+        ..tc.clone()
+    };
+    let mut b = Trainer::new(&mc, &other, DType::F32, &dev).unwrap();
+    let err = b.resume(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("training config") && err.contains("lr") && err.contains("batch_size"),
+        "{err}"
+    );
+    // rewrite the latest state.json as format 1 (no format, crate_version, evals_since_best
+    // or window fields); its file hashes do not cover state.json itself
+    let ck = dir.join("checkpoints");
+    let latest = std::fs::read_to_string(ck.join("LATEST")).unwrap();
+    let sp = ck.join(latest.trim()).join("state.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sp).unwrap()).unwrap();
+    for k in ["format", "crate_version", "evals_since_best", "window"] {
+        v.as_object_mut().unwrap().remove(k);
+    }
+    std::fs::write(&sp, serde_json::to_string(&v).unwrap()).unwrap();
+    let mut c = Trainer::new(&mc, &tc, DType::F32, &dev).unwrap();
+    assert_eq!(c.resume(&dir).unwrap(), 6);
+    // a format from the future is refused, saying why
+    v["format"] = 99.into();
+    std::fs::write(&sp, serde_json::to_string(&v).unwrap()).unwrap();
+    let err = c.resume(&dir).unwrap_err().to_string();
+    assert!(err.contains("format 99") && err.contains("newer"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `patience`: training stops after that many evaluations without a new best, and the test
+/// evaluation uses the best checkpoint.
+#[test]
+fn patience_stops_training_early() {
+    let data = splits();
+    let mc = model(BlockPreset::ConvlunaMasked.block(4, 16));
+    // a learning rate of ~0 after the first steps: validation accuracy stops improving
+    let tc = TrainConfig {
+        steps: 400,
+        eval_every: 2,
+        checkpoint_every: 2,
+        lr: 1e-9,
+        patience: Some(3),
+        ..train_cfg(400)
+    };
+    let dir = tmp("patience");
+    let mut t = Trainer::new(&mc, &tc, DType::F32, &Device::Cpu).unwrap();
+    let mut evals = 0;
+    let s = t
+        .fit(&data, &dir, false, &mut |e| {
+            if let Event::Eval(_) = e {
+                evals += 1
+            }
+        })
+        .unwrap();
+    assert!(s.stopped_early);
+    assert!(s.steps < 400);
+    // the first evaluation sets the best; then `patience` evaluations without improvement
+    // (or fewer evaluations after a later best)
+    assert!(evals <= 1 + 3 + (s.best_step / 2), "{evals} evaluations");
+    assert_eq!(
+        s.steps,
+        s.best_step + 3 * 2,
+        "stops 3 evaluations after the best"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -30,6 +30,8 @@ pub struct LunaBlockOutput {
     pub x: Tensor,
     /// P' `[B, m, d]`.
     pub memory: Tensor,
+    /// The packed output Y_p `[B, m, d]` (before residual dropout).
+    pub packed: Tensor,
     /// Pack attention `[B, h, m, L']`.
     pub pack_attention: Tensor,
     /// The filtered mask `[B, L']` of the pack keys (`None` when masking is off).
@@ -177,7 +179,7 @@ impl LunaBlock {
         let yx = self.unpack.forward_t(x, &yp, train)?;
         let (yx, ypr) = match &self.residual_drop {
             Some(d) => (d.forward_t(&yx, train)?, d.forward_t(&yp, train)?),
-            None => (yx, yp),
+            None => (yx, yp.clone()),
         };
         let xa = self.norm_x.forward(&(x + yx)?)?;
         let p = self.norm_p.forward(&(memory + ypr)?)?;
@@ -187,6 +189,7 @@ impl LunaBlock {
         Ok(LunaBlockOutput {
             x,
             memory: p,
+            packed: yp,
             pack_attention: attention,
             pack_mask,
         })

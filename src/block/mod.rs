@@ -31,7 +31,8 @@ impl BlockDims {
     }
 
     pub(crate) fn check(&self) -> crate::Result<()> {
-        if self.num_heads == 0 || self.d_model == 0 || self.d_model % self.num_heads != 0 {
+        if self.num_heads == 0 || self.d_model == 0 || !self.d_model.is_multiple_of(self.num_heads)
+        {
             return Err(crate::Error::config(
                 "d_model",
                 format!(

@@ -320,7 +320,7 @@ pub fn read_idx_pair(
     let img = read_idx(images, IDX_IMAGES_MAGIC)?;
     let lab = read_idx(labels, IDX_LABELS_MAGIC)?;
     let (n, rows, cols) = (img.dims[0], img.dims[1], img.dims[2]);
-    if rows != cols || rows > SIDE || (SIDE - rows) % 2 != 0 {
+    if rows != cols || rows > SIDE || !(SIDE - rows).is_multiple_of(2) {
         return Err(DataError::Malformed {
             path: images.into(),
             at: Location::File,

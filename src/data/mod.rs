@@ -41,6 +41,7 @@ mod rng;
 
 pub mod batch;
 pub mod image;
+pub mod length;
 pub mod listops;
 pub mod pathfinder;
 pub mod retrieval;
@@ -52,6 +53,7 @@ pub use image::{
     grey, read_cifar10_batch, read_cifar10_dir, read_fashion_mnist_dir, read_idx, read_idx_pair,
     IdxArray, ImageDataset,
 };
+pub use length::{fit_lengths, LengthFit, SplitLengths};
 pub use listops::{
     encode_listops, evaluate_listops, generate_listops, listops_source, listops_stats,
     parse_listops_line, read_listops_dir, write_listops_dir, write_listops_tsv, ListOpsConfig,

@@ -185,7 +185,7 @@ impl Ffn {
                                         }
                                         None => {
                                             for (o, &v) in dc.iter_mut().zip(zc) {
-                                                *o = *o * gelu_grad(v);
+                                                *o *= gelu_grad(v);
                                             }
                                         }
                                     });

@@ -368,7 +368,7 @@ pub(crate) fn zeros<T: Real>(n: usize) -> Vec<T> {
 /// first.
 pub(crate) fn tiled<T: Real>(n: usize, pattern: &[T]) -> Vec<T> {
     let p = pattern.len().max(1);
-    debug_assert!(n % p == 0, "tiled: {n} is not a multiple of {p}");
+    debug_assert!(n.is_multiple_of(p), "tiled: {n} is not a multiple of {p}");
     // chunks of about 64K elements, each a whole number of patterns
     // SAFETY: the closure writes every element of its chunk (`cycle` of a non-empty pattern
     // never runs out; with an empty one n is 0 and there is no chunk).

@@ -1,0 +1,303 @@
+//! `convluna::experiment`: options are checked before any work, resumes never continue a
+//! different run, and documents longer than the run's length are never cut silently.
+
+mod common;
+
+use std::path::Path;
+
+use convluna::data::{fit_lengths, write_listops_dir, ListOpsConfig};
+use convluna::experiment::{ModelKind, Preset, RunOptions};
+use convluna::preset::LraTask;
+use convluna::Error;
+
+#[test]
+fn bad_options_fail_before_any_data_is_touched() {
+    // a data folder that does not exist: reading it would fail differently
+    let missing = Some(Path::new("/nonexistent/convluna").to_path_buf());
+    let cases: Vec<(RunOptions, &str)> = vec![
+        (
+            RunOptions {
+                memory: Some(0),
+                data_dir: missing.clone(),
+                ..Default::default()
+            },
+            "memory_len",
+        ),
+        (
+            RunOptions {
+                width: Some(30),
+                heads: Some(4),
+                ..Default::default()
+            },
+            "d_model",
+        ),
+        (
+            RunOptions {
+                lr: Some(-1.0),
+                ..Default::default()
+            },
+            "train.lr",
+        ),
+        (
+            RunOptions {
+                model: Some(ModelKind::Transformer),
+                memory: Some(8),
+                ..Default::default()
+            },
+            "memory",
+        ),
+        (
+            RunOptions {
+                model: Some(ModelKind::ConvMixer),
+                stride: Some(2),
+                ..Default::default()
+            },
+            "filter",
+        ),
+        (
+            RunOptions {
+                dtype: Some("f8".into()),
+                ..Default::default()
+            },
+            "dtype",
+        ),
+        (
+            RunOptions {
+                eval_batches: Some(0),
+                ..Default::default()
+            },
+            "eval_batches",
+        ),
+    ];
+    for (o, field) in cases {
+        match o.plan() {
+            Err(Error::Config { field: f, reason }) => {
+                assert!(
+                    f.contains(field),
+                    "{o:?}: error on `{f}` ({reason}), expected `{field}`"
+                )
+            }
+            other => panic!("{o:?}: expected a config error on `{field}`, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_paper_preset_runs_the_authors_model_unmasked() {
+    let plan = RunOptions {
+        preset: Some(Preset::Paper),
+        ..Default::default()
+    }
+    .plan()
+    .unwrap();
+    let l = plan.model_config.encoder.block.luna().expect("ConvLuna");
+    assert!(
+        !l.mask_padding,
+        "the authors' ConvLuna does not mask padding"
+    );
+    assert!(plan.train_config.pad_to_task_length);
+    assert_eq!(plan.train_config.eval_batches, None, "full validation");
+    let luna = RunOptions {
+        preset: Some(Preset::Paper),
+        model: Some(ModelKind::Luna),
+        ..Default::default()
+    }
+    .plan()
+    .unwrap();
+    assert!(!luna.model_config.encoder.block.luna().unwrap().mask_padding);
+    // masking stays available, and the quick preset masks by default
+    let masked = RunOptions {
+        preset: Some(Preset::Paper),
+        masked: Some(true),
+        ..Default::default()
+    }
+    .plan()
+    .unwrap();
+    assert!(
+        masked
+            .model_config
+            .encoder
+            .block
+            .luna()
+            .unwrap()
+            .mask_padding
+    );
+    let quick = RunOptions::default().plan().unwrap();
+    assert!(
+        quick
+            .model_config
+            .encoder
+            .block
+            .luna()
+            .unwrap()
+            .mask_padding
+    );
+    assert_eq!(quick.train_config.eval_batches, None, "full validation");
+    // the retrieval head of the paper preset is the authors' DualClassifier
+    let retrieval = RunOptions {
+        preset: Some(Preset::Paper),
+        task: Some(LraTask::Retrieval),
+        ..Default::default()
+    }
+    .plan()
+    .unwrap();
+    assert_eq!(
+        retrieval.model_config.head.pair,
+        Some(convluna::PairFeatures::Concat)
+    );
+}
+
+#[test]
+fn resume_refuses_a_changed_option_and_takes_the_missing_ones() {
+    let recorded = RunOptions {
+        lr: Some(1e-3),
+        steps: Some(50),
+        ..Default::default()
+    }
+    .resolved()
+    .unwrap();
+    let file = Path::new("runs/x/run.json");
+    // nothing given: the recorded run
+    let same = RunOptions::default()
+        .merge_recorded(&recorded, file)
+        .unwrap();
+    assert_eq!(same, recorded);
+    // the same value given again is fine
+    let again = RunOptions {
+        lr: Some(1e-3),
+        ..Default::default()
+    };
+    assert_eq!(again.merge_recorded(&recorded, file).unwrap(), recorded);
+    // a different value is refused, naming the option as the command line spells it
+    let changed = RunOptions {
+        batch_size: Some(7),
+        ..Default::default()
+    };
+    match changed.merge_recorded(&recorded, file) {
+        Err(Error::ResumeMismatch {
+            option,
+            given,
+            recorded,
+            ..
+        }) => {
+            assert_eq!(option, "batch-size");
+            assert_eq!(given, "7");
+            assert_eq!(recorded, "32");
+        }
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+    let msg = changed
+        .merge_recorded(&recorded, file)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("--batch-size 7") && msg.contains("run.json"),
+        "{msg}"
+    );
+    // an option the original run did not set (eval_batches: full validation) cannot be
+    // switched on at resume either
+    let subset = RunOptions {
+        eval_batches: Some(3),
+        ..Default::default()
+    };
+    assert!(matches!(
+        subset.merge_recorded(&recorded, file),
+        Err(Error::ResumeMismatch { .. })
+    ));
+}
+
+/// Official-length ListOps (500–2,000 tokens, as the LRA generator writes it) read with
+/// `--data-dir`: sized to the data, never cut without being asked.
+#[test]
+fn official_length_listops_is_never_cut_silently() {
+    let dir = common::tmpdir("experiment-listops");
+    // few examples: official trees are long and rare (≈ 8 % of draws are kept)
+    write_listops_dir(&dir, &ListOpsConfig::official(), 6, 2, 2, 3).unwrap();
+    let base = RunOptions {
+        data_dir: Some(dir.clone()),
+        ..Default::default()
+    };
+    // default limit (2,000, the task's length): the model is sized to the longest example
+    let mut plan = base.plan().unwrap();
+    let data = plan.load_data().unwrap();
+    let longest = data
+        .lengths
+        .lengths
+        .iter()
+        .map(|l| l.longest)
+        .max()
+        .unwrap();
+    assert!(
+        longest > 500,
+        "official trees are longer than 500 tokens: {longest}"
+    );
+    assert_eq!(plan.model_config.encoder.max_len, longest);
+    assert_eq!(data.splits.train.max_len(), longest);
+    assert_eq!(data.lengths.cut(), 0);
+    for i in 0..data.splits.train.len() {
+        assert_eq!(
+            data.splits.train.get(i).unwrap().doc.len(),
+            data.splits.train.length(i).unwrap()
+        );
+    }
+    // a lower limit stops before training, saying how many and by how much, and how to allow it
+    let mut short = RunOptions {
+        max_len: Some(200),
+        ..base.clone()
+    }
+    .plan()
+    .unwrap();
+    match short.load_data() {
+        Err(Error::TooLong {
+            split,
+            over,
+            total,
+            longest: l,
+            limit,
+            ..
+        }) => {
+            assert_eq!((split.as_str(), over, total, limit), ("train", 6, 6, 200));
+            assert!(l > 500);
+        }
+        other => panic!("expected TooLong, got {:?}", other.map(|d| d.lengths)),
+    }
+    let msg = short.load_data().unwrap_err().to_string();
+    assert!(
+        msg.contains("--max-len") && msg.contains("--truncate"),
+        "{msg}"
+    );
+    // truncation, when asked for, cuts and says so
+    let mut cut = RunOptions {
+        max_len: Some(200),
+        truncate: Some(true),
+        ..base
+    }
+    .plan()
+    .unwrap();
+    let data = cut.load_data().unwrap();
+    assert_eq!(data.lengths.cut(), 10);
+    assert_eq!(cut.model_config.encoder.max_len, 200);
+    assert!(data.lengths.describe().contains("truncated to 200"));
+    assert_eq!(data.splits.val.get(0).unwrap().doc.len(), 200);
+}
+
+#[test]
+fn fit_lengths_pads_to_the_limit_when_asked() {
+    let splits = convluna::data::ListOpsDataset::generate_splits(
+        &ListOpsConfig::small(),
+        20,
+        5,
+        5,
+        1,
+        usize::MAX,
+    );
+    let f = fit_lengths(&splits, 500, false, true).unwrap();
+    assert_eq!(f.max_len, 500);
+    assert_eq!(f.splits.test.max_len(), 500);
+    let g = fit_lengths(&splits, 500, false, false).unwrap();
+    assert!(g.max_len < 200);
+    assert!(matches!(
+        fit_lengths(&splits, 0, true, false),
+        Err(Error::Config { .. })
+    ));
+}

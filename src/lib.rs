@@ -90,6 +90,7 @@ pub mod plot;
 pub mod preset;
 pub mod report;
 pub mod stats;
+pub mod study;
 pub mod temperature;
 pub mod train;
 pub mod unpack;

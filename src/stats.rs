@@ -1,5 +1,6 @@
-//! Small statistics for comparing runs over seeds: mean, 95 % confidence intervals (Student t)
-//! and Welch's unequal-variance t-test.
+//! Small statistics for comparing runs over seeds: mean, 95 % confidence intervals (Student t),
+//! Welch's unequal-variance t-test, a paired (one-sample) t-test, Hedges' g and Holm's
+//! correction for multiple comparisons.
 
 /// Mean of `x` (NaN when empty).
 pub fn mean(x: &[f64]) -> f64 {
@@ -148,6 +149,63 @@ pub fn welch(a: &[f64], b: &[f64]) -> Option<(f64, f64, f64)> {
     Some((t, df, t_two_sided_p(t, df)))
 }
 
+/// The 95 % confidence interval half-width of `mean(a) − mean(b)` under Welch's
+/// approximation (`None` as for [`welch`]).
+pub fn welch_ci95(a: &[f64], b: &[f64]) -> Option<f64> {
+    let (t, df, _) = welch(a, b)?;
+    let diff = mean(a) - mean(b);
+    let se = if t != 0.0 { (diff / t).abs() } else { 0.0 };
+    Some(t_crit_95(df) * se)
+}
+
+/// One-sample t-test of mean zero (e.g. paired differences): (mean, 95 % CI half-width,
+/// two-sided p). `None` with fewer than two values or zero variance.
+pub fn one_sample(d: &[f64]) -> Option<(f64, f64, f64)> {
+    if d.len() < 2 {
+        return None;
+    }
+    let se = std_dev(d) / (d.len() as f64).sqrt();
+    if se == 0.0 {
+        return None;
+    }
+    let df = (d.len() - 1) as f64;
+    let m = mean(d);
+    Some((m, t_crit_95(df) * se, t_two_sided_p(m / se, df)))
+}
+
+/// Hedges' g: the standardised mean difference `(mean(a) − mean(b)) / s_pooled` with the
+/// small-sample correction `1 − 3/(4(n_a + n_b) − 9)`. `None` with fewer than two values in a
+/// group or zero pooled variance.
+pub fn hedges_g(a: &[f64], b: &[f64]) -> Option<f64> {
+    let (na, nb) = (a.len() as f64, b.len() as f64);
+    if a.len() < 2 || b.len() < 2 {
+        return None;
+    }
+    let sp = (((na - 1.0) * std_dev(a).powi(2) + (nb - 1.0) * std_dev(b).powi(2))
+        / (na + nb - 2.0))
+        .sqrt();
+    if sp == 0.0 {
+        return None;
+    }
+    Some((mean(a) - mean(b)) / sp * (1.0 - 3.0 / (4.0 * (na + nb) - 9.0)))
+}
+
+/// Holm's step-down adjustment of p-values (family-wise error control): the i-th smallest
+/// p is multiplied by `n − i` (i from 0), made monotone, and capped at 1. NaN stays NaN and
+/// does not count towards `n`.
+pub fn holm(p: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..p.len()).filter(|&i| !p[i].is_nan()).collect();
+    idx.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let n = idx.len();
+    let mut out = vec![f64::NAN; p.len()];
+    let mut running: f64 = 0.0;
+    for (rank, &i) in idx.iter().enumerate() {
+        running = running.max((p[i] * (n - rank) as f64).min(1.0));
+        out[i] = running;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +243,31 @@ mod tests {
         assert!(welch(&[1.0], &b).is_none());
         assert!((mean(&a) - 20.32).abs() < 1e-12);
         assert!(ci95(&a) > 0.0);
+    }
+
+    #[test]
+    fn holm_hedges_and_paired_tests() {
+        // Holm on [0.01, 0.04, 0.03, 0.005]: sorted 0.005·4, 0.01·3, 0.03·2, 0.04·1
+        let adj = holm(&[0.01, 0.04, 0.03, 0.005]);
+        let want = [0.03, 0.06, 0.06, 0.02];
+        for (a, w) in adj.iter().zip(want) {
+            assert!((a - w).abs() < 1e-12, "{adj:?}");
+        }
+        let adj = holm(&[0.5, f64::NAN, 0.9]);
+        assert!(adj[1].is_nan() && (adj[0] - 1.0).abs() < 1e-12 && adj[2] == 1.0);
+        // Hedges' g: means 20.32 and 24.44, pooled sd sqrt((1.982 + 1.613)/2) = 1.3407,
+        // d = −3.0730, correction 1 − 3/31
+        let a = [19.1, 21.3, 20.5, 22.0, 18.7];
+        let b = [23.4, 25.1, 22.9, 24.8, 26.0];
+        let g = hedges_g(&a, &b).unwrap();
+        assert!((g - (-3.0730 * (1.0 - 3.0 / 31.0))).abs() < 2e-3, "{g}");
+        // paired: d = [1, 2, 3]: mean 2, se 1/√3, t = 3.464, df 2, p = 0.0742
+        let (m, ci, p) = one_sample(&[1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(m, 2.0);
+        assert!((ci - 4.303 / 3f64.sqrt()).abs() < 2e-3, "{ci}");
+        assert!((p - 0.0742).abs() < 1e-3, "{p}");
+        // the Welch CI of the difference brackets it
+        let ci = welch_ci95(&a, &b).unwrap();
+        assert!(ci > 0.0 && (mean(&a) - mean(&b)).abs() > ci);
     }
 }

@@ -1,0 +1,135 @@
+//! The reproduction study: every (task, arm, seed) run of a manifest, resumable, and the
+//! report built from the results file alone.
+//!
+//! ```sh
+//! cargo run --release --example study                      # run what is missing, then write the report
+//! cargo run --release --example study -- --report          # only rewrite docs/reproduction.md and its plots
+//! cargo run --release --example study -- --shard 0/2 &     # two workers on one machine
+//! cargo run --release --example study -- --shard 1/2 &
+//! ```
+//! Each finished run is appended to `--results` (one JSON line) and skipped on the next call;
+//! a run killed half-way resumes from its last checkpoint in `--runs`.
+
+mod common;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use common::{device, observer, progress_bar, say, DeviceKind};
+use convluna::study::{append_result, read_results, report, run_one, Manifest, ReportPaths};
+
+#[derive(Parser, Debug)]
+#[command(about = "Run the reproduction study (resumable) and write its report")]
+struct Args {
+    /// The study: tasks, arms, seeds, comparisons.
+    #[arg(long, default_value = "docs/reproduction/study.json")]
+    manifest: PathBuf,
+    /// One JSON line per finished run (committed).
+    #[arg(long, default_value = "docs/reproduction/results.jsonl")]
+    results: PathBuf,
+    /// Where runs train (checkpoints; not committed).
+    #[arg(long, default_value = "runs/study")]
+    runs: PathBuf,
+    /// The report.
+    #[arg(long, default_value = "docs/reproduction.md")]
+    markdown: PathBuf,
+    /// The report's plots.
+    #[arg(long, default_value = "docs/reproduction")]
+    plots: PathBuf,
+    /// Only write the report.
+    #[arg(long)]
+    report: bool,
+    /// Run only every n-th missing run, starting at i (`i/n`), to split the study between
+    /// processes or machines.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Only runs of this task.
+    #[arg(long)]
+    task: Option<String>,
+    /// Only runs of this arm.
+    #[arg(long)]
+    arm: Option<String>,
+    /// Stop after this many runs.
+    #[arg(long)]
+    max_runs: Option<usize>,
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
+}
+
+fn main() -> Result<()> {
+    convluna::kernels::tune_glibc_malloc();
+    let a = Args::parse();
+    let manifest = Manifest::read(&a.manifest)?;
+    let paths = ReportPaths {
+        markdown: a.markdown.clone(),
+        plots: a.plots.clone(),
+    };
+    let (shard, shards) = match &a.shard {
+        None => (0, 1),
+        Some(s) => {
+            let (i, n) = s
+                .split_once('/')
+                .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+                .filter(|(i, n)| *n > 0 && i < n)
+                .with_context(|| format!("--shard {s}: expected i/n with i < n, e.g. 0/2"))?;
+            (i, n)
+        }
+    };
+    if !a.report {
+        let dev = device(a.device)?;
+        let done: Vec<_> = read_results(&a.results)?.iter().map(|r| r.key()).collect();
+        let todo: Vec<_> = manifest
+            .runs()
+            .into_iter()
+            .filter(|k| !done.contains(k))
+            .filter(|k| a.task.as_ref().is_none_or(|t| &k.task == t))
+            .filter(|k| a.arm.as_ref().is_none_or(|t| &k.arm == t))
+            .enumerate()
+            .filter(|(i, _)| i % shards == shard)
+            .map(|(_, k)| k)
+            .take(a.max_runs.unwrap_or(usize::MAX))
+            .collect();
+        if a.task.is_some() && todo.is_empty() && done.is_empty() {
+            bail!("no run matches --task/--arm");
+        }
+        eprintln!(
+            "{} runs finished, {} to run in this process",
+            done.len(),
+            todo.len()
+        );
+        for (i, k) in todo.iter().enumerate() {
+            let steps = manifest.options(k)?.resolved()?.steps.unwrap_or(0);
+            let pb = progress_bar(steps);
+            say(
+                &pb,
+                format!(
+                    "[{}/{}] {} / {} / seed {}",
+                    i + 1,
+                    todo.len(),
+                    k.task,
+                    k.arm,
+                    k.seed
+                ),
+            );
+            let r = run_one(&manifest, k, &a.runs, &dev, &mut observer(&pb))
+                .with_context(|| format!("run {} / {} / seed {}", k.task, k.arm, k.seed))?;
+            pb.finish_and_clear();
+            eprintln!(
+                "{} / {} / seed {}: test {:.4} (best val {:.4} at step {} of {}, {:.0} s)",
+                k.task, k.arm, k.seed, r.test_acc, r.best_val_acc, r.best_step, r.steps, r.wall_s
+            );
+            append_result(&a.results, &r)?;
+            report(&manifest, &read_results(&a.results)?, &paths)?;
+        }
+    }
+    let results = read_results(&a.results)?;
+    let files = report(&manifest, &results, &paths)?;
+    eprintln!(
+        "report: {} ({} runs, {} files)",
+        a.markdown.display(),
+        results.len(),
+        files.len()
+    );
+    Ok(())
+}

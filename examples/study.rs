@@ -55,6 +55,10 @@ struct Args {
     max_runs: Option<usize>,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
+    /// The code this binary was built from (e.g. `git rev-parse --short HEAD` at build time),
+    /// recorded with every result.
+    #[arg(long, default_value = "")]
+    code: String,
 }
 
 fn main() -> Result<()> {
@@ -112,8 +116,9 @@ fn main() -> Result<()> {
                     k.seed
                 ),
             );
-            let r = run_one(&manifest, k, &a.runs, &dev, &mut observer(&pb))
+            let mut r = run_one(&manifest, k, &a.runs, &dev, &mut observer(&pb))
                 .with_context(|| format!("run {} / {} / seed {}", k.task, k.arm, k.seed))?;
+            r.code = a.code.clone();
             pb.finish_and_clear();
             eprintln!(
                 "{} / {} / seed {}: test {:.4} (best val {:.4} at step {} of {}, {:.0} s)",

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Module, ModuleT, Tensor, D};
 use candle_nn::{Init, VarBuilder};
-use rand::{Rng, SeedableRng};
 
 use crate::error::Result;
+use crate::rng::Rng;
 
 /// `y = x·Wᵀ + b`, weight `[out, in]` and bias `[out]`, both initialised U(−1/√in, 1/√in)
 /// as PyTorch's `nn.Linear`.
@@ -134,7 +134,7 @@ impl Module for LayerNorm {
 /// [`DropoutRng::reseed`] with the step number before each step.
 #[derive(Clone, Debug)]
 pub struct DropoutRng {
-    inner: Arc<Mutex<rand::rngs::StdRng>>,
+    inner: Arc<Mutex<Rng>>,
 }
 
 impl Default for DropoutRng {
@@ -147,21 +147,21 @@ impl DropoutRng {
     /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         Self {
-            inner: Arc::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed))),
+            inner: Arc::new(Mutex::new(Rng::new(seed))),
         }
     }
 
     /// Restarts the generator from `seed` (e.g. `run_seed ^ step`).
     pub fn reseed(&self, seed: u64) {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        *g = rand::rngs::StdRng::seed_from_u64(seed);
+        *g = Rng::new(seed);
     }
 
     fn keep_mask(&self, n: usize, p: f64) -> Vec<f32> {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let scale = (1.0 / (1.0 - p)) as f32;
         (0..n)
-            .map(|_| if g.random::<f64>() < p { 0.0 } else { scale })
+            .map(|_| if g.f64() < p { 0.0 } else { scale })
             .collect()
     }
 }

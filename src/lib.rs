@@ -89,6 +89,7 @@ pub mod params;
 pub mod plot;
 pub mod preset;
 pub mod report;
+pub mod rng;
 pub mod stats;
 pub mod study;
 pub mod temperature;

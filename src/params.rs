@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::rng::Rng;
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
-use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
 
@@ -26,17 +26,17 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-/// Seeded generator for `(seed, name)`.
-pub(crate) fn rng_for(seed: u64, name: &str) -> rand::rngs::StdRng {
-    rand::rngs::StdRng::seed_from_u64(seed ^ fnv1a(name.as_bytes()).rotate_left(17))
+/// The generator of parameter `name` under `seed` (see [`crate::rng`]).
+pub(crate) fn rng_for(seed: u64, name: &str) -> Rng {
+    Rng::stream(seed, fnv1a(name.as_bytes()))
 }
 
 /// Standard normal samples by Box–Muller (portable, no extra dependency).
-pub(crate) fn normal_vec(rng: &mut impl Rng, n: usize, mean: f64, std: f64) -> Vec<f64> {
+pub(crate) fn normal_vec(rng: &mut Rng, n: usize, mean: f64, std: f64) -> Vec<f64> {
     let mut out = Vec::with_capacity(n + 1);
     while out.len() < n {
-        let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-        let u2: f64 = rng.random::<f64>();
+        let u1: f64 = rng.f64().max(f64::MIN_POSITIVE);
+        let u2: f64 = rng.f64();
         let r = (-2.0 * u1.ln()).sqrt();
         let t = std::f64::consts::TAU * u2;
         out.push(mean + std * r * t.cos());
@@ -47,14 +47,12 @@ pub(crate) fn normal_vec(rng: &mut impl Rng, n: usize, mean: f64, std: f64) -> V
 }
 
 /// Host-side values for an [`Init`] hint.
-fn init_values(init: Init, shape: &Shape, rng: &mut impl Rng) -> Vec<f64> {
+fn init_values(init: Init, shape: &Shape, rng: &mut Rng) -> Vec<f64> {
     let n = shape.elem_count();
     match init {
         Init::Const(v) => vec![v; n],
         Init::Randn { mean, stdev } => normal_vec(rng, n, mean, stdev),
-        Init::Uniform { lo, up } => (0..n)
-            .map(|_| lo + (up - lo) * rng.random::<f64>())
-            .collect(),
+        Init::Uniform { lo, up } => (0..n).map(|_| lo + (up - lo) * rng.f64()).collect(),
         Init::Kaiming {
             dist,
             fan,
@@ -66,7 +64,7 @@ fn init_values(init: Init, shape: &Shape, rng: &mut impl Rng) -> Vec<f64> {
                 candle_nn::init::NormalOrUniform::Normal => normal_vec(rng, n, 0.0, std),
                 candle_nn::init::NormalOrUniform::Uniform => {
                     let b = 3f64.sqrt() * std;
-                    (0..n).map(|_| -b + 2.0 * b * rng.random::<f64>()).collect()
+                    (0..n).map(|_| -b + 2.0 * b * rng.f64()).collect()
                 }
             }
         }

@@ -6,7 +6,7 @@
 //! ## Reproducibility and resume
 //! Everything random is derived from `TrainConfig::seed`: parameter init ([`ParamStore`]),
 //! the data order of each epoch ([`crate::data::epoch_order`]) and the dropout masks of each
-//! step ([`DropoutRng::reseed`] with a hash of seed and step). A checkpoint stores weights,
+//! step ([`DropoutRng::reseed`] with `mix_seed(seed, step)`; the scheme is in [`crate::rng`]). A checkpoint stores weights,
 //! AdamW moments, the step, the epoch and the position in it, so `resume` continues exactly
 //! where the run stopped and ends with the same weights as an uninterrupted run.
 //!
@@ -396,13 +396,6 @@ fn fault_requested(what: &str, step: usize) -> bool {
     std::env::var("CONVLUNA_FAULT").is_ok_and(|v| v == format!("{what}:{step}"))
 }
 
-fn mix(seed: u64, step: u64) -> u64 {
-    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 fn inputs(b: &Batch) -> Inputs<'_> {
     match (&b.input2, &b.mask2) {
         (Some(i2), m2) => Inputs::Pair {
@@ -634,7 +627,8 @@ impl Trainer {
     /// non-finite value.
     fn train_step(&mut self, train: &dyn Dataset) -> Result<Option<StepOutcome>> {
         let step = self.progress.step + 1;
-        self.rng.reseed(mix(self.cfg.seed, step as u64));
+        self.rng
+            .reseed(crate::rng::mix_seed(self.cfg.seed, step as u64));
         let vars: Vec<Var> = self.vars.iter().map(|(_, v)| v.clone()).collect();
         let mut grads: Option<GradStore> = None;
         let (mut loss_sum, mut right, mut seen, mut tokens) = (0f64, 0usize, 0usize, 0usize);

@@ -4,9 +4,9 @@
 
 use candle_core::{Device, Tensor};
 
-use super::rng::{mix_seed, Rng};
 use super::{Dataset, Example, Sequence};
 use crate::error::{Error, Result};
+use crate::rng::{mix_seed, Rng};
 
 /// How long the rows of a batch are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

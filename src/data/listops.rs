@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use super::error::{clip, DataError, Location};
 use super::io::{for_each_line, write_file};
-use super::rng::Rng;
 use super::{index_error, split_contiguous, Dataset, Example, Sequence, Splits};
 use crate::error::{Error, Result};
+use crate::rng::Rng;
 
 /// Id of `[MIN`.
 pub const MIN: u32 = 11;

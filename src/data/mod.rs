@@ -37,7 +37,6 @@ use std::sync::Arc;
 
 mod error;
 mod io;
-mod rng;
 
 pub mod batch;
 pub mod image;
@@ -47,6 +46,7 @@ pub mod pathfinder;
 pub mod retrieval;
 pub mod text;
 
+pub use crate::rng::{mix_seed, permutation, sin_cos_deg, splitmix64, Rng};
 pub use batch::{bucketed_batches, epoch_order, make_batch, Batch, PadTo};
 pub use error::{DataError, Location};
 pub use image::{
@@ -68,7 +68,6 @@ pub use retrieval::{
     pair_substitute, pair_substitute_splits, parse_aan_line, read_aan_dir, try_pair_substitute,
     AanDataset, AanRow, PairDataset,
 };
-pub use rng::{mix_seed, permutation, sin_cos_deg, splitmix64, Rng};
 pub use text::{
     byte_ids, read_bbc, read_class_folders, read_imdb_dir, read_spam_assassin, split_corpus,
     strip_email_headers, MemoryTextDataset, TextFolderDataset,

@@ -30,11 +30,11 @@ use std::sync::Arc;
 
 use super::error::{DataError, Location};
 use super::io::{for_each_line, write_file};
-use super::rng::{sin_cos_deg, Rng};
 use super::{
     ensure_nonempty, index_error, split_contiguous, split_order, Dataset, Example, Sequence, Splits,
 };
 use crate::error::{Error, Result};
+use crate::rng::{sin_cos_deg, Rng};
 
 /// Settings of the Pathfinder generator (lengths in output pixels).
 #[derive(Clone, Debug, PartialEq)]
@@ -1153,6 +1153,6 @@ impl Dataset for PngDataset {
 /// `(80, 10, 10)`. Images are decoded on `get` (streaming).
 pub fn read_pathfinder_dir(dir: &Path, split: (usize, usize, usize)) -> Result<Splits> {
     let ds: Arc<dyn Dataset> = Arc::new(PngDataset::open(dir)?);
-    let order = super::rng::permutation(ds.len(), 42);
+    let order = crate::rng::permutation(ds.len(), 42);
     Ok(split_order(ds, order, split))
 }

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use super::error::{clip, DataError, Location};
 use super::io::{for_each_line_offset, read_line_at};
-use super::rng::Rng;
 use super::text::byte_ids;
 use super::{index_error, Dataset, Example, Sequence, Splits};
 use crate::error::Result;
+use crate::rng::Rng;
 
 /// One parsed AAN row (fields borrowed from the line).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -333,7 +333,7 @@ pub fn pair_substitute_splits(
 ) -> Result<Splits> {
     Ok(Splits {
         train: try_pair_substitute(corpus.train.clone(), train, seed)?,
-        val: try_pair_substitute(corpus.val.clone(), val, super::rng::mix_seed(seed, 1))?,
-        test: try_pair_substitute(corpus.test.clone(), test, super::rng::mix_seed(seed, 2))?,
+        val: try_pair_substitute(corpus.val.clone(), val, crate::rng::mix_seed(seed, 1))?,
+        test: try_pair_substitute(corpus.test.clone(), test, crate::rng::mix_seed(seed, 2))?,
     })
 }

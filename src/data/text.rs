@@ -248,7 +248,7 @@ pub fn read_imdb_dir(dir: &Path, max_len: usize) -> Result<Splits> {
         max_len,
         "text: imdb [test]",
     )?;
-    let order = super::rng::permutation(train.len(), SPLIT_SEED);
+    let order = crate::rng::permutation(train.len(), SPLIT_SEED);
     let n_val = (train.len() + 5) / 10;
     let (tr, va) = order.split_at(train.len() - n_val);
     let skipped = train.skipped();
@@ -416,6 +416,6 @@ pub fn read_bbc(dir: &Path, max_len: usize) -> Result<Splits> {
 
 /// Splits any corpus 80/10/10 by a seeded shuffle (for folder corpora without official splits).
 pub fn split_corpus(ds: Arc<dyn Dataset>, seed: u64) -> Splits {
-    let order = super::rng::permutation(ds.len(), seed);
+    let order = crate::rng::permutation(ds.len(), seed);
     split_order(ds, order, (80, 10, 10))
 }

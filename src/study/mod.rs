@@ -234,6 +234,10 @@ pub struct RunResult {
     pub threads: usize,
     /// The crate version.
     pub crate_version: String,
+    /// The code that produced the run (e.g. the commit the study binary was built from), as
+    /// the study's caller states it.
+    #[serde(default)]
+    pub code: String,
 }
 
 impl RunResult {
@@ -365,6 +369,7 @@ pub fn run_one(
         final_pack_rows: summary.test.pack_row_divergence.clone(),
         threads: candle_core::utils::get_num_threads(),
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
+        code: String::new(),
     })
 }
 

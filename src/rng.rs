@@ -1,8 +1,18 @@
-//! The data layer's own seeded generator: xoshiro256** seeded through SplitMix64.
+//! The crate's one seeded generator: xoshiro256** (Blackman and Vigna) seeded through
+//! SplitMix64, in plain integer arithmetic (plus `f64` values built from 53 random bits).
 //!
-//! Generated data and shuffles must be identical on every platform and with every version of
-//! the `rand` crate, so nothing in [`crate::data`] draws from `rand`'s `StdRng`. Everything here
-//! is integer arithmetic, plus `f64` values built from 53 random bits.
+//! # The seeding scheme
+//! Everything random in the crate draws from [`Rng`], never from `rand`'s `StdRng` (whose
+//! algorithm may change between `rand` versions) or Candle's CPU generator (which cannot be
+//! seeded), so a seed gives the same numbers on every platform, thread count and dependency
+//! version:
+//! - **parameters**: each parameter from its own stream `Rng::stream(seed, fnv1a(name))`
+//!   ([`crate::params::ParamStore`]), so adding a parameter does not move the others;
+//! - **dropout**: one stream per optimisation step, `Rng::new(mix_seed(seed, step))`,
+//!   drawn in the fixed order of the forward pass ([`crate::layers::DropoutRng`]);
+//! - **data** (with the `lra` feature): generated examples from `Rng::stream(seed, index)`,
+//!   shuffles and splits from `Rng::new(seed)`, the training order of epoch e from
+//!   `Rng::new(mix_seed(seed, e))`.
 
 /// One step of SplitMix64 (Steele, Lea and Flood 2014), used to seed and to mix seeds.
 pub fn splitmix64(state: &mut u64) -> u64 {

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor, Var};
 use convluna::{
-    BlockDims, BlockPreset, ConvFilter, DropoutRng, Encoder, EncoderConfig, Filter, InputConfig,
-    LunaBlock, MaxPoolFilter, ParamStore, Positions, TransformerBlock,
+    BlockDims, BlockPreset, ConvFilter, Encoder, EncoderConfig, Filter, InputConfig, LunaBlock,
+    MaxPoolFilter, ParamStore, Positions, TransformerBlock,
 };
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
@@ -131,7 +131,6 @@ fn luna_block(preset: BlockPreset, m: usize, dev: &Device) -> LunaBlock {
     LunaBlock::new(
         cfg.luna().unwrap(),
         &dims(),
-        &DropoutRng::new(1),
         store.var_builder(DType::F32, dev),
     )
     .unwrap()
@@ -230,12 +229,8 @@ fn bench_blocks(c: &mut Criterion) {
             }
             if l <= 4096 || full() && l <= 8192 {
                 let store = ParamStore::new(1);
-                let blk = TransformerBlock::new(
-                    &dims(),
-                    &DropoutRng::new(1),
-                    store.var_builder(DType::F32, &dev),
-                )
-                .unwrap();
+                let blk =
+                    TransformerBlock::new(&dims(), store.var_builder(DType::F32, &dev)).unwrap();
                 bench(&mut g, "transformer", l, train, &dev, || {
                     blk.forward_t(x.as_tensor(), Some(&mask), false).unwrap()
                 });
@@ -279,14 +274,9 @@ fn bench_encoder(c: &mut Criterion) {
                     block,
                 };
                 let store = ParamStore::new(1);
-                let enc = Encoder::new(
-                    &cfg,
-                    &DropoutRng::new(1),
-                    store.var_builder(DType::F32, &dev),
-                )
-                .unwrap();
+                let enc = Encoder::new(&cfg, store.var_builder(DType::F32, &dev)).unwrap();
                 bench(&mut g, name, l, train, &dev, || {
-                    enc.forward_t(&ids, None, false).unwrap().hidden
+                    enc.encode(&ids, None, false).unwrap().hidden
                 });
             }
         }

@@ -15,9 +15,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use clap::Parser;
-use convluna::{
-    BlockPreset, DropoutRng, Encoder, EncoderConfig, InputConfig, ParamStore, Positions,
-};
+use convluna::{BlockPreset, Encoder, EncoderConfig, InputConfig, ParamStore, Positions};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -147,11 +145,7 @@ fn main() -> anyhow::Result<()> {
         block,
     };
     let store = ParamStore::new(7);
-    let enc = Encoder::new(
-        &cfg,
-        &DropoutRng::new(7),
-        store.var_builder(DType::F32, &dev),
-    )?;
+    let enc = Encoder::new(&cfg, store.var_builder(DType::F32, &dev))?;
     let vars: Vec<Var> = store.varmap().all_vars();
     // ids 1..=255, no padding (the mask is all ones, but masked mode still does its work).
     let ids: Vec<u32> = (0..b * a.len)
@@ -161,7 +155,7 @@ fn main() -> anyhow::Result<()> {
     let train = a.mode == "train";
     let rss0 = vm_kib("VmRSS:");
     let step = || -> anyhow::Result<f32> {
-        let out = enc.forward_t(&ids, None, false)?;
+        let out = enc.encode(&ids, None, false)?;
         let loss = out.hidden.mean_all()?;
         if train {
             let grads = loss.backward()?;

@@ -62,7 +62,7 @@ pub enum Projections {
 /// How attention logits are scaled before the softmax.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Scale {
+pub enum ScaleConfig {
     /// No scaling (s = 1).
     None,
     /// The usual 1/√d_h.
@@ -87,9 +87,9 @@ pub struct LunaConfig {
     /// Projection sharing.
     pub projections: Projections,
     /// Scale of the packing logits.
-    pub pack_scale: Scale,
+    pub pack_scale: ScaleConfig,
     /// Scale of the unpacking logits.
-    pub unpack_scale: Scale,
+    pub unpack_scale: ScaleConfig,
     /// Filter of the packing keys and values.
     pub filter: FilterConfig,
     /// Exclude padding from packing (SPEC §3.4). `false` reproduces the authors' code.
@@ -254,9 +254,9 @@ fn check_prob(field: &str, p: f64) -> Result<()> {
     Ok(())
 }
 
-fn check_scale(field: &str, s: &Scale) -> Result<()> {
+fn check_scale(field: &str, s: &ScaleConfig) -> Result<()> {
     match *s {
-        Scale::FixedTemperature { tau } | Scale::LearnedTemperature { init: tau }
+        ScaleConfig::FixedTemperature { tau } | ScaleConfig::LearnedTemperature { init: tau }
             if !tau.is_finite() =>
         {
             Err(Error::config(

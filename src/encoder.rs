@@ -5,12 +5,15 @@
 //! pixels), `pos.weight [max_len, d]` (learned positions), `cls [d]`, `memory [m, d]`
 //! (Luna family), `layers.{i}.…` (see [`crate::block`]).
 
-use candle_core::{DType, Device, Module, Tensor};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::block::{Block, BlockDims, ConvMixerBlock, LunaBlock, TransformerBlock};
+use crate::block::{BlockDims, ConvMixerBlock, EncoderBlock, LunaBlock, TransformerBlock};
 use crate::config::{BlockConfig, EncoderConfig, InputConfig, Positions};
 use crate::error::{Error, Result};
+use crate::filter::Filter;
 use crate::layers::DropoutRng;
 
 /// What one Luna-family layer did, for memory diagnostics.
@@ -50,7 +53,7 @@ pub struct Encoder {
     pos: Option<Tensor>,
     cls: Option<Tensor>,
     memory: Option<Tensor>,
-    blocks: Vec<Block>,
+    blocks: Vec<EncoderBlock>,
     rng: DropoutRng,
 }
 
@@ -67,9 +70,53 @@ pub fn sinusoidal_positions(len: usize, d: usize, dtype: DType, device: &Device)
     Ok(Tensor::from_vec(v, (len, d), device)?.to_dtype(dtype)?)
 }
 
+/// Builds layer `i`'s filter with its parameters under the given `VarBuilder`
+/// ([`Encoder::with_filter`]).
+pub type MakeFilter = dyn Fn(usize, VarBuilder) -> Result<Arc<dyn Filter>>;
+
 impl Encoder {
-    /// Builds the encoder under `vb` (validates `cfg`). `rng` drives every dropout.
-    pub fn new(cfg: &EncoderConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
+    /// Builds the encoder under `vb` (validates `cfg`). Every dropout of its blocks draws from
+    /// one generator, [`Encoder::dropout_rng`] (seed 0 until reseeded).
+    pub fn new(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
+        Self::build(cfg, None, vb)
+    }
+
+    /// The encoder with a filter of the caller's in every layer that has one (the Luna family
+    /// and the locality controls; `cfg`'s filter setting is then ignored): `make_filter(i, vb)`
+    /// builds layer i's, with its parameters (if any) under `vb` (`layers.{i}.filter`).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use candle_core::{DType, Device, Tensor};
+    /// # use convluna::{BlockPreset, Encoder, EncoderConfig, Filter, IdentityFilter, InputConfig,
+    /// #                ParamStore, Positions};
+    /// # fn main() -> convluna::Result<()> {
+    /// let cfg = EncoderConfig {
+    ///     input: InputConfig::Tokens { vocab_size: 16 }, max_len: 20, d_model: 16,
+    ///     num_heads: 2, ffn_dim: 32, num_layers: 2, dropout: 0.0, attention_dropout: 0.0,
+    ///     positions: Positions::Learned, cls: true, block: BlockPreset::Convluna.block(4, 16),
+    /// };
+    /// let store = ParamStore::new(0);
+    /// let enc = Encoder::with_filter(&cfg, store.var_builder(DType::F32, &Device::Cpu),
+    ///     &|_layer, _vb| Ok(Arc::new(IdentityFilter) as Arc<dyn Filter>))?;
+    /// let out = enc.encode(&Tensor::new(&[[3u32, 4, 5]], &Device::Cpu)?, None, false)?;
+    /// assert_eq!(out.hidden.dims(), &[1, 4, 16]);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_filter(
+        cfg: &EncoderConfig,
+        vb: VarBuilder,
+        make_filter: &MakeFilter,
+    ) -> Result<Self> {
+        Self::build(cfg, Some(make_filter), vb)
+    }
+
+    fn build(
+        cfg: &EncoderConfig,
+        make_filter: Option<&MakeFilter>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let rng = &DropoutRng::default();
         cfg.validate()?;
         let d = cfg.d_model;
         let (embed_w, embed_b) = match cfg.input {
@@ -161,19 +208,23 @@ impl Encoder {
         let mut blocks = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let lvb = vb.pp(format!("layers.{i}"));
-            let filter = |f: &crate::config::FilterConfig| {
-                crate::filter::build(f, cfg.num_heads, dims.head_dim(), lvb.pp("filter"))
+            let filter = |f: &crate::config::FilterConfig| match make_filter {
+                Some(make) => make(i, lvb.pp("filter")),
+                None => crate::filter::build(f, cfg.num_heads, dims.head_dim(), lvb.pp("filter")),
             };
             blocks.push(match &cfg.block {
-                BlockConfig::Luna(l) => Block::Luna(LunaBlock::new(l, &dims, rng, lvb)?),
+                BlockConfig::Luna(l) => {
+                    let f = make_filter.map(|_| filter(&l.filter)).transpose()?;
+                    EncoderBlock::Luna(LunaBlock::build(l, &dims, f, rng, lvb)?)
+                }
                 BlockConfig::Transformer => {
-                    Block::Transformer(TransformerBlock::new(&dims, rng, lvb)?)
+                    EncoderBlock::Transformer(TransformerBlock::build(&dims, None, rng, lvb)?)
                 }
-                BlockConfig::FilteredTransformer { filter: f } => {
-                    Block::Transformer(TransformerBlock::with_filter(&dims, filter(f)?, rng, lvb)?)
-                }
+                BlockConfig::FilteredTransformer { filter: f } => EncoderBlock::Transformer(
+                    TransformerBlock::build(&dims, Some(filter(f)?), rng, lvb)?,
+                ),
                 BlockConfig::ConvMixer { filter: f } => {
-                    Block::ConvMixer(ConvMixerBlock::new(&dims, filter(f)?, rng, lvb)?)
+                    EncoderBlock::ConvMixer(ConvMixerBlock::build(&dims, filter(f)?, rng, lvb)?)
                 }
             });
         }
@@ -195,7 +246,7 @@ impl Encoder {
     }
 
     /// The blocks.
-    pub fn blocks(&self) -> &[Block] {
+    pub fn blocks(&self) -> &[EncoderBlock] {
         &self.blocks
     }
 
@@ -332,7 +383,7 @@ impl Encoder {
 
     /// Runs the encoder. `input`: token ids `[B, L]` (integer) or raw pixels `[B, L]` (float);
     /// `mask`: `[B, L]`, non-zero = valid (see [`Encoder::prepare_mask`] for `None`).
-    pub fn forward_t(
+    pub fn encode(
         &self,
         input: &Tensor,
         mask: Option<&Tensor>,
@@ -341,7 +392,7 @@ impl Encoder {
         self.run(input, mask, train, false)
     }
 
-    /// As [`Encoder::forward_t`], and records every layer's memory and pack attention.
+    /// As [`Encoder::encode`], and records every layer's memory and pack attention.
     pub fn forward_traced(
         &self,
         input: &Tensor,
@@ -364,7 +415,7 @@ impl Encoder {
         let mut traces = trace.then(Vec::new);
         for block in &self.blocks {
             match block {
-                Block::Luna(blk) => {
+                EncoderBlock::Luna(blk) => {
                     let p = memory.as_ref().ok_or_else(|| {
                         Error::config("encoder.block", "Luna block without memory")
                     })?;
@@ -388,8 +439,8 @@ impl Encoder {
                     x = out.x;
                     memory = Some(out.memory);
                 }
-                Block::Transformer(blk) => x = blk.forward_t(&x, Some(&mask), train)?,
-                Block::ConvMixer(blk) => x = blk.forward_t(&x, Some(&mask), train)?,
+                EncoderBlock::Transformer(blk) => x = blk.forward_t(&x, Some(&mask), train)?,
+                EncoderBlock::ConvMixer(blk) => x = blk.forward_t(&x, Some(&mask), train)?,
             }
         }
         Ok(EncoderOutput {
@@ -401,11 +452,9 @@ impl Encoder {
     }
 }
 
-impl Module for Encoder {
-    /// Hidden states in evaluation mode, mask derived from the input.
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        self.forward_t(xs, None, false)
-            .map(|o| o.hidden)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+impl ModuleT for Encoder {
+    /// Hidden states `[B, L(+1), d]`, the mask derived from the input.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        Ok(self.encode(xs, None, train)?.hidden)
     }
 }

@@ -73,7 +73,7 @@ pub enum Error {
     /// Examples longer than the run's length limit, found before training: they would be cut.
     #[error("{over} of {total} {split} examples of {data} are longer than the length limit {limit} (the longest has {longest} positions): they would be cut. Raise the limit (`--max-len`, `fit_lengths`'s `limit`) or ask for truncation explicitly (`--truncate`)")]
     TooLong {
-        /// The data set (its [`crate::data::Dataset::name`]).
+        /// The data set (its `Dataset::name`).
         data: String,
         /// `train`, `val` or `test`.
         split: String,
@@ -101,7 +101,8 @@ pub enum Error {
     /// An error from Candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
-    /// A malformed data file (see [`crate::data::DataError`]: file and line or record).
+    /// A malformed data file (see `data::DataError`: file and line or record).
+    #[cfg(feature = "lra")]
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
 }
@@ -137,6 +138,36 @@ impl Error {
         Error::Format {
             path: path.into(),
             reason: reason.into(),
+        }
+    }
+}
+
+/// Candle's error type carries the crate's, so `?` works in functions that return
+/// `candle_core::Result` (and in `Module` implementations). A Candle error inside ours comes
+/// back as itself; any other travels as `candle_core::Error::WrappedContext`, whose
+/// `wrapped` is the typed error (see [`Error::find_in`]) and whose context its message.
+impl From<Error> for candle_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Candle(c) => c,
+            other => candle_core::Error::WrappedContext {
+                context: other.to_string(),
+                wrapped: Box::new(other),
+            },
+        }
+    }
+}
+
+impl Error {
+    /// The crate's typed error inside a Candle error made from it (looking through Candle's
+    /// context, path and backtrace layers), if there is one.
+    pub fn find_in(e: &candle_core::Error) -> Option<&Error> {
+        match e {
+            candle_core::Error::WrappedContext { wrapped, .. } => wrapped.downcast_ref::<Error>(),
+            candle_core::Error::Context { inner, .. }
+            | candle_core::Error::WithPath { inner, .. }
+            | candle_core::Error::WithBacktrace { inner, .. } => Self::find_in(inner),
+            _ => None,
         }
     }
 }

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BlockConfig, FilterConfig, ModelConfig, PairFeatures, Pooling, Scale};
+use crate::config::{BlockConfig, FilterConfig, ModelConfig, PairFeatures, Pooling, ScaleConfig};
 use crate::data::{self, LengthFit, Splits};
 use crate::error::{Error, Result};
 use crate::optim::{AdamWConfig, Schedule};
@@ -487,9 +487,9 @@ fn build_model_config(o: &RunOptions) -> Result<ModelConfig> {
                 l.filter = filter_config(o);
                 l.mask_padding = o.masked.unwrap_or(true);
                 l.pack_scale = match o.temperature.unwrap_or(Temperature::Learned) {
-                    Temperature::Learned => Scale::LearnedTemperature { init: 0.0 },
-                    Temperature::Fixed => Scale::FixedTemperature { tau: 0.0 },
-                    Temperature::InvSqrt => Scale::InvSqrtHeadDim,
+                    Temperature::Learned => ScaleConfig::LearnedTemperature { init: 0.0 },
+                    Temperature::Fixed => ScaleConfig::FixedTemperature { tau: 0.0 },
+                    Temperature::InvSqrt => ScaleConfig::InvSqrtHeadDim,
                 };
             }
             block

@@ -30,7 +30,7 @@ pub struct PairClassifier {
 
 /// A model for any LRA task: one document or two.
 #[derive(Clone, Debug)]
-pub enum Model {
+pub enum TaskModel {
     /// One input.
     Single(Classifier),
     /// Two inputs (retrieval).
@@ -39,7 +39,7 @@ pub enum Model {
 
 /// Inputs of a batch: one document, or two for pair models. Masks are `[B, L]`, non-zero valid.
 #[derive(Clone, Copy, Debug)]
-pub enum Inputs<'a> {
+pub enum TaskInputs<'a> {
     /// One document.
     Single {
         /// Ids or pixels `[B, L]`.
@@ -62,9 +62,9 @@ pub enum Inputs<'a> {
 
 impl Classifier {
     /// Builds encoder (`vb` root) and head (`head.…`).
-    pub fn new(cfg: &ModelConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let encoder = Encoder::new(&cfg.encoder, rng, vb.clone())?;
+        let encoder = Encoder::new(&cfg.encoder, vb.clone())?;
         let head = ClassifierHead::new(
             &cfg.head,
             cfg.encoder.d_model,
@@ -79,10 +79,21 @@ impl Classifier {
         &self.encoder
     }
 
-    /// Logits `[B, classes]`.
-    pub fn forward_t(&self, input: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
-        self.head
-            .forward(&self.encoder.forward_t(input, mask, train)?)
+    /// Logits `[B, classes]` for `input` `[B, L]` with an explicit `mask` `[B, L]` (non-zero
+    /// valid; `None`: derived from the input). [`ModuleT::forward_t`] is this with `None`.
+    pub fn forward_with_mask(
+        &self,
+        input: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        self.head.forward(&self.encoder.encode(input, mask, train)?)
+    }
+
+    /// The generator of every dropout mask of the model (reseed it per step for
+    /// reproducible training; the `lra` feature's `train::Trainer` does).
+    pub fn dropout_rng(&self) -> &DropoutRng {
+        self.encoder.dropout_rng()
     }
 
     /// Logits and the encoder output with every layer's trace.
@@ -100,20 +111,19 @@ impl Classifier {
 impl ModuleT for Classifier {
     /// Logits; the mask is derived from the input (token id 0 is padding).
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        Classifier::forward_t(self, xs, None, train)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        Ok(self.forward_with_mask(xs, None, train)?)
     }
 }
 
 impl PairClassifier {
     /// Builds encoder (`vb` root) and pair head (`head.…`).
-    pub fn new(cfg: &ModelConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
         let features = cfg
             .head
             .pair
             .ok_or_else(|| Error::config("head.pair", "a pair model needs `pair` features"))?;
-        let encoder = Encoder::new(&cfg.encoder, rng, vb.clone())?;
+        let encoder = Encoder::new(&cfg.encoder, vb.clone())?;
         let head = PairHead::new(
             &cfg.head,
             features,
@@ -131,7 +141,7 @@ impl PairClassifier {
     }
 
     /// Logits `[B, classes]` for document pairs.
-    pub fn forward_t(
+    pub fn forward_pair(
         &self,
         in1: &Tensor,
         m1: Option<&Tensor>,
@@ -139,49 +149,56 @@ impl PairClassifier {
         m2: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
-        let a = self.encoder.forward_t(in1, m1, train)?;
-        let b = self.encoder.forward_t(in2, m2, train)?;
+        let a = self.encoder.encode(in1, m1, train)?;
+        let b = self.encoder.encode(in2, m2, train)?;
         self.head.forward(&a, &b)
     }
 }
 
-impl Model {
+impl TaskModel {
     /// Builds the model `cfg` describes (pair when `cfg.head.pair` is set).
-    pub fn new(cfg: &ModelConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         Ok(if cfg.head.pair.is_some() {
-            Model::Pair(PairClassifier::new(cfg, rng, vb)?)
+            TaskModel::Pair(PairClassifier::new(cfg, vb)?)
         } else {
-            Model::Single(Classifier::new(cfg, rng, vb)?)
+            TaskModel::Single(Classifier::new(cfg, vb)?)
         })
+    }
+
+    /// The generator of every dropout mask of the model.
+    pub fn dropout_rng(&self) -> &DropoutRng {
+        self.encoder().dropout_rng()
     }
 
     /// The (shared) encoder.
     pub fn encoder(&self) -> &Encoder {
         match self {
-            Model::Single(m) => m.encoder(),
-            Model::Pair(m) => m.encoder(),
+            TaskModel::Single(m) => m.encoder(),
+            TaskModel::Pair(m) => m.encoder(),
         }
     }
 
     /// Logits `[B, classes]`.
-    pub fn forward_t(&self, inputs: Inputs<'_>, train: bool) -> Result<Tensor> {
+    pub fn forward_t(&self, inputs: TaskInputs<'_>, train: bool) -> Result<Tensor> {
         match (self, inputs) {
-            (Model::Single(m), Inputs::Single { input, mask }) => m.forward_t(input, mask, train),
+            (TaskModel::Single(m), TaskInputs::Single { input, mask }) => {
+                m.forward_with_mask(input, mask, train)
+            }
             (
-                Model::Pair(m),
-                Inputs::Pair {
+                TaskModel::Pair(m),
+                TaskInputs::Pair {
                     input1,
                     mask1,
                     input2,
                     mask2,
                 },
-            ) => m.forward_t(input1, mask1, input2, mask2, train),
-            (Model::Single(_), Inputs::Pair { .. }) => Err(Error::shape(
+            ) => m.forward_pair(input1, mask1, input2, mask2, train),
+            (TaskModel::Single(_), TaskInputs::Pair { .. }) => Err(Error::shape(
                 "inputs",
                 "one document for a single-input model",
                 "a pair",
             )),
-            (Model::Pair(_), Inputs::Single { .. }) => Err(Error::shape(
+            (TaskModel::Pair(_), TaskInputs::Single { .. }) => Err(Error::shape(
                 "inputs",
                 "two documents for a pair model",
                 "one",
@@ -229,14 +246,19 @@ pub fn load_config(dir: &Path) -> Result<ModelConfig> {
 }
 
 /// Loads a model saved by [`save_model`]: its config, its parameters and the built model.
+/// The model is built straight from the file's tensors ([`ParamStore::from_file`]: no random
+/// initialisation pass); a parameter missing from the file, one of the wrong shape, or a
+/// tensor the model does not have is an error naming the file. The parameters are trainable
+/// variables of the returned store (`store.varmap().all_vars()`).
 pub fn load_model(
     dir: &Path,
     dtype: DType,
     device: &Device,
-) -> Result<(ModelConfig, ParamStore, Model)> {
+) -> Result<(ModelConfig, ParamStore, TaskModel)> {
     let cfg = load_config(dir)?;
-    let store = ParamStore::new(0);
-    let model = Model::new(&cfg, &DropoutRng::new(0), store.var_builder(dtype, device))?;
-    store.load(&dir.join(WEIGHTS_FILE))?;
+    let path = dir.join(WEIGHTS_FILE);
+    let store = ParamStore::from_file(&path, dtype, device)?;
+    let model = TaskModel::new(&cfg, store.var_builder(dtype, device))?;
+    store.check_all_used()?;
     Ok((cfg, store, model))
 }

@@ -6,15 +6,16 @@
 //! All parameters live in one [`VarMap`] under PyTorch-style names (`layers.0.attn.q_proj.weight`,
 //! Linear weights `[out, in]`), listed in the crate documentation.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use crate::rng::Rng;
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
 
 use crate::error::{Error, Result};
+use crate::rng::Rng;
 
 /// 64-bit FNV-1a, used to derive a stable per-parameter seed.
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
@@ -86,6 +87,16 @@ fn init_values(init: Init, shape: &Shape, rng: &mut Rng) -> Vec<f64> {
 pub struct ParamStore {
     varmap: VarMap,
     seed: u64,
+    /// Set for a store read from a file: a parameter the file lacks is an error (never a
+    /// silent random initialisation), and the names the model asked for are recorded.
+    source: Option<Arc<Source>>,
+}
+
+/// The file a store was read from and the parameters the model has asked for.
+#[derive(Debug)]
+struct Source {
+    path: PathBuf,
+    requested: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for ParamStore {
@@ -103,6 +114,62 @@ impl ParamStore {
         Self {
             varmap: VarMap::new(),
             seed,
+            source: None,
+        }
+    }
+
+    /// A store holding the tensors of a safetensors file (as trainable variables in `dtype`
+    /// on `device`), for building a model from them: nothing is initialised at random, and a
+    /// parameter the model asks for but the file lacks is an error naming both. After the
+    /// model is built, [`ParamStore::check_all_used`] tells whether the file had extra
+    /// tensors.
+    pub fn from_file(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let tensors = load_tensors(path, device)?;
+        let store = Self {
+            varmap: VarMap::new(),
+            seed: 0,
+            source: Some(Arc::new(Source {
+                path: path.to_path_buf(),
+                requested: Mutex::new(HashSet::new()),
+            })),
+        };
+        {
+            let mut map = store.lock();
+            for (name, t) in tensors {
+                map.insert(name, Var::from_tensor(&t.to_dtype(dtype)?)?);
+            }
+        }
+        Ok(store)
+    }
+
+    /// For a store read with [`ParamStore::from_file`]: an error naming the first tensor of
+    /// the file that no model parameter asked for (a misspelt or foreign file must not pass
+    /// silently). Always `Ok` for other stores.
+    pub fn check_all_used(&self) -> Result<()> {
+        let Some(src) = &self.source else {
+            return Ok(());
+        };
+        let requested = src.requested.lock().unwrap_or_else(|e| e.into_inner());
+        let mut extra: Vec<String> = self
+            .lock()
+            .keys()
+            .filter(|k| !requested.contains(*k))
+            .cloned()
+            .collect();
+        extra.sort();
+        match extra.first() {
+            Some(name) => Err(Error::format(
+                &src.path,
+                format!(
+                    "unexpected parameter `{name}` (not in the model){}",
+                    if extra.len() > 1 {
+                        format!(" and {} more", extra.len() - 1)
+                    } else {
+                        String::new()
+                    }
+                ),
+            )),
+            None => Ok(()),
         }
     }
 
@@ -227,15 +294,32 @@ impl SimpleBackend for ParamStore {
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
         let mut map = self.lock();
+        if let Some(src) = &self.source {
+            src.requested
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.to_string());
+        }
         if let Some(v) = map.get(name) {
             if v.shape() != &s {
+                let place = self
+                    .source
+                    .as_ref()
+                    .map_or(String::new(), |src| format!(" in {}", src.path.display()));
                 candle_core::bail!(
-                    "parameter `{name}` exists with shape {:?}, asked for {:?}",
+                    "parameter `{name}` has shape {:?}{place}, the model asks for {:?}",
                     v.dims(),
                     s.dims()
                 );
             }
             return Ok(v.as_tensor().clone());
+        }
+        if let Some(src) = &self.source {
+            return Err(Error::format(
+                &src.path,
+                format!("missing parameter `{name}` of shape {:?}", s.dims()),
+            )
+            .into());
         }
         let mut rng = rng_for(self.seed, name);
         let values = init_values(h, &s, &mut rng);

@@ -1,15 +1,15 @@
-//! Dependency-free SVG plots: line charts (training curves, throughput) and heatmaps (memory
-//! cosine similarity). Open the files in any browser.
+//! SVG plots through [`plotters`] (its SVG backend: no system library, no font file): line
+//! charts in panels (training curves, memory metrics, throughput), heatmaps (memory cosine
+//! similarities, pack-row divergences) and bar charts with error bars (accuracy per arm).
+//! Every chart has a title, axis labels and a legend. Open the files in any browser.
 
-use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::error::Result;
-use crate::params::write_atomic;
+use plotters::coord::Shift;
+use plotters::prelude::*;
 
-const COLORS: [&str; 8] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-];
+use crate::error::{Error, Result};
+use crate::params::write_atomic;
 
 /// One line of a chart.
 #[derive(Clone, Debug)]
@@ -48,368 +48,334 @@ pub struct Panel {
     pub log_x: bool,
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+const PANEL_W: u32 = 560;
+const PANEL_H: u32 = 360;
+
+fn color(i: usize) -> RGBColor {
+    let (r, g, b) = Palette99::pick(i).to_rgba().rgb();
+    RGBColor(r, g, b)
 }
 
-fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
-    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
-        return vec![lo];
-    }
-    let raw = (hi - lo) / n as f64;
-    let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
-        .iter()
-        .map(|m| m * mag)
-        .find(|s| *s >= raw)
-        .unwrap_or(raw);
-    let start = (lo / step).ceil() * step;
-    let mut v = Vec::new();
-    let mut t = start;
-    while t <= hi + step * 1e-9 {
-        v.push(if t.abs() < step * 1e-9 { 0.0 } else { t });
-        t += step;
-    }
-    v
+fn plot_err<E: std::fmt::Debug>(e: E) -> Error {
+    Error::format("<plot>", format!("{e:?}"))
 }
 
-fn fmt_tick(v: f64) -> String {
-    if v != 0.0 && (v.abs() >= 1e5 || v.abs() < 1e-3) {
-        format!("{v:.1e}")
-    } else if v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else {
-        let s = format!("{v:.3}");
-        s.trim_end_matches('0').to_string()
+/// The range of `v`, widened when empty or flat.
+fn range(v: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (mut lo, mut hi) = v
+        .filter(|x| x.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
+    if !lo.is_finite() {
+        return (0.0, 1.0);
     }
+    if hi - lo < 1e-12 {
+        lo -= 0.5;
+        hi += 0.5;
+    }
+    let pad = 0.05 * (hi - lo);
+    (lo - pad, hi + pad)
 }
 
-fn panel_svg(out: &mut String, p: &Panel, ox: f64, oy: f64, w: f64, h: f64) {
-    let (ml, mr, mt, mb) = (60.0, 150.0, 28.0, 42.0);
-    let (pw, ph) = (w - ml - mr, h - mt - mb);
-    let tx = |x: f64| if p.log_x { x.max(1e-300).log10() } else { x };
-    let pts: Vec<(f64, f64)> = p
-        .series
-        .iter()
-        .flat_map(|s| s.points.iter().copied())
-        .filter(|(x, y)| x.is_finite() && y.is_finite())
-        .collect();
-    let (mut x0, mut x1, mut y0, mut y1) = (
-        f64::INFINITY,
-        f64::NEG_INFINITY,
-        f64::INFINITY,
-        f64::NEG_INFINITY,
-    );
-    for (x, y) in &pts {
-        x0 = x0.min(tx(*x));
-        x1 = x1.max(tx(*x));
-        y0 = y0.min(*y);
-        y1 = y1.max(*y);
-    }
-    if pts.is_empty() {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-    }
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    if y1 <= y0 {
-        y1 = y0 + 1.0;
-    }
-    let pad = (y1 - y0) * 0.05;
-    let (y0, y1) = (y0 - pad, y1 + pad);
-    let sx = |x: f64| ox + ml + (tx(x) - x0) / (x1 - x0) * pw;
-    let sy = |y: f64| oy + mt + ph - (y - y0) / (y1 - y0) * ph;
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="{}" font-size="14" text-anchor="middle" font-weight="bold">{}</text>"#,
-        ox + ml + pw / 2.0,
-        oy + 18.0,
-        esc(&p.title)
-    );
-    let _ = writeln!(
-        out,
-        r##"<rect x="{}" y="{}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##,
-        ox + ml,
-        oy + mt
-    );
-    for t in nice_ticks(y0, y1, 5) {
-        let y = sy(t);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{}" x2="{}" y1="{y}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" font-size="11" text-anchor="end">{}</text>"##,
-            ox + ml,
-            ox + ml + pw,
-            ox + ml - 4.0,
-            y + 4.0,
-            fmt_tick(t)
-        );
-    }
-    let xt: Vec<f64> = if p.log_x {
-        let (a, b) = (x0.floor() as i32, x1.ceil() as i32);
-        (a..=b)
-            .map(|e| 10f64.powi(e))
-            .filter(|v| tx(*v) >= x0 - 1e-9 && tx(*v) <= x1 + 1e-9)
-            .collect()
-    } else {
-        nice_ticks(x0, x1, 6)
-    };
-    for t in xt {
-        let x = sx(t);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{x}" x2="{x}" y1="{}" y2="{}" stroke="#eee"/><text x="{x}" y="{}" font-size="11" text-anchor="middle">{}</text>"##,
-            oy + mt,
-            oy + mt + ph,
-            oy + mt + ph + 15.0,
-            fmt_tick(t)
-        );
-    }
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="{}" font-size="12" text-anchor="middle">{}</text>"#,
-        ox + ml + pw / 2.0,
-        oy + h - 8.0,
-        esc(&p.x_label)
-    );
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="{}" font-size="12" text-anchor="middle" transform="rotate(-90 {} {})">{}</text>"#,
-        ox + 14.0,
-        oy + mt + ph / 2.0,
-        ox + 14.0,
-        oy + mt + ph / 2.0,
-        esc(&p.y_label)
-    );
-    for (i, s) in p.series.iter().enumerate() {
-        let c = COLORS[i % COLORS.len()];
-        let path: Vec<String> = s
-            .points
+fn draw_panel(area: &DrawingArea<SVGBackend, Shift>, p: &Panel) -> Result<()> {
+    let points = || {
+        p.series
             .iter()
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
-            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
-            .collect();
-        let dash = if s.dashed {
-            r#" stroke-dasharray="5,3""#
+            .flat_map(|s| s.points.iter().copied())
+            .filter(|(x, y)| x.is_finite() && y.is_finite() && (!p.log_x || *x > 0.0))
+    };
+    let (x0, x1) = range(points().map(|q| q.0));
+    let (y0, y1) = range(points().map(|q| q.1));
+    let mut chart = ChartBuilder::on(area);
+    chart
+        .caption(&p.title, ("sans-serif", 15))
+        .margin(8)
+        .x_label_area_size(36)
+        .y_label_area_size(56);
+    let style = |s: &Series, i: usize| {
+        let c = color(i);
+        if s.dashed {
+            c.mix(0.6).stroke_width(2)
         } else {
-            ""
-        };
-        if path.len() == 1 {
-            let (x, y) = path[0].split_once(',').unwrap_or(("0", "0"));
-            let _ = writeln!(out, r#"<circle cx="{x}" cy="{y}" r="3" fill="{c}"/>"#);
-        } else if !path.is_empty() {
-            let _ = writeln!(
-                out,
-                r#"<polyline fill="none" stroke="{c}" stroke-width="1.6"{dash} points="{}"/>"#,
-                path.join(" ")
-            );
+            c.stroke_width(2)
         }
-        let ly = oy + mt + 12.0 + 16.0 * i as f64;
-        let lx = ox + ml + pw + 10.0;
-        let _ = writeln!(
-            out,
-            r#"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{c}" stroke-width="2"{dash}/><text x="{}" y="{}" font-size="11">{}</text>"#,
-            lx + 18.0,
-            lx + 22.0,
-            ly + 4.0,
-            esc(&s.label)
-        );
+    };
+    macro_rules! lines {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc(p.x_label.as_str())
+                .y_desc(p.y_label.as_str())
+                .label_style(("sans-serif", 11))
+                .draw()
+                .map_err(plot_err)?;
+            for (i, s) in p.series.iter().enumerate() {
+                let pts: Vec<(f64, f64)> = s
+                    .points
+                    .iter()
+                    .copied()
+                    .filter(|(x, y)| x.is_finite() && y.is_finite() && (!p.log_x || *x > 0.0))
+                    .collect();
+                let st = style(s, i);
+                chart
+                    .draw_series(LineSeries::new(pts, st))
+                    .map_err(plot_err)?
+                    .label(s.label.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], st));
+            }
+            if !p.series.is_empty() {
+                chart
+                    .configure_series_labels()
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK.mix(0.3))
+                    .label_font(("sans-serif", 11))
+                    .draw()
+                    .map_err(plot_err)?;
+            }
+        }};
     }
+    if p.log_x {
+        let (lo, hi) = (x0.max(1e-12), x1.max(x0.max(1e-12) * 10.0));
+        lines!(chart
+            .build_cartesian_2d((lo..hi).log_scale(), y0..y1)
+            .map_err(plot_err)?);
+    } else {
+        lines!(chart.build_cartesian_2d(x0..x1, y0..y1).map_err(plot_err)?);
+    }
+    Ok(())
 }
 
-/// Renders panels in a grid with `cols` columns into an SVG string.
-pub fn panels_svg(panels: &[Panel], cols: usize) -> String {
-    let cols = cols.max(1);
+/// Panels on a grid of `cols` columns, as one SVG document.
+pub fn panels_svg(panels: &[Panel], cols: usize) -> Result<String> {
+    let cols = cols.clamp(1, panels.len().max(1));
     let rows = panels.len().div_ceil(cols).max(1);
-    let (w, h) = (520.0, 300.0);
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>"#,
-        w * cols as f64,
-        h * rows as f64
-    );
-    for (i, p) in panels.iter().enumerate() {
-        panel_svg(
-            &mut out,
-            p,
-            (i % cols) as f64 * w,
-            (i / cols) as f64 * h,
-            w,
-            h,
-        );
+    {
+        let root =
+            SVGBackend::with_string(&mut out, (PANEL_W * cols as u32, PANEL_H * rows as u32))
+                .into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let areas = root.split_evenly((rows, cols));
+        for (p, area) in panels.iter().zip(areas.iter()) {
+            draw_panel(area, p)?;
+        }
+        root.present().map_err(plot_err)?;
     }
-    out.push_str("</svg>\n");
-    out
+    Ok(out)
 }
 
-/// Writes panels to an SVG file (atomically).
+/// Writes [`panels_svg`] to `path` atomically.
 pub fn write_panels(path: &Path, panels: &[Panel], cols: usize) -> Result<()> {
-    write_atomic(path, panels_svg(panels, cols).as_bytes())
+    write_atomic(path, panels_svg(panels, cols)?.as_bytes())
 }
 
 /// A heatmap of a square matrix with values in [−1, 1] (blue → white → red), e.g. cosine
-/// similarities of memory vectors.
-pub fn heatmap_svg(title: &str, m: &[Vec<f64>]) -> String {
-    let n = m.len().max(1);
-    let cell = (480.0 / n as f64).clamp(2.0, 40.0);
-    let size = cell * n as f64;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>"#,
-        size + 120.0,
-        size + 50.0
-    );
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="18" font-size="14" text-anchor="middle" font-weight="bold">{}</text>"#,
-        (size + 40.0) / 2.0,
-        esc(title)
-    );
-    let color = |v: f64| {
-        let v = v.clamp(-1.0, 1.0);
-        let (r, g, b) = if v >= 0.0 {
-            (255.0, 255.0 * (1.0 - v), 255.0 * (1.0 - v))
-        } else {
-            (255.0 * (1.0 + v), 255.0 * (1.0 + v), 255.0)
-        };
-        format!("rgb({:.0},{:.0},{:.0})", r, g, b)
-    };
-    for (i, row) in m.iter().enumerate() {
-        for (j, v) in row.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                r#"<rect x="{:.2}" y="{:.2}" width="{cell:.2}" height="{cell:.2}" fill="{}"/>"#,
-                20.0 + j as f64 * cell,
-                30.0 + i as f64 * cell,
-                color(*v)
-            );
-        }
-    }
-    for (k, v) in [1.0, 0.5, 0.0, -0.5, -1.0].iter().enumerate() {
-        let y = 30.0 + k as f64 * 20.0;
-        let _ = writeln!(
-            out,
-            r##"<rect x="{}" y="{y}" width="16" height="16" fill="{}" stroke="#888"/><text x="{}" y="{}" font-size="11">{v}</text>"##,
-            size + 40.0,
-            color(*v),
-            size + 60.0,
-            y + 12.0
-        );
-    }
-    out.push_str("</svg>\n");
-    out
+/// similarities of memory vectors, with a colour scale.
+pub fn heatmap_svg(title: &str, m: &[Vec<f64>]) -> Result<String> {
+    heatmap_range_svg(title, m, -1.0)
 }
 
-/// A bar chart with error bars (e.g. mean ± 95 % CI per ablation arm).
+/// A heatmap of a square matrix with values in [0, 1] (white → red), e.g. divergences.
+pub fn heatmap_unit_svg(title: &str, m: &[Vec<f64>]) -> Result<String> {
+    heatmap_range_svg(title, m, 0.0)
+}
+
+fn heatmap_range_svg(title: &str, m: &[Vec<f64>], lo: f64) -> Result<String> {
+    let n = m.len().max(1);
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (600, 520)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let (main, legend) = root.split_horizontally(520);
+        let shade = |v: f64| {
+            let v = if v.is_finite() {
+                v.clamp(-1.0, 1.0)
+            } else {
+                0.0
+            };
+            let (r, g, b) = if v >= 0.0 {
+                (255.0, 255.0 * (1.0 - v), 255.0 * (1.0 - v))
+            } else {
+                (255.0 * (1.0 + v), 255.0 * (1.0 + v), 255.0)
+            };
+            RGBColor(r as u8, g as u8, b as u8)
+        };
+        let mut chart = ChartBuilder::on(&main)
+            .caption(title, ("sans-serif", 14))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(36)
+            .build_cartesian_2d(0..n, n..0)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("slot")
+            .y_desc("slot")
+            .label_style(("sans-serif", 10))
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series(m.iter().enumerate().flat_map(|(i, row)| {
+                row.iter()
+                    .enumerate()
+                    .map(move |(j, v)| Rectangle::new([(j, i), (j + 1, i + 1)], shade(*v).filled()))
+            }))
+            .map_err(plot_err)?;
+        // colour scale
+        let mut scale = ChartBuilder::on(&legend)
+            .margin_top(40)
+            .margin_bottom(40)
+            .y_label_area_size(34)
+            .build_cartesian_2d(0..1, lo..1.0)
+            .map_err(plot_err)?;
+        scale
+            .configure_mesh()
+            .disable_mesh()
+            .disable_x_axis()
+            .label_style(("sans-serif", 10))
+            .draw()
+            .map_err(plot_err)?;
+        scale
+            .draw_series((0..40).map(|k| {
+                let step = (1.0 - lo) / 40.0;
+                let v0 = lo + k as f64 * step;
+                Rectangle::new([(0, v0), (1, v0 + step)], shade(v0 + step / 2.0).filled())
+            }))
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(out)
+}
+
+/// A bar chart with error bars (e.g. mean ± 95 % CI per arm) and an optional dashed
+/// reference line (e.g. the majority class).
 pub fn bars_svg(
     title: &str,
     y_label: &str,
     bars: &[(String, f64, f64)],
     reference: Option<(f64, &str)>,
-) -> String {
-    let (w, h, ml, mb, mt) = (
-        120.0 * bars.len().max(1) as f64 + 120.0,
-        340.0,
-        70.0,
-        60.0,
-        34.0,
-    );
-    let ph = h - mb - mt;
-    let mut hi = bars
-        .iter()
-        .map(|(_, m, c)| m + c)
-        .fold(f64::NEG_INFINITY, f64::max);
-    let mut lo = bars
-        .iter()
-        .map(|(_, m, c)| m - c)
-        .fold(f64::INFINITY, f64::min)
-        .min(0.0);
-    if let Some((r, _)) = reference {
-        hi = hi.max(r);
-        lo = lo.min(r);
-    }
-    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
-        hi = lo + 1.0;
-    }
-    let hi = hi + 0.08 * (hi - lo);
-    let sy = |v: f64| mt + ph - (v - lo) / (hi - lo) * ph;
+) -> Result<String> {
+    let n = bars.len().max(1);
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>"#
-    );
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="20" font-size="14" text-anchor="middle" font-weight="bold">{}</text>"#,
-        w / 2.0,
-        esc(title)
-    );
-    for t in nice_ticks(lo, hi, 5) {
-        let _ = writeln!(
-            out,
-            r##"<line x1="{ml}" x2="{}" y1="{y}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" font-size="11" text-anchor="end">{}</text>"##,
-            w - 20.0,
-            ml - 4.0,
-            sy(t) + 4.0,
-            fmt_tick(t),
-            y = sy(t)
+    {
+        let w = (110 * n as u32 + 140).max(420);
+        let root = SVGBackend::with_string(&mut out, (w, 380)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let (lo, hi) = range(
+            bars.iter()
+                .flat_map(|(_, m, c)| [m - c, m + c])
+                .chain(reference.map(|r| r.0))
+                .chain(std::iter::once(0.0)),
         );
+        let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 15))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d((0..n).into_segmented(), lo.min(0.0)..hi)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n)
+            .x_label_formatter(&|x| match x {
+                SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+                _ => String::new(),
+            })
+            .y_desc(y_label)
+            .label_style(("sans-serif", 11))
+            .draw()
+            .map_err(plot_err)?;
+        for (i, (name, m, c)) in bars.iter().enumerate() {
+            chart
+                .draw_series(std::iter::once(
+                    Rectangle::new(
+                        [
+                            (SegmentValue::Exact(i), 0.0),
+                            (SegmentValue::Exact(i + 1), *m),
+                        ],
+                        color(i).mix(0.75).filled(),
+                    )
+                    .into_dyn(),
+                ))
+                .map_err(plot_err)?
+                .label(format!("{name}: {m:.3} ± {c:.3}"))
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color(i).filled())
+                });
+            chart
+                .draw_series(std::iter::once(ErrorBar::new_vertical(
+                    SegmentValue::CenterOf(i),
+                    m - c,
+                    *m,
+                    m + c,
+                    BLACK.stroke_width(1),
+                    12,
+                )))
+                .map_err(plot_err)?;
+        }
+        if let Some((r, label)) = reference {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(SegmentValue::Exact(0), r), (SegmentValue::Last, r)],
+                    6,
+                    4,
+                    BLACK.mix(0.6).stroke_width(1),
+                ))
+                .map_err(plot_err)?
+                .label(format!("{label}: {r:.3}"))
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.mix(0.6)));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", 10))
+            .draw()
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
     }
-    let _ = writeln!(
-        out,
-        r#"<text x="16" y="{}" font-size="12" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#,
-        mt + ph / 2.0,
-        mt + ph / 2.0,
-        esc(y_label)
-    );
-    for (i, (label, m, c)) in bars.iter().enumerate() {
-        let x = ml + 20.0 + 120.0 * i as f64;
-        let col = COLORS[i % COLORS.len()];
-        let _ = writeln!(
-            out,
-            r#"<rect x="{x}" y="{}" width="70" height="{}" fill="{col}" opacity="0.8"/>"#,
-            sy(*m).min(sy(0.0_f64.max(lo))),
-            (sy(0.0_f64.max(lo)) - sy(*m)).abs()
-        );
-        let cx = x + 35.0;
-        let _ = writeln!(
-            out,
-            r##"<line x1="{cx}" x2="{cx}" y1="{}" y2="{}" stroke="#000" stroke-width="1.5"/><line x1="{}" x2="{}" y1="{}" y2="{}" stroke="#000"/><line x1="{}" x2="{}" y1="{}" y2="{}" stroke="#000"/>"##,
-            sy(m - c),
-            sy(m + c),
-            cx - 8.0,
-            cx + 8.0,
-            sy(m - c),
-            sy(m - c),
-            cx - 8.0,
-            cx + 8.0,
-            sy(m + c),
-            sy(m + c)
-        );
-        let _ = writeln!(
-            out,
-            r#"<text x="{cx}" y="{}" font-size="11" text-anchor="middle">{}</text><text x="{cx}" y="{}" font-size="10" text-anchor="middle">{:.3} ± {:.3}</text>"#,
-            h - mb + 16.0,
-            esc(label),
-            h - mb + 30.0,
-            m,
-            c
-        );
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charts_have_titles_axis_labels_and_legends() {
+        let p = Panel {
+            title: "loss".into(),
+            x_label: "step".into(),
+            y_label: "cross-entropy".into(),
+            series: vec![
+                Series::new("train", vec![(1.0, 2.0), (2.0, 1.5), (3.0, f64::NAN)]),
+                Series::new("val", vec![(1.0, 2.1), (3.0, 1.4)]),
+            ],
+            log_x: false,
+        };
+        let svg = panels_svg(&[p.clone(), Panel { log_x: true, ..p }], 2).unwrap();
+        for text in ["loss", "step", "cross-entropy", "train", "val"] {
+            assert!(svg.contains(text), "missing `{text}`");
+        }
+        let h = heatmap_svg("cosine", &[vec![1.0, -0.5], vec![-0.5, 1.0]]).unwrap();
+        assert!(h.contains("cosine") && h.contains("slot") && h.contains("<rect"));
+        let b = bars_svg(
+            "accuracy",
+            "test accuracy",
+            &[("luna".into(), 0.3, 0.02), ("convluna".into(), 0.35, 0.01)],
+            Some((0.12, "majority class")),
+        )
+        .unwrap();
+        for text in ["accuracy", "luna", "convluna", "majority class"] {
+            assert!(b.contains(text), "missing `{text}`");
+        }
+        // empty inputs still give a valid document
+        assert!(panels_svg(&[], 1).unwrap().contains("<svg"));
     }
-    if let Some((r, name)) = reference {
-        let _ = writeln!(
-            out,
-            r##"<line x1="{ml}" x2="{}" y1="{y}" y2="{y}" stroke="#555" stroke-dasharray="6,4"/><text x="{}" y="{}" font-size="11" text-anchor="end">{}</text>"##,
-            w - 20.0,
-            w - 22.0,
-            sy(r) - 4.0,
-            esc(name),
-            y = sy(r)
-        );
-    }
-    out.push_str("</svg>\n");
-    out
 }

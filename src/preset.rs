@@ -66,8 +66,8 @@ impl BlockPreset {
             BlockPreset::Convluna | BlockPreset::ConvlunaMasked => BlockConfig::Luna(LunaConfig {
                 memory_len,
                 projections: Projections::SharedNoValue,
-                pack_scale: Scale::LearnedTemperature { init: 0.0 },
-                unpack_scale: Scale::None,
+                pack_scale: ScaleConfig::LearnedTemperature { init: 0.0 },
+                unpack_scale: ScaleConfig::None,
                 filter: FilterConfig::authors_conv(),
                 mask_padding: *self == BlockPreset::ConvlunaMasked,
                 residual_dropout: false,
@@ -76,8 +76,8 @@ impl BlockPreset {
             BlockPreset::Luna => BlockConfig::Luna(LunaConfig {
                 memory_len,
                 projections: Projections::Shared,
-                pack_scale: Scale::InvSqrtHeadDim,
-                unpack_scale: Scale::InvSqrtHeadDim,
+                pack_scale: ScaleConfig::InvSqrtHeadDim,
+                unpack_scale: ScaleConfig::InvSqrtHeadDim,
                 filter: FilterConfig::Identity,
                 mask_padding: true,
                 residual_dropout: false,
@@ -86,8 +86,8 @@ impl BlockPreset {
             BlockPreset::LunaMa => BlockConfig::Luna(LunaConfig {
                 memory_len,
                 projections: Projections::Separate,
-                pack_scale: Scale::InvSqrtHeadDim,
-                unpack_scale: Scale::InvSqrtHeadDim,
+                pack_scale: ScaleConfig::InvSqrtHeadDim,
+                unpack_scale: ScaleConfig::InvSqrtHeadDim,
                 filter: FilterConfig::Identity,
                 mask_padding: true,
                 residual_dropout: true,

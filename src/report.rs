@@ -136,7 +136,7 @@ pub fn plot_run(out_dir: &Path, title: &str) -> Result<Vec<PathBuf>> {
             heatmap_svg(
                 &format!("{title}: cosine similarity of the final memory"),
                 &m,
-            )
+            )?
             .as_bytes(),
         )?;
         written.push(p);

@@ -6,7 +6,7 @@
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
-use crate::config::Scale;
+use crate::config::ScaleConfig;
 use crate::error::Result;
 
 /// Scales attention logits by a constant or by `exp(−τ)` with a learned τ.
@@ -20,12 +20,12 @@ pub enum LogitScale {
 
 impl LogitScale {
     /// Builds the scale for heads of width `head_dim`; a learned τ is created as `name` under `vb`.
-    pub fn new(scale: &Scale, head_dim: usize, name: &str, vb: VarBuilder) -> Result<Self> {
+    pub fn new(scale: &ScaleConfig, head_dim: usize, name: &str, vb: VarBuilder) -> Result<Self> {
         Ok(match *scale {
-            Scale::None => LogitScale::Constant(1.0),
-            Scale::InvSqrtHeadDim => LogitScale::Constant(1.0 / (head_dim as f64).sqrt()),
-            Scale::FixedTemperature { tau } => LogitScale::Constant((-tau).exp()),
-            Scale::LearnedTemperature { init } => {
+            ScaleConfig::None => LogitScale::Constant(1.0),
+            ScaleConfig::InvSqrtHeadDim => LogitScale::Constant(1.0 / (head_dim as f64).sqrt()),
+            ScaleConfig::FixedTemperature { tau } => LogitScale::Constant((-tau).exp()),
+            ScaleConfig::LearnedTemperature { init } => {
                 LogitScale::LogTemperature(vb.get_with_hints(1, name, Init::Const(init))?)
             }
         })

@@ -6,7 +6,7 @@
 //! ## Reproducibility and resume
 //! Everything random is derived from `TrainConfig::seed`: parameter init ([`ParamStore`]),
 //! the data order of each epoch ([`crate::data::epoch_order`]) and the dropout masks of each
-//! step ([`DropoutRng::reseed`] with `mix_seed(seed, step)`; the scheme is in [`crate::rng`]). A checkpoint stores weights,
+//! step ([`crate::DropoutRng::reseed`] with `mix_seed(seed, step)`; the scheme is in [`crate::rng`]). A checkpoint stores weights,
 //! AdamW moments, the step, the epoch and the position in it, so `resume` continues exactly
 //! where the run stopped and ends with the same weights as an uninterrupted run.
 //!
@@ -31,8 +31,7 @@ use crate::config::ModelConfig;
 use crate::data::{epoch_order, make_batch, Batch, Dataset, PadTo, Splits};
 use crate::diagnostics::{diagnose, pack_row_divergences, LayerDiagnostics, DISTINCT_THRESHOLD};
 use crate::error::{Error, Result};
-use crate::layers::DropoutRng;
-use crate::model::{Inputs, Model};
+use crate::model::{TaskInputs, TaskModel};
 use crate::optim::{accumulate, grad_norm, scale_grads, AdamW, AdamWConfig, Schedule};
 use crate::params::{fnv1a, load_tensors, save_tensors, write_atomic, ParamStore};
 
@@ -379,8 +378,7 @@ pub struct Trainer {
     cfg: TrainConfig,
     store: ParamStore,
     vars: Vec<(String, Var)>,
-    model: Model,
-    rng: DropoutRng,
+    model: TaskModel,
     opt: AdamW,
     device: Device,
     progress: Progress,
@@ -396,15 +394,15 @@ fn fault_requested(what: &str, step: usize) -> bool {
     std::env::var("CONVLUNA_FAULT").is_ok_and(|v| v == format!("{what}:{step}"))
 }
 
-fn inputs(b: &Batch) -> Inputs<'_> {
+fn inputs(b: &Batch) -> TaskInputs<'_> {
     match (&b.input2, &b.mask2) {
-        (Some(i2), m2) => Inputs::Pair {
+        (Some(i2), m2) => TaskInputs::Pair {
             input1: &b.input,
             mask1: Some(&b.mask),
             input2: i2,
             mask2: m2.as_ref(),
         },
-        (None, _) => Inputs::Single {
+        (None, _) => TaskInputs::Single {
             input: &b.input,
             mask: Some(&b.mask),
         },
@@ -436,8 +434,7 @@ impl Trainer {
         model_cfg.validate()?;
         cfg.validate()?;
         let store = ParamStore::new(cfg.seed);
-        let rng = DropoutRng::new(cfg.seed);
-        let model = Model::new(model_cfg, &rng, store.var_builder(dtype, device))?;
+        let model = TaskModel::new(model_cfg, store.var_builder(dtype, device))?;
         let vars = store.vars();
         let opt = AdamW::new(vars.clone(), cfg.optimizer.clone())?;
         Ok(Self {
@@ -446,7 +443,6 @@ impl Trainer {
             store,
             vars,
             model,
-            rng,
             opt,
             device: device.clone(),
             progress: Progress {
@@ -464,7 +460,7 @@ impl Trainer {
     }
 
     /// The model.
-    pub fn model(&self) -> &Model {
+    pub fn model(&self) -> &TaskModel {
         &self.model
     }
 
@@ -576,8 +572,8 @@ impl Trainer {
             ));
         }
         let (logits, out) = match &self.model {
-            Model::Single(m) => m.forward_traced(&batch.input, Some(&batch.mask), false)?,
-            Model::Pair(m) => (
+            TaskModel::Single(m) => m.forward_traced(&batch.input, Some(&batch.mask), false)?,
+            TaskModel::Pair(m) => (
                 self.model.forward_t(inputs(batch), false)?,
                 m.encoder()
                     .forward_traced(&batch.input, Some(&batch.mask), false)?,
@@ -614,7 +610,7 @@ impl Trainer {
     pub fn taus(&self) -> Result<Vec<f64>> {
         let mut v = Vec::new();
         for b in self.model.encoder().blocks() {
-            if let crate::block::Block::Luna(l) = b {
+            if let crate::block::EncoderBlock::Luna(l) = b {
                 if let Some(t) = l.pack().scale().tau()? {
                     v.push(t);
                 }
@@ -627,7 +623,8 @@ impl Trainer {
     /// non-finite value.
     fn train_step(&mut self, train: &dyn Dataset) -> Result<Option<StepOutcome>> {
         let step = self.progress.step + 1;
-        self.rng
+        self.model
+            .dropout_rng()
             .reseed(crate::rng::mix_seed(self.cfg.seed, step as u64));
         let vars: Vec<Var> = self.vars.iter().map(|(_, v)| v.clone()).collect();
         let mut grads: Option<GradStore> = None;

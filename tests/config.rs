@@ -27,11 +27,7 @@ fn expect_field(c: &ModelConfig, field: &str) {
         other => panic!("expected a config error on `{field}`, got {other:?}"),
     }
     // constructors refuse it too, with the same error
-    let r = Model::new(
-        c,
-        &DropoutRng::new(0),
-        ParamStore::new(0).var_builder(DType::F32, &Device::Cpu),
-    );
+    let r = TaskModel::new(c, ParamStore::new(0).var_builder(DType::F32, &Device::Cpu));
     assert!(matches!(r, Err(Error::Config { .. })));
 }
 
@@ -131,7 +127,7 @@ fn pool_window_larger_than_input() {
 #[test]
 fn non_finite_temperature() {
     let mut c = base();
-    luna(&mut c).pack_scale = Scale::LearnedTemperature { init: f64::NAN };
+    luna(&mut c).pack_scale = ScaleConfig::LearnedTemperature { init: f64::NAN };
     expect_field(&c, "encoder.block.pack_scale");
 }
 #[test]
@@ -209,17 +205,17 @@ fn shape_errors_name_the_input() {
     let dev = Device::Cpu;
     let c = base();
     let store = ParamStore::new(0);
-    let m = Classifier::new(&c, &DropoutRng::new(0), store.var_builder(DType::F32, &dev)).unwrap();
+    let m = Classifier::new(&c, store.var_builder(DType::F32, &dev)).unwrap();
     let ids = Tensor::new(&[[1u32, 2, 3]], &dev).unwrap();
     let e = m
-        .forward_t(&ids.reshape(3).unwrap(), None, false)
+        .forward_with_mask(&ids.reshape(3).unwrap(), None, false)
         .unwrap_err();
     assert!(
         matches!(&e, Error::Shape { input, .. } if input == "input"),
         "{e}"
     );
     let e = m
-        .forward_t(
+        .forward_with_mask(
             &ids,
             Some(&Tensor::ones((1, 4), DType::F32, &dev).unwrap()),
             false,
@@ -230,11 +226,11 @@ fn shape_errors_name_the_input() {
         "{e}"
     );
     let e = m
-        .forward_t(&Tensor::new(&[[1u32, 99]], &dev).unwrap(), None, false)
+        .forward_with_mask(&Tensor::new(&[[1u32, 99]], &dev).unwrap(), None, false)
         .unwrap_err();
     assert!(e.to_string().contains("token ids in [0, 16)"), "{e}");
     let e = m
-        .forward_t(
+        .forward_with_mask(
             &Tensor::zeros((1, 65), DType::U32, &dev).unwrap(),
             None,
             false,
@@ -242,7 +238,7 @@ fn shape_errors_name_the_input() {
         .unwrap_err();
     assert!(e.to_string().contains("max_len"), "{e}");
     let e = m
-        .forward_t(
+        .forward_with_mask(
             &Tensor::zeros((1, 5), DType::F32, &dev).unwrap(),
             None,
             false,
@@ -271,7 +267,7 @@ fn checkpoint_round_trip_and_names() {
     let dir = std::env::temp_dir().join(format!("convluna-ckpt-{}", std::process::id()));
     let c = base();
     let store = ParamStore::new(3);
-    let m = Classifier::new(&c, &DropoutRng::new(0), store.var_builder(DType::F32, &dev)).unwrap();
+    let m = Classifier::new(&c, store.var_builder(DType::F32, &dev)).unwrap();
     let names: Vec<String> = store.names().into_iter().map(|(n, _)| n).collect();
     for expected in [
         "embed.weight",
@@ -306,10 +302,10 @@ fn checkpoint_round_trip_and_names() {
     let (c2, _, m2) = load_model(&dir, DType::F32, &dev).unwrap();
     assert_eq!(c2, c);
     let ids = Tensor::new(&[[1u32, 2, 3, 15, 0]], &dev).unwrap();
-    let a = m.forward_t(&ids, None, false).unwrap();
+    let a = m.forward_with_mask(&ids, None, false).unwrap();
     let b = m2
         .forward_t(
-            Inputs::Single {
+            TaskInputs::Single {
                 input: &ids,
                 mask: None,
             },
@@ -317,8 +313,28 @@ fn checkpoint_round_trip_and_names() {
         )
         .unwrap();
     assert_eq!(common::max_abs_diff(&a, &b), 0.0);
-    // a truncated checkpoint is a clear error naming the file
+    // the loaded model is built from the file's tensors: a missing parameter is an error
+    // naming it (never a silent random initialisation), and so is a tensor the model lacks
     let w = dir.join("model.safetensors");
+    let mut tensors = convluna::params::load_tensors(&w, &dev).unwrap();
+    let head_w = tensors.remove("head.out.weight").unwrap();
+    convluna::params::save_tensors(&tensors, &w, None).unwrap();
+    let e = load_model(&dir, DType::F32, &dev).unwrap_err().to_string();
+    assert!(e.contains("missing parameter `head.out.weight`"), "{e}");
+    tensors.insert("head.out.weight".into(), head_w);
+    tensors.insert(
+        "head.extra".into(),
+        Tensor::zeros(3, DType::F32, &dev).unwrap(),
+    );
+    convluna::params::save_tensors(&tensors, &w, None).unwrap();
+    let e = load_model(&dir, DType::F32, &dev).unwrap_err().to_string();
+    assert!(e.contains("unexpected parameter `head.extra`"), "{e}");
+    tensors.remove("head.extra");
+    convluna::params::save_tensors(&tensors, &w, None).unwrap();
+    // the loaded parameters are trainable variables of the returned store
+    let (_, store2, _) = load_model(&dir, DType::F32, &dev).unwrap();
+    assert_eq!(store2.len(), store.len());
+    // a truncated checkpoint is a clear error naming the file
     let bytes = std::fs::read(&w).unwrap();
     std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
     let e = load_model(&dir, DType::F32, &dev).unwrap_err();
@@ -337,7 +353,7 @@ fn same_seed_same_weights_different_seed_different() {
     let s2 = ParamStore::new(1);
     let s3 = ParamStore::new(2);
     for s in [&s1, &s2, &s3] {
-        Classifier::new(&c, &DropoutRng::new(0), s.var_builder(DType::F32, &dev)).unwrap();
+        Classifier::new(&c, s.var_builder(DType::F32, &dev)).unwrap();
     }
     let w =
         |s: &ParamStore| common::to_vec(s.get("layers.0.attn.q_proj.weight").unwrap().as_tensor());

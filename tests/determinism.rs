@@ -50,12 +50,7 @@ fn gradient_bits(cfg: &ModelConfig, threads: usize) -> Vec<(String, Vec<u64>)> {
     pool.install(|| {
         let dev = Device::Cpu;
         let store = ParamStore::new(7);
-        let model = Classifier::new(
-            cfg,
-            &DropoutRng::new(3),
-            store.var_builder(DType::F32, &dev),
-        )
-        .expect("model");
+        let model = Classifier::new(cfg, store.var_builder(DType::F32, &dev)).expect("model");
         // 4 sequences of 1,024 tokens, the last two padded
         let (b, l) = (4usize, 1024usize);
         let mut ids = vec![0u32; b * l];
@@ -71,7 +66,7 @@ fn gradient_bits(cfg: &ModelConfig, threads: usize) -> Vec<(String, Vec<u64>)> {
         }
         let ids = Tensor::from_vec(ids, (b, l), &dev).unwrap();
         let labels = Tensor::new(&[1u32, 7, 3, 0], &dev).unwrap();
-        let logits = model.forward_t(&ids, None, true).unwrap();
+        let logits = model.forward_with_mask(&ids, None, true).unwrap();
         let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
         let grads = loss.backward().unwrap();
         let mut out = vec![(
@@ -120,7 +115,7 @@ fn check(name: &str, block: BlockConfig) {
 fn convluna_gradients_do_not_depend_on_the_thread_count() {
     for masked in [true, false] {
         let mut l = common::convluna(16, FilterConfig::authors_conv(), masked);
-        l.pack_scale = Scale::LearnedTemperature { init: 0.0 };
+        l.pack_scale = ScaleConfig::LearnedTemperature { init: 0.0 };
         check(&format!("convluna masked={masked}"), BlockConfig::Luna(l));
     }
 }

@@ -15,13 +15,7 @@ const F: usize = 12;
 fn check_luna(cfg: &LunaConfig, masked_lens: &[usize]) -> f64 {
     let dev = Device::Cpu;
     let store = ParamStore::new(7);
-    let block = LunaBlock::new(
-        cfg,
-        &dims(D, H, F),
-        &DropoutRng::new(0),
-        store.var_builder(DType::F64, &dev),
-    )
-    .unwrap();
+    let block = LunaBlock::new(cfg, &dims(D, H, F), store.var_builder(DType::F64, &dev)).unwrap();
     let x = Var::from_tensor(&randn(&[B, L, D], 1, DType::F64, &dev)).unwrap();
     let p = Var::from_tensor(&randn(&[B, M, D], 2, DType::F64, &dev)).unwrap();
     let rx = randn(&[B, L, D], 3, DType::F64, &dev);
@@ -56,32 +50,32 @@ fn luna_variants_and_scales() {
         luna_cfg(
             M,
             Projections::Shared,
-            Scale::InvSqrtHeadDim,
-            Scale::InvSqrtHeadDim,
+            ScaleConfig::InvSqrtHeadDim,
+            ScaleConfig::InvSqrtHeadDim,
             FilterConfig::Identity,
             true,
         ),
         luna_cfg(
             M,
             Projections::Separate,
-            Scale::InvSqrtHeadDim,
-            Scale::InvSqrtHeadDim,
+            ScaleConfig::InvSqrtHeadDim,
+            ScaleConfig::InvSqrtHeadDim,
             FilterConfig::Identity,
             true,
         ),
         luna_cfg(
             M,
             Projections::Separate,
-            Scale::FixedTemperature { tau: 0.5 },
-            Scale::LearnedTemperature { init: -0.2 },
+            ScaleConfig::FixedTemperature { tau: 0.5 },
+            ScaleConfig::LearnedTemperature { init: -0.2 },
             FilterConfig::authors_conv(),
             true,
         ),
         luna_cfg(
             1,
             Projections::SharedNoValue,
-            Scale::LearnedTemperature { init: 0.0 },
-            Scale::None,
+            ScaleConfig::LearnedTemperature { init: 0.0 },
+            ScaleConfig::None,
             FilterConfig::authors_conv(),
             true,
         ),
@@ -95,12 +89,7 @@ fn luna_variants_and_scales() {
 fn transformer_block() {
     let dev = Device::Cpu;
     let store = ParamStore::new(3);
-    let block = TransformerBlock::new(
-        &dims(D, H, F),
-        &DropoutRng::new(0),
-        store.var_builder(DType::F64, &dev),
-    )
-    .unwrap();
+    let block = TransformerBlock::new(&dims(D, H, F), store.var_builder(DType::F64, &dev)).unwrap();
     let x = Var::from_tensor(&randn(&[B, L, D], 1, DType::F64, &dev)).unwrap();
     let rx = randn(&[B, L, D], 3, DType::F64, &dev);
     let mask = mask(&[L, 5], L, DType::F64, &dev);
@@ -128,13 +117,10 @@ fn locality_control_blocks() {
                 convluna::filter::build(&FilterConfig::authors_conv(), H, D / H, vb.pp("filter"))
                     .unwrap();
             let block = if mixer {
-                Block::ConvMixer(
-                    ConvMixerBlock::new(&dims(D, H, F), f, &DropoutRng::new(0), vb).unwrap(),
-                )
+                EncoderBlock::ConvMixer(ConvMixerBlock::new(&dims(D, H, F), f, vb).unwrap())
             } else {
-                Block::Transformer(
-                    TransformerBlock::with_filter(&dims(D, H, F), f, &DropoutRng::new(0), vb)
-                        .unwrap(),
+                EncoderBlock::Transformer(
+                    TransformerBlock::with_filter(&dims(D, H, F), f, vb).unwrap(),
                 )
             };
             let x = Var::from_tensor(&randn(&[B, L, D], 1, DType::F64, &dev)).unwrap();
@@ -143,9 +129,9 @@ fn locality_control_blocks() {
             let m = masked.then_some(&m);
             let loss = || {
                 let y = match &block {
-                    Block::ConvMixer(b) => b.forward_t(x.as_tensor(), m, false),
-                    Block::Transformer(b) => b.forward_t(x.as_tensor(), m, false),
-                    Block::Luna(_) => unreachable!(),
+                    EncoderBlock::ConvMixer(b) => b.forward_t(x.as_tensor(), m, false),
+                    EncoderBlock::Transformer(b) => b.forward_t(x.as_tensor(), m, false),
+                    EncoderBlock::Luna(_) => unreachable!(),
                 };
                 (y.unwrap() * &rx).unwrap().sum_all().unwrap()
             };
@@ -247,12 +233,7 @@ fn encoders_and_heads() {
     ];
     for cfg in &cases {
         let store = ParamStore::new(11);
-        let model = Model::new(
-            cfg,
-            &DropoutRng::new(0),
-            store.var_builder(DType::F64, &dev),
-        )
-        .unwrap();
+        let model = TaskModel::new(cfg, store.var_builder(DType::F64, &dev)).unwrap();
         // learned positions start at zero; move them so their gradient is exercised off zero
         let pos = store.get("pos.weight").unwrap();
         pos.set(
@@ -263,17 +244,17 @@ fn encoders_and_heads() {
         .unwrap();
         let loss = || {
             let inputs = match (&model, cfg.encoder.input) {
-                (Model::Pair(_), _) => Inputs::Pair {
+                (TaskModel::Pair(_), _) => TaskInputs::Pair {
                     input1: &ids,
                     mask1: None,
                     input2: &ids2,
                     mask2: None,
                 },
-                (_, InputConfig::Pixels { .. }) => Inputs::Single {
+                (_, InputConfig::Pixels { .. }) => TaskInputs::Single {
                     input: &pixels,
                     mask: None,
                 },
-                _ => Inputs::Single {
+                _ => TaskInputs::Single {
                     input: &ids,
                     mask: None,
                 },

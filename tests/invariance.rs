@@ -13,7 +13,6 @@ fn block(cfg: &LunaConfig, dtype: DType) -> LunaBlock {
     LunaBlock::new(
         cfg,
         &dims(D, H, F),
-        &DropoutRng::new(0),
         ParamStore::new(5).var_builder(dtype, &Device::Cpu),
     )
     .unwrap()
@@ -93,16 +92,11 @@ fn encoder_padding_invariance_with_cls() {
             cls: true,
             block: preset.block(3, D),
         };
-        let enc = Encoder::new(
-            &cfg,
-            &DropoutRng::new(1),
-            ParamStore::new(3).var_builder(DType::F32, &dev),
-        )
-        .unwrap();
+        let enc = Encoder::new(&cfg, ParamStore::new(3).var_builder(DType::F32, &dev)).unwrap();
         let ids = Tensor::new(&[[3u32, 5, 7, 1, 11, 2]], &dev).unwrap();
         let ids_p = Tensor::new(&[[3u32, 5, 7, 1, 11, 2, 0, 0, 0, 0]], &dev).unwrap();
-        let a = enc.forward_t(&ids, None, false).unwrap();
-        let b = enc.forward_t(&ids_p, None, false).unwrap();
+        let a = enc.encode(&ids, None, false).unwrap();
+        let b = enc.encode(&ids_p, None, false).unwrap();
         let d = max_abs_diff(&a.hidden, &b.hidden.narrow(1, 0, 7).unwrap());
         assert!(d < 1e-5, "{preset:?}: {d}");
         if let (Some(ma), Some(mb)) = (a.memory, b.memory) {
@@ -312,14 +306,8 @@ fn dropout_only_in_training_and_reproducible() {
         dropout: 0.3,
         attention_dropout: 0.3,
     };
-    let rng = DropoutRng::new(9);
-    let blk = LunaBlock::new(
-        &cfg,
-        &d,
-        &rng,
-        ParamStore::new(5).var_builder(DType::F32, &dev),
-    )
-    .unwrap();
+    let blk = LunaBlock::new(&cfg, &d, ParamStore::new(5).var_builder(DType::F32, &dev)).unwrap();
+    let rng = blk.dropout_rng().clone();
     let x = randn(&[2, 8, D], 1, DType::F32, &dev);
     let p = randn(&[2, 4, D], 2, DType::F32, &dev);
     let e1 = blk.forward_t(&x, &p, None, false).unwrap();
@@ -387,12 +375,7 @@ fn cls_initialisation_follows_the_authors() {
             block: BlockPreset::Transformer.block(4, d),
         };
         let store = ParamStore::new(11);
-        Encoder::new(
-            &cfg,
-            &DropoutRng::new(0),
-            store.var_builder(DType::F64, &dev),
-        )
-        .unwrap();
+        Encoder::new(&cfg, store.var_builder(DType::F64, &dev)).unwrap();
         store.tensors()["cls"].to_vec1::<f64>().unwrap()
     };
     let bound = (3.0 / d as f64).sqrt();

@@ -69,13 +69,13 @@ fn block_cfg(case: &str, masked: bool) -> Option<LunaConfig> {
         stride: s,
         per_channel: pc,
     };
-    let tau = Scale::LearnedTemperature { init: 0.0 };
+    let tau = ScaleConfig::LearnedTemperature { init: 0.0 };
     Some(match case {
         "convluna_conv4s1" => luna_cfg(
             3,
             Projections::SharedNoValue,
             tau,
-            Scale::None,
+            ScaleConfig::None,
             conv(4, 1, false),
             masked,
         ),
@@ -83,7 +83,7 @@ fn block_cfg(case: &str, masked: bool) -> Option<LunaConfig> {
             3,
             Projections::SharedNoValue,
             tau,
-            Scale::None,
+            ScaleConfig::None,
             conv(4, 2, false),
             masked,
         ),
@@ -91,7 +91,7 @@ fn block_cfg(case: &str, masked: bool) -> Option<LunaConfig> {
             3,
             Projections::SharedNoValue,
             tau,
-            Scale::None,
+            ScaleConfig::None,
             FilterConfig::MaxPool {
                 kernel: 4,
                 stride: 2,
@@ -102,7 +102,7 @@ fn block_cfg(case: &str, masked: bool) -> Option<LunaConfig> {
             3,
             Projections::SharedNoValue,
             tau,
-            Scale::None,
+            ScaleConfig::None,
             FilterConfig::Identity,
             masked,
         ),
@@ -117,16 +117,16 @@ fn block_cfg(case: &str, masked: bool) -> Option<LunaConfig> {
         "luna_authors" => luna_cfg(
             3,
             Projections::Shared,
-            Scale::InvSqrtHeadDim,
-            Scale::InvSqrtHeadDim,
+            ScaleConfig::InvSqrtHeadDim,
+            ScaleConfig::InvSqrtHeadDim,
             FilterConfig::Identity,
             masked,
         ),
         "luna_ma" => luna_cfg(
             3,
             Projections::Separate,
-            Scale::InvSqrtHeadDim,
-            Scale::InvSqrtHeadDim,
+            ScaleConfig::InvSqrtHeadDim,
+            ScaleConfig::InvSqrtHeadDim,
             FilterConfig::Identity,
             masked,
         ),
@@ -171,18 +171,17 @@ fn run_block(case: &str, masked: bool) -> f64 {
     let vb = store.var_builder(test_dtype().0, &dev);
     let cfg = block_cfg(case, masked);
     let d = dims(16, 4, 32);
-    let rng = DropoutRng::new(0);
     let conv4 =
         || convluna::filter::build(&FilterConfig::authors_conv(), 4, 4, vb.pp("filter")).unwrap();
     let blk = match (&cfg, case) {
-        (Some(c), _) => Block::Luna(LunaBlock::new(c, &d, &rng, vb.clone()).unwrap()),
-        (None, "transformer_conv4s1") => Block::Transformer(
-            TransformerBlock::with_filter(&d, conv4(), &rng, vb.clone()).unwrap(),
+        (Some(c), _) => EncoderBlock::Luna(LunaBlock::new(c, &d, vb.clone()).unwrap()),
+        (None, "transformer_conv4s1") => EncoderBlock::Transformer(
+            TransformerBlock::with_filter(&d, conv4(), vb.clone()).unwrap(),
         ),
         (None, "convmixer_conv4s1") => {
-            Block::ConvMixer(ConvMixerBlock::new(&d, conv4(), &rng, vb.clone()).unwrap())
+            EncoderBlock::ConvMixer(ConvMixerBlock::new(&d, conv4(), vb.clone()).unwrap())
         }
-        (None, _) => Block::Transformer(TransformerBlock::new(&d, &rng, vb.clone()).unwrap()),
+        (None, _) => EncoderBlock::Transformer(TransformerBlock::new(&d, vb.clone()).unwrap()),
     };
     store
         .assign(&with_prefix(&f, "param."), &path)
@@ -191,7 +190,7 @@ fn run_block(case: &str, masked: bool) -> f64 {
     let mask = &f["input.mask"];
     let mut worst: f64 = 0.0;
     let (loss, mem) = match &blk {
-        Block::Luna(b) => {
+        EncoderBlock::Luna(b) => {
             let p = Var::from_tensor(&f["input.memory"]).unwrap();
             let o = b
                 .forward_t(x.as_tensor(), p.as_tensor(), Some(mask), false)
@@ -212,7 +211,7 @@ fn run_block(case: &str, masked: bool) -> f64 {
             .unwrap();
             (loss, Some(p))
         }
-        Block::Transformer(b) => {
+        EncoderBlock::Transformer(b) => {
             // the Transformer block takes its key mask as an argument: `_nomask` = no mask
             let y = b
                 .forward_t(x.as_tensor(), masked.then_some(mask), false)
@@ -220,7 +219,7 @@ fn run_block(case: &str, masked: bool) -> f64 {
             worst = worst.max(agree(&format!("{name}: output.x"), &y, &f["output.x"]));
             ((&y * &f["input.rx"]).unwrap().sum_all().unwrap(), None)
         }
-        Block::ConvMixer(b) => {
+        EncoderBlock::ConvMixer(b) => {
             let y = b
                 .forward_t(x.as_tensor(), masked.then_some(mask), false)
                 .unwrap();
@@ -350,19 +349,14 @@ fn run_encoder(case: &str, masked: bool) -> f64 {
     let dev = test_device();
     let cfg = encoder_cfg(case, masked);
     let store = ParamStore::new(0);
-    let model = Model::new(
-        &cfg,
-        &DropoutRng::new(0),
-        store.var_builder(test_dtype().0, &dev),
-    )
-    .unwrap();
+    let model = TaskModel::new(&cfg, store.var_builder(test_dtype().0, &dev)).unwrap();
     store
         .assign(&with_prefix(&f, "param."), &path)
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let logits = match &model {
-        Model::Pair(_) => model
+        TaskModel::Pair(_) => model
             .forward_t(
-                Inputs::Pair {
+                TaskInputs::Pair {
                     input1: &f["input.ids1"],
                     mask1: Some(&f["input.mask1"]),
                     input2: &f["input.ids2"],
@@ -371,14 +365,14 @@ fn run_encoder(case: &str, masked: bool) -> f64 {
                 false,
             )
             .unwrap(),
-        Model::Single(_) => {
+        TaskModel::Single(_) => {
             let input = f
                 .get("input.ids")
                 .or_else(|| f.get("input.pixels"))
                 .unwrap();
             model
                 .forward_t(
-                    Inputs::Single {
+                    TaskInputs::Single {
                         input,
                         mask: Some(&f["input.mask"]),
                     },

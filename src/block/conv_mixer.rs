@@ -27,12 +27,22 @@ pub struct ConvMixerBlock {
     heads: usize,
     norm2: LayerNorm,
     ffn: FeedForward,
+    rng: DropoutRng,
 }
 
 impl ConvMixerBlock {
     /// Builds the block around `filter` (length-keeping; its weights, if any, are the
-    /// caller's, conventionally under `filter`).
-    pub fn new(
+    /// caller's, conventionally under `filter`); dropout from a generator of its own.
+    pub fn new(dims: &BlockDims, filter: Arc<dyn Filter>, vb: VarBuilder) -> Result<Self> {
+        Self::build(dims, filter, &DropoutRng::default(), vb)
+    }
+
+    /// The generator of the block's dropout masks.
+    pub fn dropout_rng(&self) -> &DropoutRng {
+        &self.rng
+    }
+
+    pub(crate) fn build(
         dims: &BlockDims,
         filter: Arc<dyn Filter>,
         rng: &DropoutRng,
@@ -51,6 +61,7 @@ impl ConvMixerBlock {
                 Dropout::new(dims.dropout, rng.clone()),
                 vb.pp("ffn"),
             )?,
+            rng: rng.clone(),
         })
     }
 

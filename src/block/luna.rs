@@ -48,25 +48,14 @@ pub struct LunaBlock {
     norm_ffn: LayerNorm,
     ffn: FeedForward,
     residual_drop: Option<Dropout>,
+    rng: DropoutRng,
 }
 
 impl LunaBlock {
-    /// Builds the block described by `cfg` under `vb`.
-    pub fn new(
-        cfg: &LunaConfig,
-        dims: &BlockDims,
-        rng: &DropoutRng,
-        vb: VarBuilder,
-    ) -> Result<Self> {
-        dims.check()?;
-        cfg.filter.validate("filter", usize::MAX)?;
-        let f = filter::build(
-            &cfg.filter,
-            dims.num_heads,
-            dims.head_dim(),
-            vb.pp("filter"),
-        )?;
-        Self::with_filter(cfg, dims, f, rng, vb)
+    /// Builds the block described by `cfg` under `vb`. Its dropout draws from a generator of
+    /// its own ([`LunaBlock::dropout_rng`]; an [`crate::Encoder`] shares one among its blocks).
+    pub fn new(cfg: &LunaConfig, dims: &BlockDims, vb: VarBuilder) -> Result<Self> {
+        Self::build(cfg, dims, None, &DropoutRng::default(), vb)
     }
 
     /// Builds the block with a user-supplied filter (`cfg.filter` is ignored).
@@ -74,10 +63,37 @@ impl LunaBlock {
         cfg: &LunaConfig,
         dims: &BlockDims,
         filter: Arc<dyn Filter>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Self::build(cfg, dims, Some(filter), &DropoutRng::default(), vb)
+    }
+
+    /// The generator of the block's dropout masks (reseed it for reproducible training).
+    pub fn dropout_rng(&self) -> &DropoutRng {
+        &self.rng
+    }
+
+    /// The block with `filter` (or the one `cfg` names) and dropout drawing from `rng`.
+    pub(crate) fn build(
+        cfg: &LunaConfig,
+        dims: &BlockDims,
+        filter: Option<Arc<dyn Filter>>,
         rng: &DropoutRng,
         vb: VarBuilder,
     ) -> Result<Self> {
         dims.check()?;
+        let filter = match filter {
+            Some(f) => f,
+            None => {
+                cfg.filter.validate("filter", usize::MAX)?;
+                filter::build(
+                    &cfg.filter,
+                    dims.num_heads,
+                    dims.head_dim(),
+                    vb.pp("filter"),
+                )?
+            }
+        };
         if cfg.memory_len == 0 {
             return Err(Error::config("memory_len", "must be at least 1"));
         }
@@ -150,6 +166,7 @@ impl LunaBlock {
             norm_ffn: LayerNorm::new(d, vb.pp("norm_ffn"))?,
             ffn: FeedForward::new(d, dims.ffn_dim, drop.clone(), vb.pp("ffn"))?,
             residual_drop: cfg.residual_dropout.then_some(drop),
+            rng: rng.clone(),
         })
     }
 

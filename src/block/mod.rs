@@ -50,7 +50,7 @@ impl BlockDims {
 
 /// One block of an encoder.
 #[derive(Clone, Debug)]
-pub enum Block {
+pub enum EncoderBlock {
     /// ConvLuna or Luna.
     Luna(LunaBlock),
     /// Pre-LN Transformer (with or without a filter on its keys and values).

@@ -21,27 +21,29 @@ pub struct TransformerBlock {
     attn: SelfAttention,
     norm2: LayerNorm,
     ffn: FeedForward,
+    rng: DropoutRng,
 }
 
 impl TransformerBlock {
-    /// Builds the block under `vb`.
-    pub fn new(dims: &BlockDims, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
-        Self::build(dims, None, rng, vb)
+    /// Builds the block under `vb` (dropout from a generator of its own,
+    /// [`TransformerBlock::dropout_rng`]).
+    pub fn new(dims: &BlockDims, vb: VarBuilder) -> Result<Self> {
+        Self::build(dims, None, &DropoutRng::default(), vb)
     }
 
     /// The block whose attention keys and values pass through `filter` (a length-keeping
     /// filter; its weights, if any, are the caller's), the locality control
     /// [`crate::config::BlockConfig::FilteredTransformer`].
-    pub fn with_filter(
-        dims: &BlockDims,
-        filter: Arc<dyn Filter>,
-        rng: &DropoutRng,
-        vb: VarBuilder,
-    ) -> Result<Self> {
-        Self::build(dims, Some(filter), rng, vb)
+    pub fn with_filter(dims: &BlockDims, filter: Arc<dyn Filter>, vb: VarBuilder) -> Result<Self> {
+        Self::build(dims, Some(filter), &DropoutRng::default(), vb)
     }
 
-    fn build(
+    /// The generator of the block's dropout masks.
+    pub fn dropout_rng(&self) -> &DropoutRng {
+        &self.rng
+    }
+
+    pub(crate) fn build(
         dims: &BlockDims,
         filter: Option<Arc<dyn Filter>>,
         rng: &DropoutRng,
@@ -68,6 +70,7 @@ impl TransformerBlock {
                 Dropout::new(dims.dropout, rng.clone()),
                 vb.pp("ffn"),
             )?,
+            rng: rng.clone(),
         })
     }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::{grouped, Manifest, ReportPaths, RunResult};
 use crate::error::{Error, Result};
 use crate::params::write_atomic;
-use crate::plot::{bars_svg, heatmap_svg, write_panels, Panel, Series};
+use crate::plot::{bars_svg, heatmap_unit_svg, write_panels, Panel, Series};
 use crate::stats::{ci95, hedges_g, holm, mean, one_sample, welch, welch_ci95};
 
 /// Significance level of the verdicts (after Holm's correction).
@@ -315,7 +315,7 @@ pub fn report(
                 "test accuracy",
                 &bars,
                 majority.map(|m| (m, "majority class")),
-            );
+            )?;
             write_atomic(&f, svg.as_bytes())?;
             let _ = writeln!(
                 md,
@@ -536,13 +536,13 @@ fn memory_section(
                             "best"
                         }
                     ));
-                    let svg = heatmap_svg(
+                    let svg = heatmap_unit_svg(
                         &format!(
                             "{a}, seed {}, last layer: pack-row JS divergence ({when})",
                             r.seed
                         ),
                         last,
-                    );
+                    )?;
                     write_atomic(&f, svg.as_bytes())?;
                     let _ = write!(maps, "![{a} {when}]({}) ", rel(&paths.markdown, &f));
                     written.push(f);

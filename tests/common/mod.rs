@@ -17,8 +17,8 @@ pub fn dims(d: usize, h: usize, f: usize) -> BlockDims {
 pub fn luna_cfg(
     m: usize,
     projections: Projections,
-    pack: Scale,
-    unpack: Scale,
+    pack: ScaleConfig,
+    unpack: ScaleConfig,
     filter: FilterConfig,
     masked: bool,
 ) -> LunaConfig {
@@ -39,8 +39,8 @@ pub fn convluna(m: usize, filter: FilterConfig, masked: bool) -> LunaConfig {
     luna_cfg(
         m,
         Projections::SharedNoValue,
-        Scale::LearnedTemperature { init: 0.3 },
-        Scale::None,
+        ScaleConfig::LearnedTemperature { init: 0.3 },
+        ScaleConfig::None,
         filter,
         masked,
     )

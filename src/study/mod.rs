@@ -129,12 +129,12 @@ impl Manifest {
         Ok(m)
     }
 
-    /// Every run, seed first (all tasks and arms at the first seed, then the next), so that
-    /// a study cut short has every arm at some seeds rather than some arms at every seed.
+    /// Every run: task by task, and within a task all arms at the first seed, then the next,
+    /// so that a study cut short has whole tasks (every arm, every seed) finished first.
     pub fn runs(&self) -> Vec<RunKey> {
         let mut out = Vec::new();
-        for &seed in &self.seeds {
-            for t in &self.tasks {
+        for t in &self.tasks {
+            for &seed in &self.seeds {
                 for a in &self.arms {
                     out.push(RunKey {
                         task: t.name.clone(),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Independent PyTorch reference implementation of the convluna model spec.
 
-This file mirrors SPEC.md sections 2-4 (ConvLuna / Luna / Transformer blocks, the
+This file mirrors docs/model.md sections 2-4 (ConvLuna / Luna / Transformer blocks, the
 filters, padding masks, the encoder and the classifier / pair heads) with plain
 ``torch.nn`` modules, and writes small safetensors parity fixtures for the Rust crate.
 

@@ -1,5 +1,5 @@
 //! Multi-head softmax attention: head splitting, the masked attention kernel, and the
-//! Transformer's self-attention (SPEC §3.5).
+//! Transformer's self-attention (guide §3.5).
 
 use candle_core::{DType, Module, ModuleT, Tensor};
 use candle_nn::VarBuilder;

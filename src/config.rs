@@ -1,6 +1,6 @@
 //! Validated, serde-serialisable configuration of blocks, encoders and heads.
 //!
-//! Every option of SPEC §3 is a field here; the named published combinations are in
+//! Every option of [guide](crate::guide) §3 is a field here; the named published combinations are in
 //! [`crate::preset`]. A config is checked with [`ModelConfig::validate`] (called by every
 //! constructor), which names the offending field in a typed [`Error::Config`].
 
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The filter applied along time to the keys and values of the packing attention (SPEC §3.2).
+/// The filter applied along time to the keys and values of the packing attention (guide §3.2).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FilterConfig {
@@ -47,7 +47,7 @@ impl FilterConfig {
     }
 }
 
-/// Which projections the pack and unpack attentions use (SPEC §3.3).
+/// Which projections the pack and unpack attentions use (guide §3.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Projections {
@@ -79,7 +79,7 @@ pub enum ScaleConfig {
     },
 }
 
-/// Options of the Luna family of blocks, ConvLuna included (SPEC §3.1–3.4).
+/// Options of the Luna family of blocks, ConvLuna included (guide §3.1–3.4).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LunaConfig {
     /// Memory length m ≥ 1.
@@ -92,7 +92,7 @@ pub struct LunaConfig {
     pub unpack_scale: ScaleConfig,
     /// Filter of the packing keys and values.
     pub filter: FilterConfig,
-    /// Exclude padding from packing (SPEC §3.4). `false` reproduces the authors' code.
+    /// Exclude padding from packing (guide §3.4). `false` reproduces the authors' code.
     pub mask_padding: bool,
     /// Dropout on Y_x and Y_p before the residual additions (Ma et al.); the authors have none.
     #[serde(default)]
@@ -109,7 +109,7 @@ pub struct LunaConfig {
 pub enum BlockConfig {
     /// ConvLuna or Luna (post-LN, with memory).
     Luna(LunaConfig),
-    /// The pre-LN softmax Transformer block (SPEC §3.5).
+    /// The pre-LN softmax Transformer block (guide §3.5).
     Transformer,
     /// Locality control: the pre-LN Transformer whose self-attention keys and values pass
     /// through `filter` (per head along time, as ConvLuna filters its packing keys and
@@ -172,7 +172,7 @@ pub enum Positions {
     None,
 }
 
-/// Encoder configuration (SPEC §4).
+/// Encoder configuration (guide §4).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EncoderConfig {
     /// Input kind.
@@ -221,7 +221,7 @@ pub enum PairFeatures {
     Interaction,
 }
 
-/// Classifier head configuration (SPEC §4).
+/// Classifier head configuration (guide §4).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeadConfig {
     /// Number of classes.

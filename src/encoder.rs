@@ -1,4 +1,4 @@
-//! The encoder (SPEC §4): embeddings, positions, CLS, the learned initial memory and the block
+//! The encoder (guide §4): embeddings, positions, CLS, the learned initial memory and the block
 //! stack.
 //!
 //! Parameter names: `embed.weight` (`[vocab, d]` for tokens; `[d, 1]` with `embed.bias [d]` for

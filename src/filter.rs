@@ -1,4 +1,4 @@
-//! The filter F of ConvLuna's packing attention (SPEC §3.2): applied along time, per head,
+//! The filter F of ConvLuna's packing attention (guide §3.2): applied along time, per head,
 //! to the keys and values on `[B, h, L, d_h]` before memory reads them.
 //!
 //! Conv and max-pool are written as sums / maxima of shifted slices (`narrow`, or an
@@ -74,7 +74,7 @@ pub struct Window {
 }
 
 impl Window {
-    /// Same-padded at stride 1, unpadded otherwise (the convolution rule of SPEC §3.2).
+    /// Same-padded at stride 1, unpadded otherwise (the convolution rule of guide §3.2).
     pub fn conv(kernel: usize, stride: usize) -> Self {
         if stride == 1 {
             let left = (kernel - 1) / 2;
@@ -94,7 +94,7 @@ impl Window {
         }
     }
 
-    /// Never padded (the pooling rule of SPEC §3.2).
+    /// Never padded (the pooling rule of guide §3.2).
     pub fn pool(kernel: usize, stride: usize) -> Self {
         Self {
             kernel,
@@ -302,7 +302,7 @@ impl Filter for ConvFilter {
     fn filter_mask(&self, mask: &Tensor) -> Result<Tensor> {
         if self.window.stride == 1 {
             // "same" padding keeps the length: position t stays valid exactly when input t is
-            // (SPEC §3.4 carries the mask through windows only where the length changes).
+            // (guide §3.4 carries the mask through windows only where the length changes).
             Ok(mask.clone())
         } else {
             windowed_mask(&self.window, mask)

@@ -1,4 +1,4 @@
-//! Classification heads (SPEC §4).
+//! Classification heads (guide §4).
 //!
 //! Single document: `LN → pool → fc1 (d→f) GELU [→ fc2 (f→f) GELU] → out (f→classes)`.
 //! Two documents (the same encoder on both), pooled to u and v, then `fc1 (→f) GELU →

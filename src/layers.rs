@@ -98,7 +98,7 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// Epsilon used by every LayerNorm of the models (SPEC §2).
+    /// Epsilon used by every LayerNorm of the models (guide §2).
     pub const EPS: f64 = 1e-6;
 
     /// Creates `weight` and `bias` of length `dim` under `vb`.

@@ -62,8 +62,8 @@
 //! - [`params`]: the seeded parameter store and safetensors I/O; [`rng`]: the one seeded
 //!   generator and the seeding scheme; [`layers`]: Linear, LayerNorm, dropout, the FFN.
 //!
-//! The equations, the authors' choices and the crate's choices where the paper is silent are
-//! in the repository's `docs/model.md`, and in each module's documentation.
+//! The equations, the authors' choices and the crate's choices where the papers are silent are
+//! in [`guide`] (the repository's `docs/model.md`), which the modules cite as "guide §n".
 //!
 //! ## Parameter names
 //! PyTorch style, Linear weights `[out, in]`: `embed.weight`, `embed.bias` (pixels),
@@ -88,6 +88,8 @@
 
 pub mod attention;
 pub mod block;
+#[doc = include_str!("../docs/model.md")]
+pub mod guide {}
 pub mod config;
 pub mod encoder;
 pub mod error;

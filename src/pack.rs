@@ -1,4 +1,4 @@
-//! Multi-head *pack* attention: the memory P reads the (filtered) input X (SPEC §3.1, §3.4).
+//! Multi-head *pack* attention: the memory P reads the (filtered) input X (guide §3.1, §3.4).
 //!
 //! ```text
 //! Q = P·W_q   K = X·W_k   V = X or X·W_v          (pads zeroed in K, V when masking)
@@ -12,7 +12,7 @@
 //! zero-padded on the right ([`Filter::masked_right_pad`]) so that a window starts at every
 //! `t·s < L`: L' = ⌊(L−1)/s⌋ + 1 instead of ⌊(L−k)/s⌋ + 1. Without it the number of windows
 //! would depend on how much padding follows the sequence, and appending padding would change
-//! the memory (SPEC §3.4 demands that it does not). A missing mask means "all valid".
+//! the memory (guide §3.4 demands that it does not). A missing mask means "all valid".
 
 use std::sync::Arc;
 

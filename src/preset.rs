@@ -1,4 +1,4 @@
-//! Named published combinations (SPEC §3) and the per-task LRA settings (SPEC §6).
+//! Named published combinations (guide §3) and the per-task LRA settings (guide §6).
 
 use serde::{Deserialize, Serialize};
 
@@ -116,7 +116,7 @@ pub enum LraTask {
     PathX,
 }
 
-/// Training settings of the authors' `lra/setups.py` (SPEC §6).
+/// Training settings of the authors' `lra/setups.py` (guide §6).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PaperSettings {
     /// Batch size.

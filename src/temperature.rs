@@ -1,4 +1,4 @@
-//! Logit scaling: fixed scales and ConvLuna's learnable log-temperature (SPEC §3.1).
+//! Logit scaling: fixed scales and ConvLuna's learnable log-temperature (guide §3.1).
 //!
 //! `logits · exp(−τ)`: τ is one scalar per layer shared by all heads, stored as a `[1]`
 //! parameter (`pack_log_temperature`, `unpack_log_temperature`). τ = ½·ln d_h gives 1/√d_h.

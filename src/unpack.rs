@@ -1,4 +1,4 @@
-//! Multi-head *unpack* attention: the input X reads the packed memory Y_p (SPEC §3.1).
+//! Multi-head *unpack* attention: the input X reads the packed memory Y_p (guide §3.1).
 //!
 //! ```text
 //! Q' = X·W_q   K' = Y_p·W_k   V' = Y_p or Y_p·W_v

@@ -1,4 +1,4 @@
-//! Pre-LN Transformer block (the authors' baseline, SPEC §3.5):
+//! Pre-LN Transformer block (the authors' baseline, guide §3.5):
 //! `X1 = X + MHA(LN₁(X))`, `X' = X1 + FFN(LN₂(X1))`.
 //! Parameter names: `norm1`, `attn.{q,k,v,o}_proj`, `norm2`, `ffn.fc1`, `ffn.fc2` (and
 //! `filter.weight` for the filtered variant).

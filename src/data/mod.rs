@@ -1,6 +1,6 @@
 //! Long Range Arena data: readers for the official on-disk formats, seeded generators for
 //! ListOps and Pathfinder, readers for the real substitutes that can be had offline, and
-//! batching (SPEC §5).
+//! batching (guide §5).
 //!
 //! | task | reader | generator / substitute |
 //! |---|---|---|

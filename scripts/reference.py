@@ -144,7 +144,7 @@ class ConvFilter(nn.Module):
         if mask is None:
             m = None
         elif self.s == 1:
-            m = mask  # length kept: the mask is kept (SPEC 3.4 windows only length-changing filters)
+            m = mask  # length kept: the mask is kept (docs/model.md 3.4: only length-changing filters window it)
         else:
             m = window_any(mask, self.k, self.s, left, right)
         return y, m

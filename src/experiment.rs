@@ -149,6 +149,18 @@ pub enum Difficulty {
     Hard,
 }
 
+/// Where the data comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataSource {
+    /// The files of `data_dir` when it is given; otherwise generated (ListOps, Pathfinder) or
+    /// installed (Fashion-MNIST).
+    Local,
+    /// The Hugging Face Hub (feature `hub`): IMDb for Text, CIFAR-10 for Image, cached under
+    /// the Hugging Face cache ([`crate::data`]'s `hub` module).
+    Hub,
+}
+
 /// Everything that defines a run. `None` means "the preset's value" until
 /// [`RunOptions::resolved`] fills it in; the resolved options are what `run.json` records.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -160,6 +172,8 @@ pub struct RunOptions {
     pub model: Option<ModelKind>,
     /// The preset (default quick).
     pub preset: Option<Preset>,
+    /// Where the data comes from (default local).
+    pub data: Option<DataSource>,
     /// Official LRA files or a substitute corpus; ListOps and Pathfinder are generated
     /// without it.
     pub data_dir: Option<PathBuf>,
@@ -246,6 +260,23 @@ impl RunOptions {
         let quick = preset == Preset::Quick;
         let s = task.paper_settings();
         o.seed.get_or_insert(0);
+        if *o.data.get_or_insert(DataSource::Local) == DataSource::Hub {
+            if !matches!(task, LraTask::Text | LraTask::Image) {
+                return Err(Error::config(
+                    "data",
+                    "hub: the Hub holds the Text (IMDb) and Image (CIFAR-10) data only",
+                ));
+            }
+            if o.data_dir.is_some() {
+                return Err(Error::config("data", "hub and data_dir exclude each other"));
+            }
+            if !cfg!(feature = "hub") {
+                return Err(Error::config(
+                    "data",
+                    "hub: this build lacks the `hub` feature (cargo run --features hub …)",
+                ));
+            }
+        }
         o.truncate.get_or_insert(false);
         o.skip_non_finite.get_or_insert(false);
         o.dtype.get_or_insert_with(|| "f32".into());
@@ -624,7 +655,16 @@ impl Plan {
         let n = o.train_examples.unwrap_or(0);
         // Readers get no length limit here: fit_lengths measures and decides below.
         let all = usize::MAX;
+        #[cfg(feature = "hub")]
+        let hub = o.data == Some(DataSource::Hub);
+        #[cfg(not(feature = "hub"))]
+        let hub = false;
         let splits = match (self.task, &o.data_dir) {
+            #[cfg(feature = "hub")]
+            (LraTask::Text, None) if hub => data::hub::imdb_splits()?,
+            #[cfg(feature = "hub")]
+            (LraTask::Image, None) if hub => data::hub::cifar10_splits()?,
+            _ if hub => return Err(Error::config("data", "hub: not for this task")),
             (LraTask::Listops, Some(d)) => data::read_listops_dir(d, all)?,
             (LraTask::Listops, None) => {
                 let cfg = if quick {

@@ -301,3 +301,18 @@ fn fit_lengths_pads_to_the_limit_when_asked() {
         Err(Error::Config { .. })
     ));
 }
+
+/// Without the `hub` feature, `--data hub` is refused before any work, saying how to get it.
+#[cfg(not(feature = "hub"))]
+#[test]
+fn hub_data_needs_the_hub_feature() {
+    let e = RunOptions {
+        task: Some(LraTask::Text),
+        data: Some(convluna::experiment::DataSource::Hub),
+        ..Default::default()
+    }
+    .plan()
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--features hub"), "{e}");
+}

@@ -9,7 +9,9 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
 use convluna::config::{PairFeatures, Pooling};
-use convluna::experiment::{Difficulty, FilterKind, ModelKind, Preset, RunOptions, Temperature};
+use convluna::experiment::{
+    DataSource, Difficulty, FilterKind, ModelKind, Preset, RunOptions, Temperature,
+};
 use convluna::preset::LraTask;
 use convluna::train::Event;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -27,6 +29,10 @@ pub struct RunArgs {
     /// quick (CPU-sized) or paper (the authors' settings) [default: quick].
     #[arg(long, value_enum)]
     pub preset: Option<PresetArg>,
+    /// `hub`: the real IMDb (Text) or CIFAR-10 (Image) from the Hugging Face Hub (needs the
+    /// `hub` feature) [default: local].
+    #[arg(long, value_enum)]
+    pub data: Option<DataArg>,
     /// Official LRA files or a substitute corpus (see README); ListOps and Pathfinder are
     /// generated without it.
     #[arg(long)]
@@ -120,6 +126,11 @@ fn model_name(s: &str) -> Result<ModelKind, String> {
 
 /// Mirrors of the library's enums for clap (the library does not depend on clap).
 #[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DataArg {
+    Local,
+    Hub,
+}
+#[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum PresetArg {
     Quick,
     Paper,
@@ -169,6 +180,10 @@ impl RunArgs {
             preset: self.preset.map(|p| match p {
                 PresetArg::Quick => Preset::Quick,
                 PresetArg::Paper => Preset::Paper,
+            }),
+            data: self.data.map(|d| match d {
+                DataArg::Local => DataSource::Local,
+                DataArg::Hub => DataSource::Hub,
             }),
             data_dir: self.data_dir.clone(),
             train_examples: self.train_examples,

@@ -176,28 +176,47 @@ pub fn read_cifar10_dir(dir: &Path) -> Result<Splits> {
         lb.extend(l);
     }
     let (tp, tl) = read_cifar10_batch(&root.join("test_batch.bin"))?;
-    let n = lb.len();
-    let train: Arc<dyn Dataset> =
-        Arc::new(ImageDataset::new(px, lb, SIDE, 0, 10, "image: cifar-10")?);
+    cifar10_splits(px, lb, tp, tl, "image: cifar-10")
+}
+
+/// CIFAR-10's splits from grey 32×32 training and test images (pixels concatenated): the
+/// training images divided 90/10 in order into train and validation (LRA's `train[:90%]` /
+/// `train[90%:]`); `name` gets ` [train]`, ` [val]`, ` [test]`.
+pub(crate) fn cifar10_splits(
+    train_px: Vec<u8>,
+    train_labels: Vec<u8>,
+    test_px: Vec<u8>,
+    test_labels: Vec<u8>,
+    name: &str,
+) -> Result<Splits> {
+    let n = train_labels.len();
+    let train: Arc<dyn Dataset> = Arc::new(ImageDataset::new(
+        train_px,
+        train_labels,
+        SIDE,
+        0,
+        10,
+        name,
+    )?);
     let n_train = n * 9 / 10;
     Ok(Splits {
         train: Arc::new(Subset::new(
             train.clone(),
             (0..n_train).collect(),
-            "image: cifar-10 [train]",
+            format!("{name} [train]"),
         )),
         val: Arc::new(Subset::new(
             train,
             (n_train..n).collect(),
-            "image: cifar-10 [val]",
+            format!("{name} [val]"),
         )),
         test: Arc::new(ImageDataset::new(
-            tp,
-            tl,
+            test_px,
+            test_labels,
             SIDE,
             0,
             10,
-            "image: cifar-10 [test]",
+            &format!("{name} [test]"),
         )?),
     })
 }

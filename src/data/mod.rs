@@ -39,6 +39,8 @@ mod error;
 mod io;
 
 pub mod batch;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod image;
 pub mod length;
 pub mod listops;

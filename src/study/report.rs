@@ -588,20 +588,59 @@ fn verdicts(
             )
         })
         .collect();
+    // what the other metrics of Luna's memory did over the same span (mean over cells)
+    let span = |metric: &str| -> Option<String> {
+        let c: Vec<&Change> = changes
+            .iter()
+            .filter(|c| c.arm == "luna" && c.metric == metric)
+            .collect();
+        (!c.is_empty()).then(|| {
+            let n = c.len() as f64;
+            let (a, b) = (
+                c.iter().map(|c| c.start).sum::<f64>() / n,
+                c.iter().map(|c| c.end).sum::<f64>() / n,
+            );
+            let sig = c
+                .iter()
+                .filter(|c| c.holm < ALPHA)
+                .map(|c| format!("{} layer {}", name(c.task), c.layer))
+                .collect::<Vec<_>>();
+            format!(
+                "{metric} {a:.2} → {b:.2}{}",
+                if sig.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (significant in {})", sig.join(", "))
+                }
+            )
+        })
+    };
+    let others: Vec<String> = ["pack-row divergence (bits)", "pack entropy"]
+        .iter()
+        .filter_map(|m| span(m))
+        .collect();
+    let others = if others.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " Over the same span, mean over tasks and layers: {}.",
+            others.join("; ")
+        )
+    };
     out.push(if luna.is_empty() {
         "1. **Luna's memory degrades during training:** no Luna runs yet.".to_string()
     } else if degraded.is_empty() {
         format!(
             "1. **Luna's memory degrades during training: not reproduced** — Y_p's effective rank \
              (÷ m) did not fall significantly between the first evaluation and the best checkpoint \
-             in any of {} (task, layer) cells (table per task below).",
+             in any of {} (task, layer) cells (table per task below).{others}",
             luna.len()
         )
     } else {
         format!(
             "1. **Luna's memory degrades during training: reproduced in {} of {} (task, layer) cells** \
              — Y_p's effective rank ÷ m fell significantly from the first evaluation to the best \
-             checkpoint in {}.",
+             checkpoint in {}.{others}",
             degraded.len(),
             luna.len(),
             degraded.join("; ")

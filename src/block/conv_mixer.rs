@@ -11,22 +11,20 @@
 
 use std::sync::Arc;
 
-use candle_core::{Module, ModuleT, Tensor};
+use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
-use super::BlockDims;
+use super::{BlockDims, PreLn};
 use crate::error::Result;
 use crate::filter::{filter_merged, Filter};
-use crate::layers::{Dropout, DropoutRng, FeedForward, LayerNorm};
+use crate::layers::DropoutRng;
 
 /// Pre-LN block whose token mixing is only the filter F.
 #[derive(Clone, Debug)]
 pub struct ConvMixerBlock {
-    norm1: LayerNorm,
     filter: Arc<dyn Filter>,
     heads: usize,
-    norm2: LayerNorm,
-    ffn: FeedForward,
+    pre: PreLn,
     rng: DropoutRng,
 }
 
@@ -49,18 +47,10 @@ impl ConvMixerBlock {
         vb: VarBuilder,
     ) -> Result<Self> {
         dims.check()?;
-        let d = dims.d_model;
         Ok(Self {
-            norm1: LayerNorm::new(d, vb.pp("norm1"))?,
             filter,
             heads: dims.num_heads,
-            norm2: LayerNorm::new(d, vb.pp("norm2"))?,
-            ffn: FeedForward::new(
-                d,
-                dims.ffn_dim,
-                Dropout::new(dims.dropout, rng.clone()),
-                vb.pp("ffn"),
-            )?,
+            pre: PreLn::new(dims, rng, &vb)?,
             rng: rng.clone(),
         })
     }
@@ -70,11 +60,10 @@ impl ConvMixerBlock {
         let m = mask.map(|m| m.to_dtype(x.dtype())).transpose()?;
         let mixed = filter_merged(
             self.filter.as_ref(),
-            &self.norm1.forward(x)?,
+            &self.pre.norm1.forward(x)?,
             self.heads,
             m.as_ref(),
         )?;
-        let x1 = (x + mixed)?;
-        Ok((&x1 + self.ffn.forward_t(&self.norm2.forward(&x1)?, train)?)?)
+        self.pre.finish(x, mixed, train)
     }
 }

@@ -58,3 +58,44 @@ pub enum EncoderBlock {
     /// Pre-LN block whose only token mixing is a filter (no attention).
     ConvMixer(ConvMixerBlock),
 }
+
+/// What the pre-LN blocks share: `X1 = X + mix(LN₁(X))`, `X' = X1 + FFN(LN₂(X1))`, with the
+/// parameters `norm1`, `norm2` and `ffn` under the block's `VarBuilder`.
+#[derive(Clone, Debug)]
+pub(crate) struct PreLn {
+    pub(crate) norm1: crate::layers::LayerNorm,
+    norm2: crate::layers::LayerNorm,
+    ffn: crate::layers::FeedForward,
+}
+
+impl PreLn {
+    pub(crate) fn new(
+        dims: &BlockDims,
+        rng: &crate::layers::DropoutRng,
+        vb: &candle_nn::VarBuilder,
+    ) -> crate::Result<Self> {
+        let d = dims.d_model;
+        Ok(Self {
+            norm1: crate::layers::LayerNorm::new(d, vb.pp("norm1"))?,
+            norm2: crate::layers::LayerNorm::new(d, vb.pp("norm2"))?,
+            ffn: crate::layers::FeedForward::new(
+                d,
+                dims.ffn_dim,
+                crate::layers::Dropout::new(dims.dropout, rng.clone()),
+                vb.pp("ffn"),
+            )?,
+        })
+    }
+
+    /// `X' = X1 + FFN(LN₂(X1))` with `X1 = x + mixed`, `mixed` the token mixing of `LN₁(x)`.
+    pub(crate) fn finish(
+        &self,
+        x: &candle_core::Tensor,
+        mixed: candle_core::Tensor,
+        train: bool,
+    ) -> crate::Result<candle_core::Tensor> {
+        use candle_core::{Module, ModuleT};
+        let x1 = (x + mixed)?;
+        Ok((&x1 + self.ffn.forward_t(&self.norm2.forward(&x1)?, train)?)?)
+    }
+}

@@ -5,22 +5,20 @@
 
 use std::sync::Arc;
 
-use candle_core::{Module, ModuleT, Tensor};
+use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
-use super::BlockDims;
+use super::{BlockDims, PreLn};
 use crate::attention::SelfAttention;
 use crate::error::Result;
 use crate::filter::Filter;
-use crate::layers::{Dropout, DropoutRng, FeedForward, LayerNorm};
+use crate::layers::{Dropout, DropoutRng};
 
 /// Pre-LN Transformer block.
 #[derive(Clone, Debug)]
 pub struct TransformerBlock {
-    norm1: LayerNorm,
     attn: SelfAttention,
-    norm2: LayerNorm,
-    ffn: FeedForward,
+    pre: PreLn,
     rng: DropoutRng,
 }
 
@@ -58,25 +56,20 @@ impl TransformerBlock {
             vb.pp("attn"),
         )?;
         Ok(Self {
-            norm1: LayerNorm::new(d, vb.pp("norm1"))?,
             attn: match filter {
                 Some(f) => attn.with_filter(f),
                 None => attn,
             },
-            norm2: LayerNorm::new(d, vb.pp("norm2"))?,
-            ffn: FeedForward::new(
-                d,
-                dims.ffn_dim,
-                Dropout::new(dims.dropout, rng.clone()),
-                vb.pp("ffn"),
-            )?,
+            pre: PreLn::new(dims, rng, &vb)?,
             rng: rng.clone(),
         })
     }
 
     /// `x [B, L, d]`, optional key mask `[B, L]` → `[B, L, d]`.
     pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
-        let x1 = (x + self.attn.forward_t(&self.norm1.forward(x)?, mask, train)?)?;
-        Ok((&x1 + self.ffn.forward_t(&self.norm2.forward(&x1)?, train)?)?)
+        let mixed = self
+            .attn
+            .forward_t(&self.pre.norm1.forward(x)?, mask, train)?;
+        self.pre.finish(x, mixed, train)
     }
 }

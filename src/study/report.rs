@@ -667,14 +667,20 @@ fn verdicts(
             .filter(|t| t.holm.is_nan() || t.holm >= ALPHA)
             .map(|t| format!("{} {:+.1}", name(t.task), 100.0 * t.diff))
             .collect();
+        let of = format!(
+            "{} of {} tasks with results, {} in the study",
+            won.len(),
+            t.len(),
+            manifest.tasks.len()
+        );
         let verdict = if t.is_empty() {
             "no runs yet".to_string()
         } else if !won.is_empty() && lost.is_empty() && won.len() * 2 > t.len() {
-            format!("**reproduced** on {}", won.join(", "))
+            format!("**reproduced** ({of}) on {}", won.join(", "))
         } else if !won.is_empty() {
-            format!("**partly reproduced**: better on {}", won.join(", "))
+            format!("**partly reproduced** ({of}): better on {}", won.join(", "))
         } else {
-            "**not reproduced**".to_string()
+            format!("**not reproduced** (0 of {} tasks with results)", t.len())
         };
         let mut line = format!(
             "{}. **{text}:** {verdict}",

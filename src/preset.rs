@@ -14,7 +14,9 @@ pub enum BlockPreset {
     Convluna,
     /// ConvLuna with padding masked (the crate's recommended setting).
     ConvlunaMasked,
-    /// Luna as the authors ran it: one shared q/k/v/o attention, 1/√d_h in both, no filter.
+    /// Luna as the authors ran it: one shared q/k/v/o attention for pack and unpack, 1/√d_h
+    /// in both, no filter, post-LN update; **with** the padding mask (the authors' code runs
+    /// it unmasked — set `mask_padding = false`, as the `lra` example's paper preset does).
     Luna,
     /// Luna as Ma et al. (2021) define it: separate projections, no output projection on Y_p,
     /// residual dropout, masked packing, memory init N(0, d^−½).

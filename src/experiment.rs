@@ -182,6 +182,9 @@ pub struct RunOptions {
     pub train_examples: Option<usize>,
     /// Generated Pathfinder's difficulty (quick: easy, paper: hard).
     pub difficulty: Option<Difficulty>,
+    /// Image tasks: average the images over `downsample × downsample` blocks (32×32 → 16×16
+    /// with 2), a shorter sequence for small budgets; the data set's name says so.
+    pub downsample: Option<usize>,
     /// Length limit: longer documents stop the run before training unless `truncate`.
     /// Default: the task's LRA length (ListOps 2000, Text and Retrieval 4000 per document,
     /// images 1024), 1000 for Text and Retrieval under the quick preset.
@@ -278,6 +281,14 @@ impl RunOptions {
             }
         }
         o.truncate.get_or_insert(false);
+        if o.downsample.is_some()
+            && !matches!(task, LraTask::Image | LraTask::Pathfinder | LraTask::PathX)
+        {
+            return Err(Error::config(
+                "downsample",
+                "applies to the image tasks only",
+            ));
+        }
         o.skip_non_finite.get_or_insert(false);
         o.dtype.get_or_insert_with(|| "f32".into());
         o.max_len.get_or_insert(match (quick, task) {
@@ -738,6 +749,10 @@ impl Plan {
                     "the Retrieval task needs --data-dir: the folder with new_aan_pairs.{train,eval,test}.tsv, or a text corpus (data/bbc) from which document pairs are built",
                 ))
             }
+        };
+        let splits = match o.downsample {
+            Some(f) if f > 1 => data::downsample_splits(&splits, f)?,
+            _ => splits,
         };
         let lengths = data::fit_lengths(
             &splits,

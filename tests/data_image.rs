@@ -315,3 +315,22 @@ proptest! {
         std::fs::remove_dir_all(dir).ok();
     }
 }
+
+/// Downsampling averages blocks (rounded) in raster order, and refuses shapes it cannot cut.
+#[test]
+fn downsampled_images_average_blocks() {
+    use convluna::data::Downsampled;
+    // one 4×4 image: rows 0..3, value = 10·row + col
+    let px: Vec<u8> = (0..16u8).map(|i| 10 * (i / 4) + i % 4).collect();
+    let ds: std::sync::Arc<dyn Dataset> =
+        std::sync::Arc::new(ImageDataset::new(px, vec![3], 4, 0, 10, "tiny").unwrap());
+    let d = Downsampled::new(ds.clone(), 2).unwrap();
+    assert_eq!(d.max_len(), 4);
+    assert_eq!(d.length(0).unwrap(), 4);
+    assert!(d.name().contains("downsampled 2×"));
+    let ex = d.get(0).unwrap();
+    assert_eq!(ex.label, 3);
+    // blocks: (0,1,10,11) → 5.5 → 6; (2,3,12,13) → 7.5 → 8; (20,21,30,31) → 25.5 → 26; …
+    assert_eq!(ex.doc.pixels().unwrap(), &[6, 8, 26, 28]);
+    assert!(Downsampled::new(ds, 3).is_err());
+}

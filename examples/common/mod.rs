@@ -43,6 +43,9 @@ pub struct RunArgs {
     /// Generated Pathfinder difficulty [quick: easy, paper: hard].
     #[arg(long, value_enum)]
     pub difficulty: Option<DifficultyArg>,
+    /// Image tasks: average the images over N×N blocks (32×32 → 16×16 with 2).
+    #[arg(long)]
+    pub downsample: Option<usize>,
     /// Length limit: longer documents stop the run before training unless --truncate
     /// [default: the task's LRA length; 1000 for text tasks under the quick preset].
     #[arg(long)]
@@ -192,6 +195,7 @@ impl RunArgs {
                 DifficultyArg::Intermediate => Difficulty::Intermediate,
                 DifficultyArg::Hard => Difficulty::Hard,
             }),
+            downsample: self.downsample,
             max_len: self.max_len,
             truncate: self.truncate,
             seed: self.seed,

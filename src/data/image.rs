@@ -108,6 +108,103 @@ impl Dataset for ImageDataset {
     }
 }
 
+/// Images averaged over `factor × factor` blocks: a square image of side s becomes one of side
+/// s / `factor` (the mean of each block, rounded), in raster order — a shorter pixel sequence
+/// for budgets that cannot afford the full one (the name says so).
+pub struct Downsampled {
+    inner: Arc<dyn Dataset>,
+    factor: usize,
+}
+
+impl Downsampled {
+    /// `inner`'s images (square, side divisible by `factor`) averaged over blocks.
+    pub fn new(inner: Arc<dyn Dataset>, factor: usize) -> Result<Self> {
+        let n = inner.max_len();
+        let side = (n as f64).sqrt().round() as usize;
+        if factor == 0 || side * side != n || side % factor != 0 {
+            return Err(Error::config(
+                "downsample",
+                format!(
+                    "needs square images whose side is a multiple of the factor {factor}; {} has {n} pixels",
+                    inner.name()
+                ),
+            ));
+        }
+        Ok(Self { inner, factor })
+    }
+
+    fn side(&self) -> usize {
+        (self.inner.max_len() as f64).sqrt().round() as usize
+    }
+}
+
+impl Dataset for Downsampled {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn get(&self, index: usize) -> Result<Example> {
+        let ex = self.inner.get(index)?;
+        let (s, f) = (self.side(), self.factor);
+        let px = ex
+            .doc
+            .pixels()
+            .ok_or_else(|| Error::config("downsample", "applies to pixel data only"))?;
+        if px.len() != s * s {
+            return Err(Error::shape("image", format!("{s}×{s} pixels"), px.len()));
+        }
+        let o = s / f;
+        let mut out = Vec::with_capacity(o * o);
+        for r in 0..o {
+            for c in 0..o {
+                let mut sum = 0u32;
+                for i in 0..f {
+                    for j in 0..f {
+                        sum += px[(r * f + i) * s + c * f + j] as u32;
+                    }
+                }
+                let n = (f * f) as u32;
+                out.push(((sum + n / 2) / n) as u8);
+            }
+        }
+        Ok(Example {
+            doc: Sequence::Pixels(out),
+            doc2: None,
+            label: ex.label,
+        })
+    }
+    fn num_classes(&self) -> usize {
+        self.inner.num_classes()
+    }
+    fn max_len(&self) -> usize {
+        let o = self.side() / self.factor;
+        o * o
+    }
+    fn name(&self) -> String {
+        format!("{} (downsampled {}×)", self.inner.name(), self.factor)
+    }
+    fn skipped(&self) -> usize {
+        self.inner.skipped()
+    }
+    fn label(&self, index: usize) -> Result<u32> {
+        self.inner.label(index)
+    }
+    fn length(&self, _index: usize) -> Result<usize> {
+        Ok(self.max_len())
+    }
+}
+
+/// [`Downsampled`] applied to every split.
+pub fn downsample_splits(splits: &Splits, factor: usize) -> Result<Splits> {
+    let d = |ds: &Arc<dyn Dataset>| -> Result<Arc<dyn Dataset>> {
+        Ok(Arc::new(Downsampled::new(ds.clone(), factor)?))
+    };
+    Ok(Splits {
+        train: d(&splits.train)?,
+        val: d(&splits.val)?,
+        test: d(&splits.test)?,
+    })
+}
+
 /// Grey value of an RGB pixel as `tf.image.rgb_to_grayscale` computes it on `uint8` images:
 /// 0.2989 R + 0.5870 G + 0.1140 B in `f32` on values scaled to [0, 1], back to bytes by
 /// multiplying by 255.5 and truncating.

@@ -52,8 +52,8 @@ pub use crate::rng::{mix_seed, permutation, sin_cos_deg, splitmix64, Rng};
 pub use batch::{bucketed_batches, epoch_order, make_batch, Batch, PadTo};
 pub use error::{DataError, Location};
 pub use image::{
-    grey, read_cifar10_batch, read_cifar10_dir, read_fashion_mnist_dir, read_idx, read_idx_pair,
-    IdxArray, ImageDataset,
+    downsample_splits, grey, read_cifar10_batch, read_cifar10_dir, read_fashion_mnist_dir,
+    read_idx, read_idx_pair, Downsampled, IdxArray, ImageDataset,
 };
 pub use length::{fit_lengths, LengthFit, SplitLengths};
 pub use listops::{

@@ -121,7 +121,7 @@ impl Downsampled {
     pub fn new(inner: Arc<dyn Dataset>, factor: usize) -> Result<Self> {
         let n = inner.max_len();
         let side = (n as f64).sqrt().round() as usize;
-        if factor == 0 || side * side != n || side % factor != 0 {
+        if factor == 0 || side * side != n || !side.is_multiple_of(factor) {
             return Err(Error::config(
                 "downsample",
                 format!(

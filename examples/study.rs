@@ -14,7 +14,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use common::{device, observer, progress_bar, say, DeviceKind};
 use convluna::study::{append_result, read_results, report, run_one, Manifest, ReportPaths};
@@ -69,34 +69,21 @@ fn main() -> Result<()> {
         markdown: a.markdown.clone(),
         plots: a.plots.clone(),
     };
-    let (shard, shards) = match &a.shard {
+    let shard = match &a.shard {
         None => (0, 1),
-        Some(s) => {
-            let (i, n) = s
-                .split_once('/')
-                .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
-                .filter(|(i, n)| *n > 0 && i < n)
-                .with_context(|| format!("--shard {s}: expected i/n with i < n, e.g. 0/2"))?;
-            (i, n)
-        }
+        Some(s) => s
+            .split_once('/')
+            .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+            .with_context(|| format!("--shard {s}: expected i/n with i < n, e.g. 0/2"))?,
     };
     if !a.report {
         let dev = device(a.device)?;
         let done: Vec<_> = read_results(&a.results)?.iter().map(|r| r.key()).collect();
         let todo: Vec<_> = manifest
-            .runs()
+            .pending(&done, a.task.as_deref(), a.arm.as_deref(), shard)?
             .into_iter()
-            .filter(|k| !done.contains(k))
-            .filter(|k| a.task.as_ref().is_none_or(|t| &k.task == t))
-            .filter(|k| a.arm.as_ref().is_none_or(|t| &k.arm == t))
-            .enumerate()
-            .filter(|(i, _)| i % shards == shard)
-            .map(|(_, k)| k)
             .take(a.max_runs.unwrap_or(usize::MAX))
             .collect();
-        if a.task.is_some() && todo.is_empty() && done.is_empty() {
-            bail!("no run matches --task/--arm");
-        }
         eprintln!(
             "{} runs finished, {} to run in this process",
             done.len(),

@@ -147,6 +147,46 @@ impl Manifest {
         out
     }
 
+    /// The runs of [`Manifest::runs`] not in `done`, restricted to `task` and `arm` when given,
+    /// and of those every `shard.1`-th starting at `shard.0` (so that `n` processes given
+    /// `(0, n)` … `(n − 1, n)` share the missing runs without overlap).
+    ///
+    /// A `task` or `arm` that the manifest does not have is an error naming it.
+    pub fn pending(
+        &self,
+        done: &[RunKey],
+        task: Option<&str>,
+        arm: Option<&str>,
+        shard: (usize, usize),
+    ) -> Result<Vec<RunKey>> {
+        let (i, n) = shard;
+        if n == 0 || i >= n {
+            return Err(Error::config(
+                "shard",
+                format!("{i}/{n}: expected i/n with i < n, e.g. 0/2"),
+            ));
+        }
+        if let Some(t) = task.filter(|t| !self.tasks.iter().any(|x| x.name == *t)) {
+            return Err(Error::config(
+                "task",
+                format!("the study has no task `{t}`"),
+            ));
+        }
+        if let Some(a) = arm.filter(|a| !self.arms.iter().any(|x| x.name == *a)) {
+            return Err(Error::config("arm", format!("the study has no arm `{a}`")));
+        }
+        Ok(self
+            .runs()
+            .into_iter()
+            .filter(|k| !done.contains(k))
+            .filter(|k| task.is_none_or(|t| k.task == t))
+            .filter(|k| arm.is_none_or(|a| k.arm == a))
+            .enumerate()
+            .filter(|(j, _)| j % n == i)
+            .map(|(_, k)| k)
+            .collect())
+    }
+
     /// The options of a run: the task's, overlaid by the arm's, with the seed.
     pub fn options(&self, k: &RunKey) -> Result<RunOptions> {
         let t = self.tasks.iter().find(|t| t.name == k.task);
@@ -428,4 +468,4 @@ pub struct ReportPaths {
 }
 
 mod report;
-pub use report::report;
+pub use report::{late_gain, report};

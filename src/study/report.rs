@@ -274,12 +274,12 @@ pub fn report(
         }
         let _ = writeln!(
             md,
-            "| arm | seeds | test accuracy % (mean ± 95 % CI) | best validation % | best step | steps trained | wall min / run |\n|---|---|---|---|---|---|---|"
+            "| arm | seeds | test accuracy % (mean ± 95 % CI) | best validation % | best step | steps trained | last-quarter gain (points) | wall min / run |\n|---|---|---|---|---|---|---|---|"
         );
         let mut bars = Vec::new();
         for (ai, arm) in manifest.arms.iter().enumerate() {
             let Some(runs) = groups.get(&(ti, ai)) else {
-                let _ = writeln!(md, "| {} | 0 | – | – | – | – | – |", arm.name);
+                let _ = writeln!(md, "| {} | 0 | – | – | – | – | – | – |", arm.name);
                 continue;
             };
             let x: Vec<f64> = runs.iter().map(|r| r.test_acc).collect();
@@ -290,23 +290,31 @@ pub fn report(
                 .map(|r| format!("{}{}", r.steps, if r.stopped_early { "" } else { "*" }))
                 .collect();
             let wall = mean(&runs.iter().map(|r| r.wall_s / 60.0).collect::<Vec<_>>());
+            let gains: Vec<String> = runs
+                .iter()
+                .map(|r| late_gain(r).map_or("–".into(), |g| format!("{:+.1}", 100.0 * g)))
+                .collect();
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {:.0} | {} | {wall:.1} |",
+                "| {} | {} | {} | {} | {:.0} | {} | {} | {wall:.1} |",
                 arm.name,
                 runs.len(),
                 pm(&x),
                 pct(mean(&val)),
                 mean(&best),
-                steps.join(", ")
+                steps.join(", "),
+                gains.join(", ")
             );
             bars.push((arm.name.clone(), mean(&x), ci95(&x)));
         }
         let _ = writeln!(
             md,
-            "\n`*`: the run used all its steps without meeting its patience (it may not have \
-             reached its plateau); otherwise it stopped after `patience` evaluations without a \
-             new best.\n"
+            "\n`*`: the run used all its steps without meeting its patience; otherwise it \
+             stopped after `patience` evaluations without a new best. *Last-quarter gain*, per \
+             seed: the best validation accuracy of the evaluations in the last quarter of the \
+             steps the run trained, minus the best before them — near zero when the curve had \
+             flattened, large when the run was still rising when its steps ran out (the \
+             learning rate decays to 5 % of its peak at the last step).\n"
         );
         if !bars.is_empty() {
             let f = paths.plots.join(format!("{}-accuracy.svg", task.name));
@@ -418,7 +426,48 @@ pub fn report(
     }
     write_atomic(&paths.markdown, md.as_bytes())?;
     written.push(paths.markdown.clone());
+    remove_stale_plots(manifest, paths, &written)?;
     Ok(written)
+}
+
+/// The gain of validation accuracy over the last quarter of a run's steps: the best accuracy
+/// evaluated after 3/4 of the steps the run trained, minus the best before; `None` when the
+/// run has no evaluation on one side.
+pub fn late_gain(r: &RunResult) -> Option<f64> {
+    let cut = r.steps as f64 * 0.75;
+    let best = |late: bool| {
+        r.curve
+            .iter()
+            .filter(|p| (p.step as f64 > cut) == late && p.acc.is_finite())
+            .map(|p| p.acc)
+            .reduce(f64::max)
+    };
+    Some(best(true)? - best(false)?)
+}
+
+/// Removes the plots of an earlier report that this one did not write (e.g. of runs since
+/// dropped from the results): SVG files in the plots folder whose names start with one of
+/// the manifest's task names.
+fn remove_stale_plots(
+    manifest: &Manifest,
+    paths: &ReportPaths,
+    written: &[std::path::PathBuf],
+) -> Result<()> {
+    let entries = std::fs::read_dir(&paths.plots).map_err(|e| Error::io(&paths.plots, e))?;
+    for e in entries {
+        let e = e.map_err(|e| Error::io(&paths.plots, e))?;
+        let f = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = name.ends_with(".svg")
+            && manifest
+                .tasks
+                .iter()
+                .any(|t| name.starts_with(&format!("{}-", t.name)));
+        if ours && !written.contains(&f) {
+            std::fs::remove_file(&f).map_err(|e| Error::io(&f, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// The mean over runs of `f` at each evaluated step (only the runs that reached the step).

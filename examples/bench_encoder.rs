@@ -15,11 +15,15 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use clap::Parser;
-use convluna::{BlockPreset, Encoder, EncoderConfig, InputConfig, ParamStore, Positions};
+use convluna::{
+    BlockConfig, BlockPreset, Encoder, EncoderConfig, FilterConfig, InputConfig, LunaConfig,
+    ParamStore, Positions,
+};
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// convluna (masked, conv k=4), convluna-unmasked, luna, transformer
+    /// convluna (masked, conv k=4), convluna-unmasked, convluna-pool (masked, max-pool k=4 s=2),
+    /// convluna-pool-unmasked, luna, transformer
     #[arg(long, default_value = "convluna")]
     family: String,
     /// Sequence length L (the batch is tokens / L).
@@ -129,6 +133,24 @@ fn main() -> anyhow::Result<()> {
         "convluna-unmasked" => BlockPreset::Convluna.block(a.memory, a.d),
         "luna" => BlockPreset::Luna.block(a.memory, a.d),
         "transformer" => BlockPreset::Transformer.block(a.memory, a.d),
+        "convluna-pool" | "convluna-pool-unmasked" => {
+            let masked = a.family == "convluna-pool";
+            let preset = if masked {
+                BlockPreset::ConvlunaMasked
+            } else {
+                BlockPreset::Convluna
+            };
+            match preset.block(a.memory, a.d) {
+                BlockConfig::Luna(l) => BlockConfig::Luna(LunaConfig {
+                    filter: FilterConfig::MaxPool {
+                        kernel: 4,
+                        stride: 2,
+                    },
+                    ..l
+                }),
+                other => other,
+            }
+        }
         f => anyhow::bail!("unknown family {f}"),
     };
     let cfg = EncoderConfig {

@@ -1004,8 +1004,9 @@ def bench(args) -> None:
         return
     fam = args.family
     cases = {"convluna": "convluna_conv4s1", "convluna-unmasked": "convluna_conv4s1",
+             "convluna-pool": "convluna_pool4s2", "convluna-pool-unmasked": "convluna_pool4s2",
              "luna": "luna_authors", "transformer": "transformer"}
-    masked = fam != "convluna-unmasked"
+    masked = not fam.endswith("-unmasked")
     blk = BlockConfig(d=args.d, heads=args.heads, ffn=args.ffn, masked=masked, **BLOCK_CASES[cases[fam]])
     L = args.len
     b = max(1, args.tokens // L)
@@ -1068,7 +1069,7 @@ def main(argv=None):
     fx.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
     sub.add_parser("selfcheck", help="filters vs loops, padding invariance, gradcheck")
     bp = sub.add_parser("bench", help="float32 encoder throughput (JSON line), see scripts/bench-vs-pytorch.sh")
-    bp.add_argument("--family", default="convluna", choices=["convluna", "convluna-unmasked", "luna", "transformer"])
+    bp.add_argument("--family", default="convluna", choices=["convluna", "convluna-unmasked", "convluna-pool", "convluna-pool-unmasked", "luna", "transformer"])
     bp.add_argument("--len", type=int, default=1024)
     bp.add_argument("--tokens", type=int, default=16384)
     bp.add_argument("--memory", type=int, default=256)

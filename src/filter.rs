@@ -1,8 +1,12 @@
 //! The filter F of ConvLuna's packing attention (guide §3.2): applied along time, per head,
 //! to the keys and values on `[B, h, L, d_h]` before memory reads them.
 //!
-//! Conv and max-pool are written as sums / maxima of shifted slices (`narrow`, or an
-//! `index_select` for stride > 1). This avoids Candle 0.11's `conv1d`, whose kernel gradient is
+//! On CPU f32 / f64 the packing attention calls [`Filter::forward_merged`], which runs fused
+//! kernels with their own backward ([`crate::kernels::conv_window_merged`],
+//! [`crate::kernels::max_pool_merged`]) on the model-dimension layout, mask included. Elsewhere
+//! (and as the reference those kernels are tested against) conv and max-pool are written as
+//! sums / maxima of shifted slices (`narrow`, or an `index_select` for stride > 1). This avoids
+//! Candle 0.11's `conv1d`, whose kernel gradient is
 //! wrong for batch > 1 with several output channels and whose input gradient is wrong with
 //! padding 0 and batch > 1, and its `max_pool2d`, whose backward scales by 1/(window area) and
 //! fails when kernel ≠ stride. Users plug in their own filter through the [`Filter`] trait.
@@ -43,10 +47,13 @@ pub trait Filter: std::fmt::Debug + Send + Sync {
         let m = mask.to_dtype(x.dtype())?.reshape((b, 1, l, 1))?;
         self.forward(&x.broadcast_mul(&m)?)
     }
-    /// The same filter on `x ⊙ mask` with the heads left in the model dimension,
-    /// `[B, L, h·d_h] → [B, L, h·d_h]`, for a length-keeping filter with a fused kernel for that
-    /// layout (the optional `mask` is `[B, L]` 0/1). `None` (the default) means "not available":
-    /// the caller then multiplies by the mask, splits the heads and calls [`Filter::forward`].
+    /// The same filter with the heads left in the model dimension, `[B, L, h·d_h] →
+    /// [B, L', h·d_h]`, for a filter with a fused kernel for that layout. Without a mask it
+    /// equals [`Filter::forward`] on the split heads (`L' = output_len(L)`); with a `[B, L]` 0/1
+    /// `mask` it equals [`Filter::forward_masked`] on the split heads after
+    /// [`Filter::masked_right_pad`] zeros (`L' = output_len(L + masked_right_pad(L))`).
+    /// `None` (the default) means "not available": the caller then splits the heads and calls
+    /// those.
     fn forward_merged(
         &self,
         x: &Tensor,
@@ -112,6 +119,13 @@ impl Window {
         }
         let starts = (len - 1) / self.stride + 1;
         ((starts - 1) * self.stride + self.kernel).saturating_sub(len)
+    }
+
+    /// Output length of a fused merged-layout filter ([`Filter::forward_merged`]) on `len`
+    /// positions: with a mask, after [`Window::coverage_pad`] zeros.
+    pub fn merged_output_len(&self, len: usize, masked: bool) -> Result<usize> {
+        let cover = if masked { self.coverage_pad(len) } else { 0 };
+        self.output_len(len + cover)
     }
 
     /// Output length for input length `len`.
@@ -283,14 +297,14 @@ impl Filter for ConvFilter {
         heads: usize,
         mask: Option<&Tensor>,
     ) -> Result<Option<Tensor>> {
-        if self.window.stride != 1 {
-            return Ok(None);
-        }
+        let out = self.window.merged_output_len(x.dim(1)?, mask.is_some())?;
         let w = self.weight.to_dtype(x.dtype())?;
-        Ok(crate::kernels::conv_time_merged(
+        Ok(crate::kernels::conv_window_merged(
             x,
             &w,
+            self.window.stride,
             self.window.left,
+            out,
             heads,
             self.per_channel,
             mask,
@@ -346,6 +360,24 @@ impl Filter for MaxPoolFilter {
     }
     fn output_len(&self, len: usize) -> Result<usize> {
         self.window.output_len(len)
+    }
+    /// The fused kernel ([`crate::kernels::max_pool_merged`]) on CPU f32 / f64: pads are
+    /// skipped instead of lowered, with the same result; the gradient of a max goes to the
+    /// first position that attains it (the composite path splits it between ties).
+    fn forward_merged(
+        &self,
+        x: &Tensor,
+        _heads: usize,
+        mask: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        let out = self.window.merged_output_len(x.dim(1)?, mask.is_some())?;
+        Ok(crate::kernels::max_pool_merged(
+            x,
+            self.window.kernel,
+            self.window.stride,
+            out,
+            mask,
+        )?)
     }
     fn filter_mask(&self, mask: &Tensor) -> Result<Tensor> {
         windowed_mask(&self.window, mask)

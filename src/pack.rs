@@ -101,8 +101,8 @@ impl PackAttention {
             Some(v) => v.forward(x)?,
             None => x.clone(),
         };
-        // CPU f32/f64 with a length-keeping filter: mask, filter and attention read the heads
-        // in place (no split, no merge, the mask multiply inside the filter).
+        // CPU f32/f64 with a filter that has a merged-layout kernel: mask, filter and
+        // attention read the heads in place (no split, no merge, the mask inside the filter).
         if crate::kernels::enabled("attention", x) {
             let m = if self.masked {
                 let (b, l, _) = x.dims3()?;
@@ -115,7 +115,18 @@ impl PackAttention {
             };
             if let Some(kf) = self.filter.forward_merged(&k, self.heads, m.as_ref())? {
                 if let Some(vf) = self.filter.forward_merged(&v, self.heads, m.as_ref())? {
-                    let fmask = m.map(|m| self.filter.filter_mask(&m)).transpose()?;
+                    let fmask = match m {
+                        Some(m) => {
+                            let pad = self.filter.masked_right_pad(m.dim(1)?);
+                            let m = if pad > 0 {
+                                m.pad_with_zeros(1, 0, pad)?
+                            } else {
+                                m
+                            };
+                            Some(self.filter.filter_mask(&m)?)
+                        }
+                        None => None,
+                    };
                     let bias = fmask.as_ref().map(|m| key_bias(m, x.dtype())).transpose()?;
                     let q = self.q.forward(p)?;
                     let (y, a) = attend_merged(

@@ -2,6 +2,8 @@
 //! values and gradients, in f64 (tight) and f32.
 
 use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::{VarBuilder, VarMap};
+use convluna::filter::{ConvFilter, Filter, MaxPoolFilter};
 use convluna::kernels;
 
 mod common;
@@ -374,6 +376,138 @@ fn merged_conv_matches_masked_split_conv() {
             }
         }
     }
+}
+
+/// The composite filter on split heads: masked mode pads for coverage, then `forward_masked`.
+fn composite_filter(f: &dyn Filter, x: &Tensor, h: usize, mask: Option<&Tensor>) -> Tensor {
+    match mask {
+        None => merge(&f.forward(&split(x, h)).unwrap()),
+        Some(m) => {
+            let pad = f.masked_right_pad(x.dim(1).unwrap());
+            let x = x.pad_with_zeros(1, 0, pad).unwrap();
+            let m = m.pad_with_zeros(1, 0, pad).unwrap();
+            merge(&f.forward_masked(&split(&x, h), &m).unwrap())
+        }
+    }
+}
+
+#[test]
+fn merged_pool_and_strided_conv_match_the_composite_filters() {
+    // Lengths 11, 6 and 1: windows of padding only, windows half padding, coverage padding.
+    let (b, l, h, dh) = (3usize, 11usize, 2usize, 3usize);
+    let lens = [11usize, 6, 1];
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+        let x = Var::from_tensor(&randn(&[b, l, h * dh], 51, dtype)).unwrap();
+        let valid: Vec<f64> = (0..b * l)
+            .map(|i| if i % l < lens[i / l] { 1.0 } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(valid, (b, l), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        for (k, s) in [
+            (2usize, 2usize),
+            (3, 1),
+            (4, 2),
+            (3, 3),
+            (5, 2),
+            (4, 1),
+            (1, 1),
+        ] {
+            let vm = VarMap::new();
+            let vb = VarBuilder::from_varmap(&vm, dtype, &Device::Cpu);
+            let filters: Vec<(String, Box<dyn Filter>, Option<&str>)> = vec![
+                (
+                    format!("pool k={k} s={s}"),
+                    Box::new(MaxPoolFilter::new(k, s).unwrap()),
+                    None,
+                ),
+                (
+                    format!("conv k={k} s={s}"),
+                    Box::new(ConvFilter::new(k, s, false, h, dh, vb.pp("head")).unwrap()),
+                    Some("head.weight"),
+                ),
+                (
+                    format!("per-channel conv k={k} s={s}"),
+                    Box::new(ConvFilter::new(k, s, true, h, dh, vb.pp("chan")).unwrap()),
+                    Some("chan.weight"),
+                ),
+            ];
+            for (name, f, weight) in &filters {
+                let mut vars = vec![x.clone()];
+                if let Some(w) = weight {
+                    vars.push(vm.data().lock().unwrap()[*w].clone());
+                }
+                let vars: Vec<&Var> = vars.iter().collect();
+                for m in [None, Some(&mask)] {
+                    let what = format!("{dtype:?} {name} masked={}", m.is_some());
+                    let fused = || {
+                        f.forward_merged(x.as_tensor(), h, m)
+                            .unwrap()
+                            .unwrap_or_else(|| panic!("{what}: no fused kernel"))
+                    };
+                    let shape = fused().dims().to_vec();
+                    let r = randn(&shape, 52, dtype);
+                    let (yf, gf) = grads(&vars, &r, fused);
+                    let (yc, gc) = grads(&vars, &r, || {
+                        composite_filter(f.as_ref(), x.as_tensor(), h, m)
+                    });
+                    assert_eq!(yf.dims(), yc.dims(), "{what}: shape");
+                    assert!(
+                        max_diff(&yf, &yc) < tol,
+                        "{what}: values {}",
+                        max_diff(&yf, &yc)
+                    );
+                    for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
+                        assert!(
+                            max_diff(a, c) < tol,
+                            "{what}: gradient {i} {}",
+                            max_diff(a, c)
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn merged_pool_skips_padding_and_sends_a_tie_to_the_first_position() {
+    let x = Var::from_tensor(
+        &Tensor::from_vec(vec![1.0f64, 3.0, 3.0, 2.0], (1, 4, 1), &Device::Cpu).unwrap(),
+    )
+    .unwrap();
+    let g = |mask: Option<&Tensor>| {
+        let y = kernels::max_pool_merged(x.as_tensor(), 2, 1, 3, mask)
+            .unwrap()
+            .expect("fused");
+        let dx = y.sum_all().unwrap().backward().unwrap();
+        (
+            y.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            dx.get(x.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap(),
+        )
+    };
+    // windows [1,3] [3,3] [3,2]: the tie in the second goes to position 1
+    assert_eq!(g(None), (vec![3.0, 3.0, 3.0], vec![0.0, 2.0, 1.0, 0.0]));
+    // position 1 is padding: windows {1} {3} {3,2}
+    let m = Tensor::from_vec(vec![1.0f64, 0.0, 1.0, 1.0], (1, 4), &Device::Cpu).unwrap();
+    assert_eq!(g(Some(&m)), (vec![1.0, 3.0, 3.0], vec![1.0, 0.0, 2.0, 0.0]));
+    // all padding: zeros, no gradient
+    let m = Tensor::zeros((1, 4), DType::F64, &Device::Cpu).unwrap();
+    assert_eq!(g(Some(&m)), (vec![0.0; 3], vec![0.0; 4]));
+    // a mask of another shape, or a window starting past the end: not covered
+    let bad = Tensor::ones((1, 3), DType::F64, &Device::Cpu).unwrap();
+    assert!(kernels::max_pool_merged(x.as_tensor(), 2, 1, 3, Some(&bad))
+        .unwrap()
+        .is_none());
+    assert!(kernels::max_pool_merged(x.as_tensor(), 2, 2, 3, None)
+        .unwrap()
+        .is_none());
 }
 
 #[test]

@@ -234,11 +234,15 @@ pub fn conv_time(
     Ok(Some(x.contiguous()?.apply_op2(&weight.contiguous()?, op)?))
 }
 
-/// The same filter on the model-dimension layout `[B, L, h·d_h]`, with the key-padding mask
-/// folded in: `y[t] = Σ_j w_j · m[t + j − left] · x[t + j − left]`.
+/// The same filter on the model-dimension layout `[B, L, h·d_h]`, any stride, with the
+/// key-padding mask folded in: `y[t] = Σ_j w_j · m[src] · x[src]`, `src = t·s + j − left`,
+/// the sum over `0 ≤ src < L` (positions past `L`, up to the output's reach, are zeros).
 #[derive(Clone, Debug)]
 struct ConvMerged {
     left: usize,
+    stride: usize,
+    /// Output length L'.
+    out_len: usize,
     heads: usize,
     per_channel: bool,
     /// Constant `[B, L]` 0/1 mask.
@@ -246,9 +250,47 @@ struct ConvMerged {
 }
 
 impl ConvMerged {
-    /// `y` from `x`, or with `transpose`, `dx = m ⊙ Σ_j w_j g[t − j + left]` from `g`.
+    /// Input position read by tap `j` of output `t`, if inside `[0, len)`.
+    #[inline]
+    fn src(&self, t: usize, j: usize, len: usize) -> Option<usize> {
+        let src = (t * self.stride + j) as isize - self.left as isize;
+        (src >= 0 && (src as usize) < len).then_some(src as usize)
+    }
+
+    /// Output position whose tap `j` reads input `src`, if any.
+    #[inline]
+    fn dst(&self, src: usize, j: usize) -> Option<usize> {
+        let num = (src + self.left) as isize - j as isize;
+        if num < 0 || !(num as usize).is_multiple_of(self.stride) {
+            return None;
+        }
+        let t = num as usize / self.stride;
+        (t < self.out_len).then_some(t)
+    }
+
+    /// `row[..] += w_j · mv · x[..]` for tap `j` (per head or per channel).
+    #[inline]
     #[allow(clippy::too_many_arguments)]
-    fn apply<T: Real>(
+    fn axpy<T: Real>(&self, yr: &mut [T], xr: &[T], w: &[T], mv: T, k: usize, j: usize, d: usize) {
+        if self.per_channel {
+            for c in 0..d {
+                yr[c] += w[c * k + j] * mv * xr[c];
+            }
+        } else {
+            let dh = d / self.heads;
+            for hh in 0..self.heads {
+                let wj = w[hh * k + j] * mv;
+                let seg = hh * dh..(hh + 1) * dh;
+                for (o, &v) in yr[seg.clone()].iter_mut().zip(&xr[seg]) {
+                    *o += wj * v;
+                }
+            }
+        }
+    }
+
+    /// `y [B, L', d]` from `x [B, L, d]`.
+    #[allow(clippy::too_many_arguments)]
+    fn forward<T: Real>(
         &self,
         x: &[T],
         w: &[T],
@@ -256,49 +298,55 @@ impl ConvMerged {
         k: usize,
         len: usize,
         d: usize,
-        transpose: bool,
     ) -> Vec<T> {
-        let dh = d / self.heads;
-        let mut y = super::zeros(x.len());
-        let rpt = super::rows_per_task(d * k);
-        y.par_chunks_mut(rpt * d).enumerate().for_each(|(ci, yc)| {
-            for (ri, yr) in yc.chunks_mut(d).enumerate() {
-                let row = ci * rpt + ri;
-                let (b, t) = (row / len, row % len);
-                for j in 0..k {
-                    let src = if transpose {
-                        t as isize - j as isize + self.left as isize
-                    } else {
-                        t as isize + j as isize - self.left as isize
-                    };
-                    if src < 0 || src >= len as isize {
-                        continue;
-                    }
-                    let src = src as usize;
-                    // the mask multiplies the input position: x[src] forward, dx[t] backward
-                    let mv = m.map_or(T::one(), |m| m[b * len + if transpose { t } else { src }]);
-                    let xr = &x[(b * len + src) * d..(b * len + src + 1) * d];
-                    if self.per_channel {
-                        for c in 0..d {
-                            yr[c] += w[c * k + j] * mv * xr[c];
-                        }
-                    } else {
-                        for hh in 0..self.heads {
-                            let wj = w[hh * k + j] * mv;
-                            let seg = hh * dh..(hh + 1) * dh;
-                            for (o, &v) in yr[seg.clone()].iter_mut().zip(&xr[seg]) {
-                                *o += wj * v;
-                            }
-                        }
-                    }
-                }
+        let bsz = x.len() / (len * d).max(1);
+        let mut y = super::zeros(bsz * self.out_len * d);
+        super::par_rows(&mut y, d, k, |yr, row| {
+            let (b, t) = (row / self.out_len, row % self.out_len);
+            for j in 0..k {
+                let Some(src) = self.src(t, j, len) else {
+                    continue;
+                };
+                let mv = m.map_or(T::one(), |m| m[b * len + src]);
+                let xr = &x[(b * len + src) * d..(b * len + src + 1) * d];
+                self.axpy(yr, xr, w, mv, k, j, d);
             }
         });
         y
     }
 
-    /// dw: Σ over rows of g[t] · m[src] · x[src], src = t + j − left (and over the channels of
-    /// a head, per head).
+    /// `dx [B, L, d] = m ⊙ Σ_j w_j g[dst(src, j)]` from `g [B, L', d]`.
+    #[allow(clippy::too_many_arguments)]
+    fn input_grad<T: Real>(
+        &self,
+        g: &[T],
+        w: &[T],
+        m: Option<&[T]>,
+        k: usize,
+        len: usize,
+        d: usize,
+    ) -> Vec<T> {
+        let bsz = g.len() / (self.out_len * d).max(1);
+        let mut dx = super::zeros(bsz * len * d);
+        super::par_rows(&mut dx, d, k, |xr, row| {
+            let (b, src) = (row / len, row % len);
+            let mv = m.map_or(T::one(), |m| m[b * len + src]);
+            if mv == T::zero() {
+                return;
+            }
+            for j in 0..k {
+                let Some(t) = self.dst(src, j) else {
+                    continue;
+                };
+                let gr = &g[(b * self.out_len + t) * d..(b * self.out_len + t + 1) * d];
+                self.axpy(xr, gr, w, mv, k, j, d);
+            }
+        });
+        dx
+    }
+
+    /// dw: Σ over output rows of g[t] · m[src] · x[src] (and over the channels of a head,
+    /// per head).
     #[allow(clippy::too_many_arguments)]
     fn weight_grad<T: Real>(
         &self,
@@ -316,13 +364,11 @@ impl ConvMerged {
             let mut dw = vec![T::zero(); wlen];
             for (ri, gr) in gc.chunks(d).enumerate() {
                 let row = ci * rpt + ri;
-                let (b, t) = (row / len, row % len);
+                let (b, t) = (row / self.out_len, row % self.out_len);
                 for j in 0..k {
-                    let src = t as isize + j as isize - self.left as isize;
-                    if src < 0 || src >= len as isize {
+                    let Some(src) = self.src(t, j, len) else {
                         continue;
-                    }
-                    let src = src as usize;
+                    };
                     let mv = m.map_or(T::one(), |m| m[b * len + src]);
                     let xr = &x[(b * len + src) * d..(b * len + src + 1) * d];
                     if self.per_channel {
@@ -349,12 +395,15 @@ impl ConvMerged {
         w: &[T],
         k: usize,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (_, len, d) = xl.shape().dims3()?;
+        let (b, len, d) = xl.shape().dims3()?;
         let y = match &self.mask {
-            Some(m) => with_data::<T, _>(m, |md| Ok(self.apply(x, w, Some(md), k, len, d, false)))?,
-            None => self.apply(x, w, None, k, len, d, false),
+            Some(m) => with_data::<T, _>(m, |md| Ok(self.forward(x, w, Some(md), k, len, d)))?,
+            None => self.forward(x, w, None, k, len, d),
         };
-        Ok((T::to_cpu_storage_owned(y), xl.shape().clone()))
+        Ok((
+            T::to_cpu_storage_owned(y),
+            Shape::from((b, self.out_len, d)),
+        ))
     }
 
     fn bwd_t<T: Real>(
@@ -365,12 +414,13 @@ impl ConvMerged {
     ) -> candle_core::Result<(Tensor, Tensor)> {
         let (_, len, d) = x.dims3()?;
         let k = w.dim(1)?;
+        let g = g.contiguous()?;
         let run = |md: Option<&[T]>| {
             with_data::<T, _>(x, |xd| {
                 with_data::<T, _>(w, |wd| {
-                    with_data::<T, _>(g, |gd| {
+                    with_data::<T, _>(&g, |gd| {
                         Ok((
-                            self.apply(gd, wd, md, k, len, d, true),
+                            self.input_grad(gd, wd, md, k, len, d),
                             self.weight_grad(xd, gd, md, wd.len(), k, len, d),
                         ))
                     })
@@ -442,30 +492,54 @@ pub fn conv_time_merged(
     per_channel: bool,
     mask: Option<&Tensor>,
 ) -> candle_core::Result<Option<Tensor>> {
+    let Ok((_, l, _)) = x.dims3() else {
+        return Ok(None);
+    };
+    let k = weight.dims2()?.1;
+    if left >= k.max(1) {
+        return Ok(None);
+    }
+    conv_window_merged(x, weight, 1, left, l, heads, per_channel, mask)
+}
+
+/// Convolution along time on `x [B, L, h·d_h]` at any stride:
+/// `y[t] = Σ_j w_j · m[src] · x[src]` with `src = t·stride + j − left`, `t < out_len`, the
+/// sum over `0 ≤ src < L` (zeros outside, on both sides), for `weight` `[h, k]` (per head) or
+/// `[h·d_h, k]` (per channel) and an optional constant `[B, L]` 0/1 `mask`; the output is
+/// `[B, out_len, h·d_h]`. `None` when the fused kernel does not apply.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_window_merged(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    left: usize,
+    out_len: usize,
+    heads: usize,
+    per_channel: bool,
+    mask: Option<&Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
     if !super::enabled("conv", x)
         || weight.dtype() != x.dtype()
         || !weight.device().same_device(x.device())
         || x.rank() != 3
         || heads == 0
+        || stride == 0
+        || out_len == 0
     {
         return Ok(None);
     }
     let (b, l, d) = x.dims3()?;
     let (rows, k) = weight.dims2()?;
-    if d % heads != 0 || rows != if per_channel { d } else { heads } || left >= k.max(1) {
+    if d % heads != 0 || rows != if per_channel { d } else { heads } || k == 0 || l == 0 {
         return Ok(None);
     }
-    let mask = match mask {
-        None => None,
-        Some(m) => {
-            if m.dims() != [b, l] || !m.device().same_device(x.device()) {
-                return Ok(None);
-            }
-            Some(m.detach().to_dtype(x.dtype())?.contiguous()?)
-        }
+    let Some(mask) = super::constant_mask(mask, b, l, x)? else {
+        return Ok(None);
     };
     let op = ConvMerged {
         left,
+        stride,
+        out_len,
         heads,
         per_channel,
         mask,

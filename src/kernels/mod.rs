@@ -6,7 +6,8 @@
 //! - [`linear`] and [`ffn`]: `x·Wᵀ + b` as one gemm over all rows, and the whole feed-forward
 //!   network (both layers, GELU, hidden dropout) as one op;
 //! - [`conv_time`] / [`conv_time_merged`]: ConvLuna's stride-1 time filter (the latter on the
-//!   model-dimension layout with the key-padding mask folded in);
+//!   model-dimension layout with the key-padding mask folded in), [`conv_window_merged`] the
+//!   same at any stride, and [`max_pool_merged`] the max-pool filter (pads never enter a max);
 //! - [`layer_norm`], [`bias_gelu`] and [`softmax_scaled`] (the softmax with its logit scale
 //!   and key bias, for callers that keep the logits).
 //!
@@ -32,14 +33,16 @@ mod ffn;
 mod gelu;
 mod layer_norm;
 mod linear;
+mod pool;
 mod softmax;
 
 pub use attention::{attention, HeadLayout};
-pub use conv::{conv_time, conv_time_merged};
+pub use conv::{conv_time, conv_time_merged, conv_window_merged};
 pub use ffn::ffn;
 pub use gelu::bias_gelu;
 pub use layer_norm::layer_norm;
 pub use linear::linear;
+pub use pool::max_pool_merged;
 pub use softmax::softmax_scaled;
 
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, WithDType};
@@ -428,6 +431,24 @@ pub(crate) fn rows_per_task(row_len: usize) -> usize {
     (16384 / row_len.max(1)).max(1)
 }
 
+/// Runs `f(row, i)` on every `d`-long row `i` of `buf`, in parallel tasks of whole rows
+/// (sized by [`rows_per_task`] for rows that cost `d·cost`).
+pub(crate) fn par_rows<V: Send>(
+    buf: &mut [V],
+    d: usize,
+    cost: usize,
+    f: impl Fn(&mut [V], usize) + Sync,
+) {
+    let rpt = rows_per_task(d * cost);
+    buf.par_chunks_mut(rpt * d.max(1))
+        .enumerate()
+        .for_each(|(ci, chunk)| {
+            for (ri, row) in chunk.chunks_mut(d.max(1)).enumerate() {
+                f(row, ci * rpt + ri);
+            }
+        });
+}
+
 /// True where the fused kernels apply: a CPU tensor of f32 or f64.
 ///
 /// `CONVLUNA_NO_FUSED=1` (or `all`) forces the composite ops everywhere, and a comma-separated
@@ -481,6 +502,23 @@ pub(crate) fn with_data<T: Real, R>(
         _ => Err(candle_core::Error::Msg(
             "fused kernel: tensor not on the CPU".into(),
         )),
+    }
+}
+
+/// A kernel's constant `[B, L]` 0/1 mask, detached, in `x`'s dtype and contiguous:
+/// `Some(None)` without a mask, `None` when the mask does not fit (the kernel then declines).
+pub(crate) fn constant_mask(
+    mask: Option<&Tensor>,
+    b: usize,
+    l: usize,
+    x: &Tensor,
+) -> candle_core::Result<Option<Option<Tensor>>> {
+    match mask {
+        None => Ok(Some(None)),
+        Some(m) if m.dims() == [b, l] && m.device().same_device(x.device()) => {
+            Ok(Some(Some(m.detach().to_dtype(x.dtype())?.contiguous()?)))
+        }
+        Some(_) => Ok(None),
     }
 }
 

@@ -14,6 +14,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
 use clap::Parser;
 use convluna::{
     BlockConfig, BlockPreset, Encoder, EncoderConfig, FilterConfig, InputConfig, LunaConfig,
@@ -43,10 +44,15 @@ struct Args {
     ffn: usize,
     #[arg(long, default_value_t = 4)]
     layers: usize,
-    /// fwd (no gradient), train (forward + backward of mean(hidden)), matmul (peak GFLOP/s),
-    /// plot (read the JSON lines of `--results` and write `--svg`).
+    /// fwd (inference: weights as plain tensors, so no backward graph is recorded), train
+    /// (forward + backward of mean(hidden)), matmul (peak GFLOP/s), plot (read the JSON lines
+    /// of `--results` and write `--svg`).
     #[arg(long, default_value = "train")]
     mode: String,
+    /// `--mode fwd` with the weights as `Var`s, so that every op records the graph (what a
+    /// forward pass inside training costs).
+    #[arg(long)]
+    track: bool,
     /// Timed steps (at least), after `warmup` untimed ones.
     #[arg(long, default_value_t = 3)]
     iters: usize,
@@ -167,8 +173,21 @@ fn main() -> anyhow::Result<()> {
         block,
     };
     let store = ParamStore::new(7);
-    let enc = Encoder::new(&cfg, store.var_builder(DType::F32, &dev))?;
+    let mut enc = Encoder::new(&cfg, store.var_builder(DType::F32, &dev))?;
     let vars: Vec<Var> = store.varmap().all_vars();
+    if a.mode == "fwd" && !a.track {
+        // Inference as a user runs it: the same weights as plain tensors (e.g. from
+        // `VarBuilder::from_mmaped_safetensors`), so no op records a backward graph.
+        let frozen: std::collections::HashMap<String, Tensor> = store
+            .varmap()
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned VarMap lock"))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        enc = Encoder::new(&cfg, VarBuilder::from_tensors(frozen, DType::F32, &dev))?;
+    }
     // ids 1..=255, no padding (the mask is all ones, but masked mode still does its work).
     let ids: Vec<u32> = (0..b * a.len)
         .map(|i| 1 + ((i * 7919) % 255) as u32)
@@ -224,7 +243,11 @@ fn main() -> anyhow::Result<()> {
         a.family,
         a.len,
         b,
-        a.mode,
+        if a.mode == "fwd" && a.track {
+            "fwd-tracked"
+        } else {
+            a.mode.as_str()
+        },
         threads,
         tuned,
         times.len(),

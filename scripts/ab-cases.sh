@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Side-by-side timing of several cases, one process per measurement, the cases alternating in
+# every repetition (the order reverses every other repetition), each printing one JSON line.
+#
+# A case is a line `label|ENV=VALUE ...|command args`, where command is `convluna`
+# (target/release/examples/bench_encoder) or `pytorch` (scripts/reference.py bench):
+#
+#   CASES='fused||convluna --family convluna-pool --len 1024 --mode train
+#   composite|CONVLUNA_NO_FUSED=pool|convluna --family convluna-pool --len 1024 --mode train' \
+#     REPS=3 scripts/ab-cases.sh
+#
+# Environment: CASES, REPS (3), THREADS (2), ITERS (3), MAX_SECONDS (30), OUT (ab-results.jsonl),
+# PYTHON (.venv/bin/python), CONVLUNA_BIN (target/release/examples/bench_encoder).
+# Every line goes to $OUT with its label and repetition; a table of medians is printed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPS=${REPS:-3}
+THREADS=${THREADS:-2}
+ITERS=${ITERS:-3}
+MAX_SECONDS=${MAX_SECONDS:-30}
+OUT=${OUT:-ab-results.jsonl}
+PYTHON=${PYTHON:-.venv/bin/python}
+CONVLUNA_BIN=${CONVLUNA_BIN:-target/release/examples/bench_encoder}
+export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+mapfile -t cases < <(printf '%s\n' "${CASES:?set CASES, see the header}" | sed '/^\s*$/d')
+echo "# $(date -u +%FT%TZ) $(nproc) cores, threads=$THREADS, load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+for rep in $(seq 1 "$REPS"); do
+  order=("${cases[@]}")
+  if (( rep % 2 == 0 )); then
+    order=(); for ((i=${#cases[@]}-1; i>=0; i--)); do order+=("${cases[i]}"); done
+  fi
+  for c in "${order[@]}"; do
+    IFS='|' read -r label envs cmd <<<"$c"
+    read -r -a argv <<<"$cmd"
+    prog=${argv[0]}; args=("${argv[@]:1}" --iters "$ITERS" --max-seconds "$MAX_SECONDS" --threads "$THREADS")
+    read -r -a envv <<<"$envs"
+    if [[ $prog == pytorch ]]; then
+      line=$(env "${envv[@]}" "$PYTHON" scripts/reference.py bench "${args[@]}" 2>/dev/null | tail -n1) || line='{"failed":true}'
+    else
+      line=$(env "${envv[@]}" "$CONVLUNA_BIN" --tune-malloc "${args[@]}" 2>/dev/null | tail -n1) || line='{"failed":true}'
+    fi
+    echo "${line%\}},\"label\":\"$label\",\"rep\":$rep}" | tee -a "$OUT" >&2
+  done
+done
+"$PYTHON" - "$OUT" "$REPS" "${cases[@]}" <<'PY'
+import json, statistics, sys
+out, reps, cases = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+rows = [json.loads(l) for l in open(out)][-reps * len(cases):]
+print("| case | tokens/s (median) | range | peak RSS MiB |\n|---|---|---|---|")
+for c in cases:
+    label = c.split("|")[0]
+    r = [x for x in rows if x.get("label") == label and "tokens_per_s" in x]
+    if not r:
+        print(f"| {label} | failed | | |"); continue
+    t = [x["tokens_per_s"] for x in r]
+    print(f"| {label} | {statistics.median(t):.0f} | {min(t):.0f}–{max(t):.0f} | {max(x['peak_rss_mib'] for x in r):.0f} |")
+PY

@@ -200,9 +200,39 @@ fn bench_filters(c: &mut Criterion) {
             bench(&mut g, "maxpool-k4s4", l, train, &dev, || {
                 pool.forward(x.as_tensor()).unwrap()
             });
+            // What the packing attention calls on CPU: the heads in the model dimension and
+            // the padding mask folded in (fused kernels; composite on other devices).
+            let xm = Var::from_tensor(&randn(&[b, l, D], &dev)).unwrap();
+            let mask = Tensor::ones((b, l), DType::F32, &dev).unwrap();
+            for (name, f) in [
+                ("conv-k4s1-merged", &conv as &dyn Filter),
+                ("maxpool-k4s4-merged", &pool),
+            ] {
+                bench(&mut g, name, l, train, &dev, || {
+                    filter_merged_or_split(f, xm.as_tensor(), &mask)
+                });
+            }
         }
         g.finish();
     }
+}
+
+/// `f.forward_merged` where the filter has a fused kernel for the device, else the split path.
+fn filter_merged_or_split(f: &dyn Filter, x: &Tensor, mask: &Tensor) -> Tensor {
+    if let Some(y) = f.forward_merged(x, H, Some(mask)).unwrap() {
+        return y;
+    }
+    let (b, l, _) = x.dims3().unwrap();
+    let pad = f.masked_right_pad(l);
+    let xs = x
+        .pad_with_zeros(1, 0, pad)
+        .unwrap()
+        .reshape((b, l + pad, H, D / H))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap();
+    f.forward_masked(&xs, &mask.pad_with_zeros(1, 0, pad).unwrap())
+        .unwrap()
 }
 
 fn bench_blocks(c: &mut Criterion) {

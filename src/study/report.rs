@@ -236,6 +236,26 @@ pub fn report(
     for line in verdicts(manifest, &tests, &changes, &groups) {
         let _ = writeln!(md, "{line}");
     }
+    let rising: Vec<String> = manifest
+        .tasks
+        .iter()
+        .enumerate()
+        .filter_map(|(ti, t)| {
+            let (n, all, _) = still_rising(&groups, ti, manifest.arms.len());
+            (n > 0).then(|| format!("{} ({n} of {all} runs)", t.name))
+        })
+        .collect();
+    if !rising.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n**Not at a plateau:** {}: these runs were still gaining more than {:.0} point of \
+             validation accuracy in the last quarter of their steps; the comparisons they \
+             enter are between models trained for the same budget, not between converged \
+             models (see each task's table).",
+            rising.join(", "),
+            100.0 * RISING
+        );
+    }
     let _ = writeln!(md);
 
     // ---- setup
@@ -316,6 +336,19 @@ pub fn report(
              flattened, large when the run was still rising when its steps ran out (the \
              learning rate decays to 5 % of its peak at the last step).\n"
         );
+        let (n, all, top) = still_rising(&groups, ti, manifest.arms.len());
+        if n > 0 {
+            let _ = writeln!(
+                md,
+                "**Plateau:** {n} of {all} runs had not flattened when their budget ended: they \
+                 gained more than {:.0} point of validation accuracy in the last quarter of \
+                 their steps (largest {:+.1}; a point is about one standard error of an \
+                 accuracy measured on 1,000 examples). Where those runs weigh, this task's \
+                 comparisons hold at an equal number of steps, not between converged models.\n",
+                100.0 * RISING,
+                100.0 * top
+            );
+        }
         if !bars.is_empty() {
             let f = paths.plots.join(format!("{}-accuracy.svg", task.name));
             let svg = bars_svg(
@@ -428,6 +461,30 @@ pub fn report(
     written.push(paths.markdown.clone());
     remove_stale_plots(manifest, paths, &written)?;
     Ok(written)
+}
+
+/// A run whose [`late_gain`] exceeds this (one point of accuracy) had not flattened.
+const RISING: f64 = 0.01;
+
+/// Of the runs of task `ti`: how many had not flattened ([`RISING`]), how many there are,
+/// and the largest late gain.
+fn still_rising(
+    groups: &BTreeMap<(usize, usize), Vec<&RunResult>>,
+    ti: usize,
+    arms: usize,
+) -> (usize, usize, f64) {
+    let gains: Vec<f64> = (0..arms)
+        .filter_map(|a| groups.get(&(ti, a)))
+        .flatten()
+        .map(|r| late_gain(r).unwrap_or(f64::NAN))
+        .collect();
+    let n = gains.iter().filter(|g| **g > RISING).count();
+    let top = gains
+        .iter()
+        .copied()
+        .filter(|g| g.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max);
+    (n, gains.len(), top)
 }
 
 /// The gain of validation accuracy over the last quarter of a run's steps: the best accuracy

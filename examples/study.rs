@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use common::{device, observer, progress_bar, say, DeviceKind};
-use convluna::study::{append_result, read_results, report, run_one, Manifest, ReportPaths};
+use convluna::study::{
+    append_result, command_line, read_results, report, run_one, Manifest, ReportPaths,
+};
 
 #[derive(Parser, Debug)]
 #[command(about = "Run the reproduction study (resumable) and write its report")]
@@ -53,6 +55,10 @@ struct Args {
     /// Stop after this many runs.
     #[arg(long)]
     max_runs: Option<usize>,
+    /// Only print the runs that would run (after the filters), each with the `lra` command
+    /// that reproduces it, and train nothing.
+    #[arg(long)]
+    list: bool,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
     /// The code this binary was built from (e.g. `git rev-parse --short HEAD` at build time),
@@ -77,13 +83,27 @@ fn main() -> Result<()> {
             .with_context(|| format!("--shard {s}: expected i/n with i < n, e.g. 0/2"))?,
     };
     if !a.report {
-        let dev = device(a.device)?;
         let done: Vec<_> = read_results(&a.results)?.iter().map(|r| r.key()).collect();
         let todo: Vec<_> = manifest
             .pending(&done, a.task.as_deref(), a.arm.as_deref(), shard)?
             .into_iter()
             .take(a.max_runs.unwrap_or(usize::MAX))
             .collect();
+        if a.list {
+            for k in &todo {
+                let o = manifest.options(k)?.resolved()?;
+                println!(
+                    "{} / {} / seed {}: {}",
+                    k.task,
+                    k.arm,
+                    k.seed,
+                    command_line(&o)
+                );
+            }
+            eprintln!("{} runs finished, {} to run", done.len(), todo.len());
+            return Ok(());
+        }
+        let dev = device(a.device)?;
         eprintln!(
             "{} runs finished, {} to run in this process",
             done.len(),

@@ -324,10 +324,17 @@ pub fn append_result(path: &Path, r: &RunResult) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
-/// The `lra` command line that runs `o` (resolved options).
+/// The `lra` command line that runs `o` (resolved options), with `--features hub` when the
+/// data come from the Hugging Face Hub.
 pub fn command_line(o: &RunOptions) -> String {
-    let mut cmd = String::from("cargo run --release --example lra --");
-    if let Ok(Value::Object(m)) = serde_json::to_value(o) {
+    let value = serde_json::to_value(o);
+    let hub = matches!(&value, Ok(Value::Object(m)) if m.get("data") == Some(&Value::from("hub")));
+    let mut cmd = String::from(if hub {
+        "cargo run --release --features hub --example lra --"
+    } else {
+        "cargo run --release --example lra --"
+    });
+    if let Ok(Value::Object(m)) = value {
         for (k, v) in m {
             let flag = format!("--{}", k.replace('_', "-"));
             match v {

@@ -88,6 +88,17 @@ impl PackAttention {
         &self.scale
     }
 
+    /// The packing mask `[B, L]` with the filter's [`Filter::masked_right_pad`] zeros appended
+    /// (the positions that let every input be read by a window), and their number.
+    fn covered(&self, m: &Tensor) -> Result<(Tensor, usize)> {
+        let pad = self.filter.masked_right_pad(m.dim(1)?);
+        Ok(if pad > 0 {
+            (m.pad_with_zeros(1, 0, pad)?, pad)
+        } else {
+            (m.clone(), 0)
+        })
+    }
+
     /// Packs `x [B, L, d]` into memory `p [B, m, d]`; `mask [B, L]` float 0/1.
     pub fn forward_t(
         &self,
@@ -101,30 +112,23 @@ impl PackAttention {
             Some(v) => v.forward(x)?,
             None => x.clone(),
         };
+        // The packing mask `[B, L]` (all ones without one), in masked mode only.
+        let m = if self.masked {
+            let (b, l, _) = x.dims3()?;
+            Some(match mask {
+                Some(m) => m.to_dtype(x.dtype())?,
+                None => Tensor::ones((b, l), x.dtype(), x.device())?,
+            })
+        } else {
+            None
+        };
         // CPU f32/f64 with a filter that has a merged-layout kernel: mask, filter and
         // attention read the heads in place (no split, no merge, the mask inside the filter).
         if crate::kernels::enabled("attention", x) {
-            let m = if self.masked {
-                let (b, l, _) = x.dims3()?;
-                Some(match mask {
-                    Some(m) => m.to_dtype(x.dtype())?,
-                    None => Tensor::ones((b, l), x.dtype(), x.device())?,
-                })
-            } else {
-                None
-            };
             if let Some(kf) = self.filter.forward_merged(&k, self.heads, m.as_ref())? {
                 if let Some(vf) = self.filter.forward_merged(&v, self.heads, m.as_ref())? {
-                    let fmask = match m {
-                        Some(m) => {
-                            let pad = self.filter.masked_right_pad(m.dim(1)?);
-                            let m = if pad > 0 {
-                                m.pad_with_zeros(1, 0, pad)?
-                            } else {
-                                m
-                            };
-                            Some(self.filter.filter_mask(&m)?)
-                        }
+                    let fmask = match &m {
+                        Some(m) => Some(self.filter.filter_mask(&self.covered(m)?.0)?),
                         None => None,
                     };
                     let bias = fmask.as_ref().map(|m| key_bias(m, x.dtype())).transpose()?;
@@ -152,20 +156,12 @@ impl PackAttention {
             }
         }
         let mut fmask = None;
-        if self.masked {
-            let (b, l, _) = x.dims3()?;
-            let m = match mask {
-                Some(m) => m.to_dtype(x.dtype())?,
-                None => Tensor::ones((b, l), x.dtype(), x.device())?,
-            };
-            let pad = self.filter.masked_right_pad(l);
-            let m = if pad > 0 {
+        if let Some(m) = &m {
+            let (m, pad) = self.covered(m)?;
+            if pad > 0 {
                 k = k.pad_with_zeros(1, 0, pad)?;
                 v = v.pad_with_zeros(1, 0, pad)?;
-                m.pad_with_zeros(1, 0, pad)?
-            } else {
-                m
-            };
+            }
             fmask = Some((self.filter.filter_mask(&m)?, m));
         }
         let (k, v) = match &fmask {

@@ -268,6 +268,25 @@ impl ConvMerged {
         (t < self.out_len).then_some(t)
     }
 
+    /// The taps of output row `row` (`b·L' + t`) that read inside `[0, len)`: `(j, m[src],
+    /// x[src])` in increasing `j`.
+    fn taps<'a, T: Real>(
+        &'a self,
+        x: &'a [T],
+        m: Option<&'a [T]>,
+        row: usize,
+        k: usize,
+        len: usize,
+        d: usize,
+    ) -> impl Iterator<Item = (usize, T, &'a [T])> + 'a {
+        let (b, t) = (row / self.out_len, row % self.out_len);
+        (0..k).filter_map(move |j| {
+            let src = self.src(t, j, len)?;
+            let mv = m.map_or(T::one(), |m| m[b * len + src]);
+            Some((j, mv, &x[(b * len + src) * d..(b * len + src + 1) * d]))
+        })
+    }
+
     /// `row[..] += w_j · mv · x[..]` for tap `j` (per head or per channel).
     #[inline]
     #[allow(clippy::too_many_arguments)]
@@ -302,13 +321,7 @@ impl ConvMerged {
         let bsz = x.len() / (len * d).max(1);
         let mut y = super::zeros(bsz * self.out_len * d);
         super::par_rows(&mut y, d, k, |yr, row| {
-            let (b, t) = (row / self.out_len, row % self.out_len);
-            for j in 0..k {
-                let Some(src) = self.src(t, j, len) else {
-                    continue;
-                };
-                let mv = m.map_or(T::one(), |m| m[b * len + src]);
-                let xr = &x[(b * len + src) * d..(b * len + src + 1) * d];
+            for (j, mv, xr) in self.taps(x, m, row, k, len, d) {
                 self.axpy(yr, xr, w, mv, k, j, d);
             }
         });
@@ -363,14 +376,7 @@ impl ConvMerged {
         let parts = g.par_chunks(rpt * d).enumerate().map(|(ci, gc)| {
             let mut dw = vec![T::zero(); wlen];
             for (ri, gr) in gc.chunks(d).enumerate() {
-                let row = ci * rpt + ri;
-                let (b, t) = (row / self.out_len, row % self.out_len);
-                for j in 0..k {
-                    let Some(src) = self.src(t, j, len) else {
-                        continue;
-                    };
-                    let mv = m.map_or(T::one(), |m| m[b * len + src]);
-                    let xr = &x[(b * len + src) * d..(b * len + src + 1) * d];
+                for (j, mv, xr) in self.taps(x, m, ci * rpt + ri, k, len, d) {
                     if self.per_channel {
                         for c in 0..d {
                             dw[c * k + j] += gr[c] * mv * xr[c];

@@ -236,14 +236,15 @@ pub fn report(
     for line in verdicts(manifest, &tests, &changes, &groups) {
         let _ = writeln!(md, "{line}");
     }
+    let plateau: Vec<(usize, usize, f64)> = (0..manifest.tasks.len())
+        .map(|ti| still_rising(&groups, ti, manifest.arms.len()))
+        .collect();
     let rising: Vec<String> = manifest
         .tasks
         .iter()
-        .enumerate()
-        .filter_map(|(ti, t)| {
-            let (n, all, _) = still_rising(&groups, ti, manifest.arms.len());
-            (n > 0).then(|| format!("{} ({n} of {all} runs)", t.name))
-        })
+        .zip(&plateau)
+        .filter(|(_, (n, _, _))| *n > 0)
+        .map(|(t, (n, all, _))| format!("{} ({n} of {all} runs)", t.name))
         .collect();
     if !rising.is_empty() {
         let _ = writeln!(
@@ -336,7 +337,7 @@ pub fn report(
              flattened, large when the run was still rising when its steps ran out (the \
              learning rate decays to 5 % of its peak at the last step).\n"
         );
-        let (n, all, top) = still_rising(&groups, ti, manifest.arms.len());
+        let (n, all, top) = plateau[ti];
         if n > 0 {
             let _ = writeln!(
                 md,

@@ -195,3 +195,29 @@ fn late_gain_measures_the_rise_in_the_last_quarter() {
     assert_eq!(late_gain(&early), None, "no evaluation in the last quarter");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_task_may_list_its_own_seeds() {
+    let dir = tmp("seeds");
+    let f = dir.join("study.json");
+    std::fs::write(
+        &f,
+        MANIFEST.replace(
+            r#""description": "tiny generated ListOps","#,
+            r#""description": "tiny generated ListOps", "seeds": [0, 1, 2, 3, 4],"#,
+        ),
+    )
+    .unwrap();
+    let m = Manifest::read(&f).unwrap();
+    let runs = m.runs();
+    assert_eq!(runs.len(), 10, "5 seeds × 2 arms");
+    assert_eq!(runs.last(), Some(&key("listops", "convluna", 4)));
+    // The runs already finished under the manifest's seeds stay done.
+    let done: Vec<RunKey> = (0..2)
+        .flat_map(|s| [key("listops", "luna", s), key("listops", "convluna", s)])
+        .collect();
+    let left = m.pending(&done, None, None, (0, 1)).unwrap();
+    assert_eq!(left.len(), 6);
+    assert!(left.iter().all(|k| k.seed >= 2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

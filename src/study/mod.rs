@@ -30,6 +30,17 @@ pub struct TaskSpec {
     pub description: String,
     /// Options every arm of the task shares.
     pub options: RunOptions,
+    /// Seeds of this task's runs, in place of the manifest's `seeds` (e.g. more seeds where a
+    /// run is cheap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<Vec<u64>>,
+}
+
+impl TaskSpec {
+    /// The task's seeds: its own, else the manifest's `default`.
+    pub fn seeds<'a>(&'a self, default: &'a [u64]) -> &'a [u64] {
+        self.seeds.as_deref().unwrap_or(default)
+    }
 }
 
 /// An arm: a model variant, applied on top of each task's options.
@@ -60,7 +71,7 @@ pub struct Comparison {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// Seeds of every (task, arm).
+    /// Seeds of every (task, arm), unless the task lists its own.
     pub seeds: Vec<u64>,
     /// The tasks.
     pub tasks: Vec<TaskSpec>,
@@ -134,7 +145,7 @@ impl Manifest {
     pub fn runs(&self) -> Vec<RunKey> {
         let mut out = Vec::new();
         for t in &self.tasks {
-            for &seed in &self.seeds {
+            for &seed in t.seeds(&self.seeds) {
                 for a in &self.arms {
                     out.push(RunKey {
                         task: t.name.clone(),

@@ -218,11 +218,15 @@ pub fn report(
     );
     let _ = writeln!(
         md,
-        "**Status:** {done} of {total_runs} runs ({} tasks × {} arms × {} seeds) finished; \
+        "**Status:** {done} of {total_runs} runs ({} arms × {}) finished; \
          {wall_h:.2} hours of training wall time, {cpu_h:.2} CPU-hours (threads × wall).\n",
-        manifest.tasks.len(),
         manifest.arms.len(),
-        manifest.seeds.len()
+        manifest
+            .tasks
+            .iter()
+            .map(|t| format!("{} seeds on {}", t.seeds(&manifest.seeds).len(), t.name))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     // ---- verdicts

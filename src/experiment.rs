@@ -178,7 +178,9 @@ pub struct RunOptions {
     /// without it.
     pub data_dir: Option<PathBuf>,
     /// Examples to generate for the training split (generated ListOps and Pathfinder; pairs
-    /// built from a text corpus).
+    /// built from a text corpus). For a corpus read from disk (images, text, ListOps or
+    /// Pathfinder files, AAN pairs), the first this many examples of its training split: a
+    /// smaller training set with the same validation and test sets.
     pub train_examples: Option<usize>,
     /// Generated Pathfinder's difficulty (quick: easy, paper: hard).
     pub difficulty: Option<Difficulty>,
@@ -749,6 +751,15 @@ impl Plan {
                     "the Retrieval task needs --data-dir: the folder with new_aan_pairs.{train,eval,test}.tsv, or a text corpus (data/bbc) from which document pairs are built",
                 ))
             }
+        };
+        let generated = match (self.task, &o.data_dir) {
+            (LraTask::Listops | LraTask::Pathfinder, None) => !hub,
+            (LraTask::Retrieval, Some(d)) => !d.join("new_aan_pairs.train.tsv").exists(),
+            _ => false,
+        };
+        let splits = match o.train_examples {
+            Some(n) if !generated => splits.with_train_prefix(n)?,
+            _ => splits,
         };
         let splits = match o.downsample {
             Some(f) if f > 1 => data::downsample_splits(&splits, f)?,

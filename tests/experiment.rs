@@ -316,3 +316,45 @@ fn hub_data_needs_the_hub_feature() {
     .to_string();
     assert!(e.contains("--features hub"), "{e}");
 }
+
+/// `train_examples` on a corpus read from disk keeps the first examples of the training split
+/// (validation and test unchanged, the name says so); 0 or more than the split holds is an
+/// error naming the option, before any training.
+#[test]
+fn train_examples_cuts_a_read_training_split_to_its_first_examples() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/fashion-mnist");
+    let opts = |n: Option<usize>| RunOptions {
+        task: Some(LraTask::Image),
+        data_dir: Some(dir.clone()),
+        train_examples: n,
+        ..Default::default()
+    };
+    let full = opts(None).plan().unwrap().load_data().unwrap().splits;
+    assert_eq!(full.train.len(), 9);
+    let cut = opts(Some(4)).plan().unwrap().load_data().unwrap().splits;
+    assert_eq!(
+        (cut.train.len(), cut.val.len(), cut.test.len()),
+        (4, full.val.len(), full.test.len())
+    );
+    assert!(
+        cut.train.name().contains("(first 4)"),
+        "{}",
+        cut.train.name()
+    );
+    for i in 0..4 {
+        assert_eq!(cut.train.label(i).unwrap(), full.train.label(i).unwrap());
+        assert_eq!(
+            cut.train.get(i).unwrap().doc.pixels().unwrap(),
+            full.train.get(i).unwrap().doc.pixels().unwrap()
+        );
+    }
+    for bad in [0, 10] {
+        match opts(Some(bad)).plan().unwrap().load_data() {
+            Err(Error::Config { field, reason }) => {
+                assert_eq!(field, "train_examples");
+                assert!(reason.contains("expected 1 to 9"), "{reason}");
+            }
+            other => panic!("train_examples {bad}: {other:?}"),
+        }
+    }
+}

@@ -37,7 +37,8 @@ pub struct RunArgs {
     /// generated without it.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Examples to generate for the training split (generated ListOps / Pathfinder, pairs).
+    /// Examples to generate for the training split (generated ListOps / Pathfinder, pairs);
+    /// for data read from disk, keep the first this many training examples.
     #[arg(long)]
     pub train_examples: Option<usize>,
     /// Generated Pathfinder difficulty [quick: easy, paper: hard].

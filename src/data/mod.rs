@@ -207,6 +207,36 @@ impl Splits {
     }
 }
 
+impl Splits {
+    /// The same splits with the training set cut to its first `n` examples (validation and
+    /// test unchanged): a smaller training set read from the same corpus, e.g. so that a run
+    /// reaches its plateau on a small budget.
+    ///
+    /// An error naming `train_examples` when `n` is 0 or more than the training set holds.
+    pub fn with_train_prefix(self, n: usize) -> crate::Result<Splits> {
+        let have = self.train.len();
+        if n == 0 || n > have {
+            return Err(crate::Error::config(
+                "train_examples",
+                format!(
+                    "{n}: expected 1 to {have}, the size of the training split of {}",
+                    self.train.name()
+                ),
+            ));
+        }
+        if n == have {
+            return Ok(self);
+        }
+        let name = format!("{} (first {n})", self.train.name());
+        let skipped = self.train.skipped();
+        Ok(Splits {
+            train: Arc::new(Subset::new(self.train, (0..n).collect(), name).with_skipped(skipped)),
+            val: self.val,
+            test: self.test,
+        })
+    }
+}
+
 impl std::fmt::Debug for Splits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.summary())

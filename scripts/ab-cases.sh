@@ -3,7 +3,8 @@
 # every repetition (the order reverses every other repetition), each printing one JSON line.
 #
 # A case is a line `label|ENV=VALUE ...|command args`, where command is `convluna`
-# (target/release/examples/bench_encoder) or `pytorch` (scripts/reference.py bench):
+# (target/release/examples/bench_encoder), `convluna=PATH` (another build of bench_encoder,
+# e.g. one with --features avx512 copied aside) or `pytorch` (scripts/reference.py bench):
 #
 #   CASES='fused||convluna --family convluna-pool --len 1024 --mode train
 #   composite|CONVLUNA_NO_FUSED=pool|convluna --family convluna-pool --len 1024 --mode train' \
@@ -37,7 +38,9 @@ for rep in $(seq 1 "$REPS"); do
     if [[ $prog == pytorch ]]; then
       line=$(env "${envv[@]}" "$PYTHON" scripts/reference.py bench "${args[@]}" 2>/dev/null | tail -n1) || line='{"failed":true}'
     else
-      line=$(env "${envv[@]}" "$CONVLUNA_BIN" --tune-malloc "${args[@]}" 2>/dev/null | tail -n1) || line='{"failed":true}'
+      bin=$CONVLUNA_BIN
+      [[ $prog == convluna=* ]] && bin=${prog#convluna=}
+      line=$(env "${envv[@]}" "$bin" --tune-malloc "${args[@]}" 2>/dev/null | tail -n1) || line='{"failed":true}'
     fi
     echo "${line%\}},\"label\":\"$label\",\"rep\":$rep}" | tee -a "$OUT" >&2
   done

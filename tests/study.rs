@@ -193,6 +193,36 @@ fn late_gain_measures_the_rise_in_the_last_quarter() {
     let mut early = flat.clone();
     early.curve.truncate(3);
     assert_eq!(late_gain(&early), None, "no evaluation in the last quarter");
+
+    // The report flags the rising run; given the validation size, it also says whether the
+    // gain exceeds two standard errors of the measurement (at a = 0.6: 2·√(0.24/n)).
+    let paths = ReportPaths {
+        markdown: dir.join("report.md"),
+        plots: dir.join("plots"),
+    };
+    rising.best_val_acc = 0.6;
+    let reported = |val_examples: Option<usize>| {
+        let mut m = m.clone();
+        m.tasks[0].val_examples = val_examples;
+        report(&m, std::slice::from_ref(&rising), &paths).unwrap();
+        std::fs::read_to_string(&paths.markdown).unwrap()
+    };
+    let md = reported(None);
+    assert!(md.contains("listops (1 of 1 runs)"), "{md}");
+    assert!(!md.contains("standard errors"), "{md}");
+    // n = 100: 2 SE ≈ 9.8 points, below the 10-point gain
+    let md = reported(Some(100));
+    assert!(
+        md.contains("1 of them by more than two standard errors"),
+        "{md}"
+    );
+    // n = 50: 2 SE ≈ 13.9 points, the 10-point gain is within the noise
+    let md = reported(Some(50));
+    assert!(
+        md.contains("0 of them by more than two standard errors"),
+        "{md}"
+    );
+    assert!(md.contains("within the noise of a flat curve"), "{md}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -34,6 +34,11 @@ pub struct TaskSpec {
     /// run is cheap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seeds: Option<Vec<u64>>,
+    /// Examples the validation accuracy is measured on. With it, the report also asks whether
+    /// a run's late gain exceeds the noise of that measurement (two standard errors,
+    /// 2·√(a(1 − a)/n) at the run's best accuracy a), beside the fixed one-point threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_examples: Option<usize>,
 }
 
 impl TaskSpec {

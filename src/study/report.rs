@@ -240,15 +240,25 @@ pub fn report(
     for line in verdicts(manifest, &tests, &changes, &groups) {
         let _ = writeln!(md, "{line}");
     }
-    let plateau: Vec<(usize, usize, f64)> = (0..manifest.tasks.len())
-        .map(|ti| still_rising(&groups, ti, manifest.arms.len()))
+    let plateau: Vec<Plateau> = manifest
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(ti, t)| still_rising(&groups, ti, manifest.arms.len(), t.val_examples))
         .collect();
     let rising: Vec<String> = manifest
         .tasks
         .iter()
         .zip(&plateau)
-        .filter(|(_, (n, _, _))| *n > 0)
-        .map(|(t, (n, all, _))| format!("{} ({n} of {all} runs)", t.name))
+        .filter(|(_, p)| p.rising > 0)
+        .map(|(t, p)| match p.above_noise {
+            Some(k) => format!(
+                "{} ({} of {} runs; {k} of them by more than two standard errors of their \
+                 validation accuracy)",
+                t.name, p.rising, p.runs
+            ),
+            None => format!("{} ({} of {} runs)", t.name, p.rising, p.runs),
+        })
         .collect();
     if !rising.is_empty() {
         let _ = writeln!(
@@ -341,17 +351,35 @@ pub fn report(
              flattened, large when the run was still rising when its steps ran out (the \
              learning rate decays to 5 % of its peak at the last step).\n"
         );
-        let (n, all, top) = plateau[ti];
-        if n > 0 {
+        let p = plateau[ti];
+        if p.rising > 0 {
+            let noise = match (p.above_noise, task.val_examples) {
+                (Some(k), Some(n)) => format!(
+                    " Validation accuracy is measured on {n} examples, so it carries a \
+                     standard error of {:.1}–{:.1} points at this task's accuracies: {k} of \
+                     these {} gains exceed two standard errors of their run's measurement{}.",
+                    100.0 * low_se(&groups, ti, n),
+                    100.0 * high_se(&groups, ti, n),
+                    p.rising,
+                    if k == 0 {
+                        " (the others are within the noise of a flat curve)"
+                    } else {
+                        ""
+                    }
+                ),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 md,
-                "**Plateau:** {n} of {all} runs had not flattened when their budget ended: they \
-                 gained more than {:.0} point of validation accuracy in the last quarter of \
-                 their steps (largest {:+.1}; a point is about one standard error of an \
-                 accuracy measured on 1,000 examples). Where those runs weigh, this task's \
-                 comparisons hold at an equal number of steps, not between converged models.\n",
+                "**Plateau:** {} of {} runs had not flattened when their budget ended by the \
+                 one-point rule: they gained more than {:.0} point of validation accuracy in \
+                 the last quarter of their steps (largest {:+.1}).{noise} Where those runs \
+                 weigh, this task's comparisons hold at an equal number of steps, not between \
+                 converged models.\n",
+                p.rising,
+                p.runs,
                 100.0 * RISING,
-                100.0 * top
+                100.0 * p.top
             );
         }
         if !bars.is_empty() {
@@ -477,19 +505,76 @@ fn still_rising(
     groups: &BTreeMap<(usize, usize), Vec<&RunResult>>,
     ti: usize,
     arms: usize,
-) -> (usize, usize, f64) {
-    let gains: Vec<f64> = (0..arms)
+    val_examples: Option<usize>,
+) -> Plateau {
+    let runs: Vec<&RunResult> = (0..arms)
         .filter_map(|a| groups.get(&(ti, a)))
         .flatten()
+        .copied()
+        .collect();
+    let gains: Vec<f64> = runs
+        .iter()
         .map(|r| late_gain(r).unwrap_or(f64::NAN))
         .collect();
-    let n = gains.iter().filter(|g| **g > RISING).count();
+    let rising = gains.iter().filter(|g| **g > RISING).count();
+    let above_noise = val_examples.map(|n| {
+        runs.iter()
+            .zip(&gains)
+            .filter(|(r, g)| **g > RISING && **g > 2.0 * standard_error(r.best_val_acc, n))
+            .count()
+    });
     let top = gains
         .iter()
         .copied()
         .filter(|g| g.is_finite())
         .fold(f64::NEG_INFINITY, f64::max);
-    (n, gains.len(), top)
+    Plateau {
+        rising,
+        above_noise,
+        runs: gains.len(),
+        top,
+    }
+}
+
+/// How many of a task's runs had not flattened.
+#[derive(Clone, Copy, Debug)]
+struct Plateau {
+    /// Runs whose late gain exceeds [`RISING`].
+    rising: usize,
+    /// Of those, the runs whose late gain also exceeds two standard errors of their
+    /// validation accuracy (when the task gives its validation size).
+    above_noise: Option<usize>,
+    /// Runs.
+    runs: usize,
+    /// The largest late gain.
+    top: f64,
+}
+
+/// The smallest standard error of a best validation accuracy among the runs of task `ti`.
+fn low_se(groups: &BTreeMap<(usize, usize), Vec<&RunResult>>, ti: usize, n: usize) -> f64 {
+    task_ses(groups, ti, n).fold(f64::INFINITY, f64::min)
+}
+
+/// The largest standard error of a best validation accuracy among the runs of task `ti`.
+fn high_se(groups: &BTreeMap<(usize, usize), Vec<&RunResult>>, ti: usize, n: usize) -> f64 {
+    task_ses(groups, ti, n).fold(0.0, f64::max)
+}
+
+fn task_ses<'a>(
+    groups: &'a BTreeMap<(usize, usize), Vec<&RunResult>>,
+    ti: usize,
+    n: usize,
+) -> impl Iterator<Item = f64> + 'a {
+    groups
+        .iter()
+        .filter(move |((t, _), _)| *t == ti)
+        .flat_map(|(_, v)| v.iter())
+        .map(move |r| standard_error(r.best_val_acc, n))
+}
+
+/// Standard error √(a(1 − a)/n) of an accuracy `a` measured on `n` examples.
+fn standard_error(a: f64, n: usize) -> f64 {
+    (a * (1.0 - a) / n.max(1) as f64).sqrt()
 }
 
 /// The gain of validation accuracy over the last quarter of a run's steps: the best accuracy

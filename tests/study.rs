@@ -209,6 +209,7 @@ fn late_gain_measures_the_rise_in_the_last_quarter() {
     };
     let md = reported(None);
     assert!(md.contains("listops (1 of 1 runs)"), "{md}");
+    assert!(md.contains("Not at a plateau"), "{md}");
     assert!(!md.contains("standard errors"), "{md}");
     // n = 100: 2 SE ≈ 9.8 points, below the 10-point gain
     let md = reported(Some(100));
@@ -216,13 +217,18 @@ fn late_gain_measures_the_rise_in_the_last_quarter() {
         md.contains("1 of them by more than two standard errors"),
         "{md}"
     );
+    assert!(md.contains("Not at a plateau"), "{md}");
     // n = 50: 2 SE ≈ 13.9 points, the 10-point gain is within the noise
     let md = reported(Some(50));
     assert!(
         md.contains("0 of them by more than two standard errors"),
         "{md}"
     );
-    assert!(md.contains("within the noise of a flat curve"), "{md}");
+    assert!(
+        md.contains("every one is within the noise of a flat curve"),
+        "{md}"
+    );
+    assert!(md.contains("every curve is flat within the noise"), "{md}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -260,7 +260,20 @@ pub fn report(
             None => format!("{} ({} of {} runs)", t.name, p.rising, p.runs),
         })
         .collect();
-    if !rising.is_empty() {
+    let within_noise = plateau
+        .iter()
+        .all(|p| p.rising == 0 || p.above_noise == Some(0));
+    if !rising.is_empty() && within_noise {
+        let _ = writeln!(
+            md,
+            "\n**Plateau:** by a one-point rule, {} were still gaining more than {:.0} point of \
+             validation accuracy in the last quarter of their steps; none of these gains \
+             exceeds two standard errors of its run's validation measurement, so every curve \
+             is flat within the noise of that measurement (see each task's table).",
+            rising.join(", "),
+            100.0 * RISING
+        );
+    } else if !rising.is_empty() {
         let _ = writeln!(
             md,
             "\n**Not at a plateau:** {}: these runs were still gaining more than {:.0} point of \
@@ -355,13 +368,16 @@ pub fn report(
         if p.rising > 0 {
             let noise = match (p.above_noise, task.val_examples) {
                 (Some(k), Some(n)) => format!(
-                    " Validation accuracy is measured on {n} examples, so it carries a \
+                    " Validation accuracy is measured on {} examples, so it carries a \
                      standard error of {:.1}–{:.1} points at this task's accuracies: {k} of \
                      these {} gains exceed two standard errors of their run's measurement{}.",
+                    thousands(n),
                     100.0 * low_se(&groups, ti, n),
                     100.0 * high_se(&groups, ti, n),
                     p.rising,
                     if k == 0 {
+                        " (every one is within the noise of a flat curve)"
+                    } else if k < p.rising {
                         " (the others are within the noise of a flat curve)"
                     } else {
                         ""
@@ -570,6 +586,19 @@ fn task_ses<'a>(
         .filter(move |((t, _), _)| *t == ti)
         .flat_map(|(_, v)| v.iter())
         .map(move |r| standard_error(r.best_val_acc, n))
+}
+
+/// `n` with a comma between thousands (1,000).
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Standard error √(a(1 − a)/n) of an accuracy `a` measured on `n` examples.

@@ -152,9 +152,8 @@ pub fn welch(a: &[f64], b: &[f64]) -> Option<(f64, f64, f64)> {
 /// The 95 % confidence interval half-width of `mean(a) − mean(b)` under Welch's
 /// approximation (`None` as for [`welch`]).
 pub fn welch_ci95(a: &[f64], b: &[f64]) -> Option<f64> {
-    let (t, df, _) = welch(a, b)?;
-    let diff = mean(a) - mean(b);
-    let se = if t != 0.0 { (diff / t).abs() } else { 0.0 };
+    let (_, df, _) = welch(a, b)?;
+    let se = (std_dev(a).powi(2) / a.len() as f64 + std_dev(b).powi(2) / b.len() as f64).sqrt();
     Some(t_crit_95(df) * se)
 }
 
@@ -269,5 +268,14 @@ mod tests {
         // the Welch CI of the difference brackets it
         let ci = welch_ci95(&a, &b).unwrap();
         assert!(ci > 0.0 && (mean(&a) - mean(&b)).abs() > ci);
+        // equal means still have an interval: t_crit(df) · √(s_a²/n_a + s_b²/n_b)
+        // (a = [1, 3], b = [0, 2, 4]: se = √(2/2 + 4/3), df = 2.63…)
+        let (_, df, p) = welch(&[1.0, 3.0], &[0.0, 2.0, 4.0]).unwrap();
+        assert!((p - 1.0).abs() < 1e-9, "{p}");
+        let ci = welch_ci95(&[1.0, 3.0], &[0.0, 2.0, 4.0]).unwrap();
+        assert!(
+            (ci - t_crit_95(df) * (1.0f64 + 4.0 / 3.0).sqrt()).abs() < 1e-12,
+            "{ci}"
+        );
     }
 }

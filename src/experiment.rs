@@ -309,10 +309,7 @@ impl RunOptions {
                 "applies to generated Pathfinder only",
             ));
         }
-        let generated = o.data_dir.is_none()
-            && matches!(task, LraTask::Listops | LraTask::Pathfinder)
-            || task == LraTask::Retrieval && o.data_dir.is_some();
-        if generated {
+        if generates_training_set(task, o.data_dir.as_deref()) {
             o.train_examples.get_or_insert(match (task, quick) {
                 (LraTask::Listops, true) => 10_000,
                 (LraTask::Listops, false) => 96_000,
@@ -657,6 +654,21 @@ pub fn read_record(dir: &Path) -> Result<RunRecord> {
     })
 }
 
+/// Whether the crate generates the task's training set, `train_examples` examples of it:
+/// ListOps and Pathfinder without `data_dir`, and Retrieval pairs built from a text corpus
+/// (a `data_dir` without the AAN files). Otherwise the training set is read from disk and
+/// `train_examples`, when given, keeps its first examples.
+fn generates_training_set(task: LraTask, data_dir: Option<&Path>) -> bool {
+    match (task, data_dir) {
+        (LraTask::Listops | LraTask::Pathfinder, None) => true,
+        (LraTask::Retrieval, Some(d)) => !d.join(AAN_TRAIN_FILE).exists(),
+        _ => false,
+    }
+}
+
+/// The AAN training file whose presence makes a Retrieval `data_dir` the real LRA data.
+const AAN_TRAIN_FILE: &str = "new_aan_pairs.train.tsv";
+
 impl Plan {
     /// Generates or reads the data, measures it against the length limit (an error before
     /// training when documents would be cut without `truncate`), and sets the model's class
@@ -738,7 +750,7 @@ impl Plan {
                 ))
             }
             (LraTask::Retrieval, Some(d)) => {
-                if d.join("new_aan_pairs.train.tsv").exists() {
+                if d.join(AAN_TRAIN_FILE).exists() {
                     data::read_aan_dir(d, all)?
                 } else {
                     let corpus = read_text_corpus(d)?;
@@ -752,13 +764,10 @@ impl Plan {
                 ))
             }
         };
-        let generated = match (self.task, &o.data_dir) {
-            (LraTask::Listops | LraTask::Pathfinder, None) => !hub,
-            (LraTask::Retrieval, Some(d)) => !d.join("new_aan_pairs.train.tsv").exists(),
-            _ => false,
-        };
         let splits = match o.train_examples {
-            Some(n) if !generated => splits.with_train_prefix(n)?,
+            Some(n) if !generates_training_set(self.task, o.data_dir.as_deref()) => {
+                splits.with_train_prefix(n)?
+            }
             _ => splits,
         };
         let splits = match o.downsample {

@@ -358,3 +358,24 @@ fn train_examples_cuts_a_read_training_split_to_its_first_examples() {
         }
     }
 }
+
+/// The real AAN pairs are read, not generated: the quick preset's default `train_examples`
+/// (the number of pairs to build from a text corpus) is not set for them, so their training
+/// split is never cut to it; an explicit `train_examples` keeps its first examples.
+#[test]
+fn aan_pairs_keep_their_whole_training_split_unless_asked() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/aan");
+    let all = convluna::data::read_aan_dir(&dir, usize::MAX).unwrap();
+    let opts = |n: Option<usize>| RunOptions {
+        task: Some(LraTask::Retrieval),
+        data_dir: Some(dir.clone()),
+        train_examples: n,
+        ..Default::default()
+    };
+    let mut plan = opts(None).plan().unwrap();
+    assert_eq!(plan.options.train_examples, None);
+    let read = plan.load_data().unwrap().splits;
+    assert_eq!(read.train.len(), all.train.len());
+    let cut = opts(Some(1)).plan().unwrap().load_data().unwrap().splits;
+    assert_eq!(cut.train.len(), 1);
+}

@@ -372,8 +372,8 @@ pub fn report(
                      standard error of {:.1}–{:.1} points at this task's accuracies: {k} of \
                      these {} gains exceed two standard errors of their run's measurement{}.",
                     thousands(n),
-                    100.0 * low_se(&groups, ti, n),
-                    100.0 * high_se(&groups, ti, n),
+                    100.0 * p.se_range.0,
+                    100.0 * p.se_range.1,
                     p.rising,
                     if k == 0 {
                         " (every one is within the noise of a flat curve)"
@@ -533,11 +533,19 @@ fn still_rising(
         .map(|r| late_gain(r).unwrap_or(f64::NAN))
         .collect();
     let rising = gains.iter().filter(|g| **g > RISING).count();
-    let above_noise = val_examples.map(|n| {
-        runs.iter()
-            .zip(&gains)
-            .filter(|(r, g)| **g > RISING && **g > 2.0 * standard_error(r.best_val_acc, n))
+    let ses: Vec<f64> = runs
+        .iter()
+        .map(|r| val_examples.map_or(f64::NAN, |n| standard_error(r.best_val_acc, n)))
+        .collect();
+    let above_noise = val_examples.map(|_| {
+        gains
+            .iter()
+            .zip(&ses)
+            .filter(|(g, se)| **g > RISING && **g > 2.0 * **se)
             .count()
+    });
+    let se_range = ses.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &se| {
+        (lo.min(se), hi.max(se))
     });
     let top = gains
         .iter()
@@ -547,6 +555,7 @@ fn still_rising(
     Plateau {
         rising,
         above_noise,
+        se_range,
         runs: gains.len(),
         top,
     }
@@ -560,32 +569,13 @@ struct Plateau {
     /// Of those, the runs whose late gain also exceeds two standard errors of their
     /// validation accuracy (when the task gives its validation size).
     above_noise: Option<usize>,
+    /// The smallest and largest standard error of the runs' best validation accuracies
+    /// (meaningful only with the validation size).
+    se_range: (f64, f64),
     /// Runs.
     runs: usize,
     /// The largest late gain.
     top: f64,
-}
-
-/// The smallest standard error of a best validation accuracy among the runs of task `ti`.
-fn low_se(groups: &BTreeMap<(usize, usize), Vec<&RunResult>>, ti: usize, n: usize) -> f64 {
-    task_ses(groups, ti, n).fold(f64::INFINITY, f64::min)
-}
-
-/// The largest standard error of a best validation accuracy among the runs of task `ti`.
-fn high_se(groups: &BTreeMap<(usize, usize), Vec<&RunResult>>, ti: usize, n: usize) -> f64 {
-    task_ses(groups, ti, n).fold(0.0, f64::max)
-}
-
-fn task_ses<'a>(
-    groups: &'a BTreeMap<(usize, usize), Vec<&RunResult>>,
-    ti: usize,
-    n: usize,
-) -> impl Iterator<Item = f64> + 'a {
-    groups
-        .iter()
-        .filter(move |((t, _), _)| *t == ti)
-        .flat_map(|(_, v)| v.iter())
-        .map(move |r| standard_error(r.best_val_acc, n))
 }
 
 /// `n` with a comma between thousands (1,000).

@@ -134,6 +134,21 @@ pub fn ci95(x: &[f64]) -> f64 {
 /// Welch's t-test of equal means: (t, degrees of freedom, two-sided p). `None` with fewer than
 /// two values in a group or zero variance in both.
 pub fn welch(a: &[f64], b: &[f64]) -> Option<(f64, f64, f64)> {
+    let (se, df) = welch_se_df(a, b)?;
+    let t = (mean(a) - mean(b)) / se;
+    Some((t, df, t_two_sided_p(t, df)))
+}
+
+/// The 95 % confidence interval half-width of `mean(a) − mean(b)` under Welch's
+/// approximation (`None` as for [`welch`]).
+pub fn welch_ci95(a: &[f64], b: &[f64]) -> Option<f64> {
+    let (se, df) = welch_se_df(a, b)?;
+    Some(t_crit_95(df) * se)
+}
+
+/// The standard error √(s_a²/n_a + s_b²/n_b) of `mean(a) − mean(b)` and its
+/// Welch–Satterthwaite degrees of freedom (`None` as for [`welch`]).
+fn welch_se_df(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
     if a.len() < 2 || b.len() < 2 {
         return None;
     }
@@ -144,17 +159,8 @@ pub fn welch(a: &[f64], b: &[f64]) -> Option<(f64, f64, f64)> {
     if va + vb == 0.0 {
         return None;
     }
-    let t = (mean(a) - mean(b)) / (va + vb).sqrt();
     let df = (va + vb).powi(2) / (va * va / (a.len() - 1) as f64 + vb * vb / (b.len() - 1) as f64);
-    Some((t, df, t_two_sided_p(t, df)))
-}
-
-/// The 95 % confidence interval half-width of `mean(a) − mean(b)` under Welch's
-/// approximation (`None` as for [`welch`]).
-pub fn welch_ci95(a: &[f64], b: &[f64]) -> Option<f64> {
-    let (_, df, _) = welch(a, b)?;
-    let se = (std_dev(a).powi(2) / a.len() as f64 + std_dev(b).powi(2) / b.len() as f64).sqrt();
-    Some(t_crit_95(df) * se)
+    Some(((va + vb).sqrt(), df))
 }
 
 /// One-sample t-test of mean zero (e.g. paired differences): (mean, 95 % CI half-width,

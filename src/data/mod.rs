@@ -205,9 +205,7 @@ impl Splits {
         .collect::<Vec<_>>()
         .join("\n")
     }
-}
 
-impl Splits {
     /// The same splits with the training set cut to its first `n` examples (validation and
     /// test unchanged): a smaller training set read from the same corpus, e.g. so that a run
     /// reaches its plateau on a small budget.

@@ -140,6 +140,52 @@ fn killed_and_resumed_run_ends_with_the_same_weights() {
     let _ = std::fs::remove_dir_all(&b_dir);
 }
 
+/// A killed and resumed run reports the wall time of both processes: the checkpoint records
+/// the time trained so far, and the resumed process adds its own to it.
+#[test]
+fn wall_time_is_summed_over_resumes() {
+    let data = splits();
+    let mc = model(BlockPreset::ConvlunaMasked.block(4, 16));
+    let tc = train_cfg(13);
+    let dev = Device::Cpu;
+    let dir = tmp("wall-time");
+    // 12 steps and 3 evaluations, "killed" right after the checkpoint at step 12
+    let mut a = Trainer::new(&mc, &tc, DType::F32, &dev).unwrap();
+    assert!(a
+        .fit_until(&data, &dir, false, Some(12), &mut |_| {})
+        .unwrap()
+        .is_none());
+    drop(a);
+    let ck = dir.join("checkpoints");
+    let latest = std::fs::read_to_string(ck.join("LATEST")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ck.join(latest.trim()).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["step"], 12);
+    let before = state["elapsed_s"]
+        .as_f64()
+        .expect("state.json records the wall time so far");
+    assert!(before > 0.0, "{before}");
+    // the resumed process trains one step; its summary counts the first process's time too
+    let mut b = Trainer::new(&mc, &tc, DType::F32, &dev).unwrap();
+    let mut last_elapsed = 0.0;
+    let s = b
+        .fit(&data, &dir, true, &mut |e| {
+            if let Event::Step { metrics, .. } = e {
+                last_elapsed = metrics.elapsed_s
+            }
+        })
+        .unwrap();
+    assert_eq!(s.steps, 13);
+    assert!(
+        last_elapsed > before && s.wall_s >= last_elapsed,
+        "checkpoint {before} s, step 13 at {last_elapsed} s, summary {} s",
+        s.wall_s
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn transformer_and_luna_train_too() {
     let data = splits();

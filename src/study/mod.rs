@@ -270,7 +270,8 @@ pub struct RunResult {
     pub steps: usize,
     /// Whether the run stopped on its patience.
     pub stopped_early: bool,
-    /// Training wall time in seconds (of the last process, when resumed).
+    /// Training wall time in seconds, summed over resumes ([`crate::train::Summary::wall_s`];
+    /// results written by code up to commit 7892e08 hold only the last process's time).
     pub wall_s: f64,
     /// Share of the most common test label.
     pub majority: f64,

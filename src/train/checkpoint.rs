@@ -31,6 +31,12 @@ pub(super) struct Progress {
     /// logs the same averages as an uninterrupted one.
     #[serde(default)]
     pub(super) window: LogWindow,
+    /// Training wall time up to this checkpoint, seconds, summed over every process that
+    /// trained the run (what a killed process did after its last checkpoint is not counted:
+    /// the resumed process redoes it and counts it once). 0 in checkpoints written before
+    /// the field existed.
+    #[serde(default)]
+    pub(super) elapsed_s: f64,
 }
 
 /// Sums of the training metrics since the last logged step.
@@ -44,7 +50,9 @@ pub(super) struct LogWindow {
 
 /// The `state.json` layout this version writes. Format 1 (convluna 0.1.0 before the
 /// `format` field existed) has no `format`, `crate_version` or `evals_since_best`; it loads
-/// with those defaulted. A newer format is refused with a message naming both.
+/// with those defaulted (as does a format-2 checkpoint written before `elapsed_s` existed:
+/// its run's wall time then starts from the resume). A newer format is refused with a
+/// message naming both.
 pub const CHECKPOINT_FORMAT: u32 = 2;
 
 fn format_1() -> u32 {

@@ -182,7 +182,8 @@ pub struct StepMetrics {
     pub grad_norm: f64,
     /// Real (unpadded) tokens per second since the last log.
     pub tokens_per_s: f64,
-    /// Seconds since the start of this process's training.
+    /// Seconds of training since the run started, summed over resumes (see
+    /// [`Summary::wall_s`]).
     pub elapsed_s: f64,
 }
 
@@ -261,7 +262,11 @@ pub struct Summary {
     /// Whether training stopped early (`patience` evaluations without improvement).
     #[serde(default)]
     pub stopped_early: bool,
-    /// Wall time of this process's training, seconds.
+    /// Wall time of the run's training (evaluations included, the final test evaluation
+    /// not), seconds, summed over every process that trained it: a resumed run adds its
+    /// time to the time its checkpoint recorded, so a run killed and resumed reports what it
+    /// cost, less what the killed process did after its last checkpoint (redone, and counted
+    /// once, by the resumed one).
     pub wall_s: f64,
     /// Parameters.
     pub parameters: usize,
@@ -358,6 +363,7 @@ impl Trainer {
                 skipped_steps: 0,
                 evals_since_best: 0,
                 window: LogWindow::default(),
+                elapsed_s: 0.0,
             },
             order: None,
         })
@@ -703,7 +709,10 @@ impl Trainer {
             writeln!(metrics, "{v}").map_err(|e| Error::io(&metrics_path, e))?;
             metrics.flush().map_err(|e| Error::io(&metrics_path, e))
         };
+        // wall time: what the checkpoint recorded (0 on a fresh run) plus this process's
         let t0 = Instant::now();
+        let elapsed_before = self.progress.elapsed_s;
+        let elapsed = move || elapsed_before + t0.elapsed().as_secs_f64();
         let mut acc_tokens = 0usize;
         let mut t_log = Instant::now();
         let train = splits.train.as_ref();
@@ -740,7 +749,7 @@ impl Trainer {
                         lr: self.cfg.schedule.lr(self.cfg.lr, step),
                         grad_norm: norm,
                         tokens_per_s: acc_tokens as f64 / dt,
-                        elapsed_s: t0.elapsed().as_secs_f64(),
+                        elapsed_s: elapsed(),
                     };
                     if logged {
                         let mut v = serde_json::to_value(&m)
@@ -775,14 +784,16 @@ impl Trainer {
                     self.progress.evals_since_best += 1;
                 }
                 observer(&Event::Eval(e));
+                self.progress.elapsed_s = elapsed();
                 let path = self.save_checkpoint(out_dir, best)?;
                 observer(&Event::Checkpoint { step, path });
             } else if step.is_multiple_of(self.cfg.checkpoint_every) {
+                self.progress.elapsed_s = elapsed();
                 let path = self.save_checkpoint(out_dir, false)?;
                 observer(&Event::Checkpoint { step, path });
             }
         }
-        let wall_s = t0.elapsed().as_secs_f64();
+        let wall_s = elapsed();
         let best_step = self.load_best(out_dir)?;
         let mut test = self.evaluate(splits.test.as_ref(), "test", None, self.cfg.diagnostics)?;
         test.step = best_step;

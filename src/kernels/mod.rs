@@ -24,6 +24,10 @@
 //! otherwise keep the composite, device-generic path, so CUDA, Metal and half precision run
 //! exactly the code they ran before.
 //!
+//! The softmaxes' `exp` loop runs in an AVX2 or AVX-512F build when the CPU has one, picked
+//! at run time, with the same bits as the baseline build (`CONVLUNA_NO_WIDE=1` turns this
+//! off).
+//!
 //! [`tune_glibc_malloc`] asks glibc to keep freed memory instead of returning it to the
 //! kernel, which removes most page faults of a training step (see BENCHMARKS.md).
 
@@ -35,6 +39,7 @@ mod layer_norm;
 mod linear;
 mod pool;
 mod softmax;
+mod wide;
 
 pub use attention::{attention, HeadLayout};
 pub use conv::{conv_time, conv_time_merged, conv_window_merged};
@@ -59,16 +64,16 @@ pub(crate) trait Real: WithDType + num_traits::Float {
     fn exp_shifted(v: &mut [Self], shift: Self);
 }
 impl Real for f32 {
+    #[inline(always)]
     fn erf(self) -> Self {
         erf_f32(self)
     }
+    #[inline(always)]
     fn exp_fast(self) -> Self {
         exp_f32(self)
     }
     fn exp_shifted(v: &mut [Self], shift: Self) {
-        for x in v.iter_mut() {
-            *x = exp_f32(*x - shift);
-        }
+        wide::exp_shifted_f32(wide::level(), v, shift)
     }
 }
 impl Real for f64 {

@@ -22,7 +22,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use super::gelu::{gelu, gelu_grad};
+use super::wide::{wide, GeluKeep, GeluKeepGrad};
 use super::{gemm, rows_per_task, slice, with_data, zeros, Real};
 
 #[derive(Debug)]
@@ -89,18 +89,9 @@ impl Ffn {
         a.par_chunks_mut(f * rpt)
             .zip(z.par_chunks(f * rpt))
             .enumerate()
-            .for_each(|(ci, (ac, zc))| match keep {
-                Some(k) => {
-                    let kc = &k[ci * f * rpt..];
-                    for ((o, &v), &kk) in ac.iter_mut().zip(zc).zip(kc) {
-                        *o = gelu(v) * T::from_f64(kk as f64);
-                    }
-                }
-                None => {
-                    for (o, &v) in ac.iter_mut().zip(zc) {
-                        *o = gelu(v);
-                    }
-                }
+            .for_each(|(ci, (a, z))| {
+                let keep = keep.map(|k| &k[ci * f * rpt..]);
+                wide(GeluKeep { a, z, keep })
             });
         let y = affine(&a, w2, rows, f, d, self.threads);
         let cpu = candle_core::Device::Cpu;
@@ -176,18 +167,9 @@ impl Ffn {
                                 dz.par_chunks_mut(f * rpt)
                                     .zip(zd.par_chunks(f * rpt))
                                     .enumerate()
-                                    .for_each(|(ci, (dc, zc))| match keep {
-                                        Some(k) => {
-                                            let kc = &k[ci * f * rpt..];
-                                            for ((o, &v), &kk) in dc.iter_mut().zip(zc).zip(kc) {
-                                                *o = *o * T::from_f64(kk as f64) * gelu_grad(v);
-                                            }
-                                        }
-                                        None => {
-                                            for (o, &v) in dc.iter_mut().zip(zc) {
-                                                *o *= gelu_grad(v);
-                                            }
-                                        }
+                                    .for_each(|(ci, (dz, z))| {
+                                        let keep = keep.map(|k| &k[ci * f * rpt..]);
+                                        wide(GeluKeepGrad { dz, z, keep })
                                     });
                                 // [dW₁ | db₁]
                                 let mut dw1 = vec![T::zero(); f * (d + 1)];

@@ -6,18 +6,19 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::wide::{wide, BiasGeluGrad, BiasGeluRows};
 use super::{rows_per_task, slice, with_data, Real};
 
 #[derive(Clone, Copy, Debug)]
 struct BiasGelu;
 
-#[inline]
+#[inline(always)]
 pub(crate) fn gelu<T: Real>(z: T) -> T {
     let half = T::from_f64(0.5);
     (T::one() + (z * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf()) * half * z
 }
 
-#[inline]
+#[inline(always)]
 pub(crate) fn gelu_grad<T: Real>(z: T) -> T {
     let half = T::from_f64(0.5);
     let cdf = (T::one() + (z * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf()) * half;
@@ -31,13 +32,7 @@ fn forward<T: Real>(h: &[T], b: &[T]) -> Vec<T> {
     let rpt = rows_per_task(f);
     y.par_chunks_mut(f * rpt)
         .zip(h.par_chunks(f * rpt))
-        .for_each(|(yc, hc)| {
-            for (yr, hr) in yc.chunks_mut(f).zip(hc.chunks(f)) {
-                for ((o, &v), &bv) in yr.iter_mut().zip(hr).zip(b) {
-                    *o = gelu(v + bv);
-                }
-            }
-        });
+        .for_each(|(y, h)| wide(BiasGeluRows { y, h, b }));
     y
 }
 
@@ -51,13 +46,13 @@ fn backward<T: Real>(h: &[T], b: &[T], g: &[T]) -> (Vec<T>, Vec<T>) {
         .zip(g.par_chunks(f * rpt))
         .map(|((dc, hc), gc)| {
             let mut db = vec![T::zero(); f];
-            for ((dr, hr), gr) in dc.chunks_mut(f).zip(hc.chunks(f)).zip(gc.chunks(f)) {
-                for i in 0..f {
-                    let d = gr[i] * gelu_grad(hr[i] + b[i]);
-                    dr[i] = d;
-                    db[i] += d;
-                }
-            }
+            wide(BiasGeluGrad {
+                dh: dc,
+                db: &mut db,
+                h: hc,
+                g: gc,
+                b,
+            });
             db
         });
     let db = super::ordered_sum(parts, f);

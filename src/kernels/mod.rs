@@ -24,9 +24,9 @@
 //! otherwise keep the composite, device-generic path, so CUDA, Metal and half precision run
 //! exactly the code they ran before.
 //!
-//! The softmaxes' `exp` loop runs in an AVX2 or AVX-512F build when the CPU has one, picked
-//! at run time, with the same bits as the baseline build (`CONVLUNA_NO_WIDE=1` turns this
-//! off).
+//! The elementwise loops that evaluate `exp` and `erf` (softmax, GELU) run in AVX2 or
+//! AVX-512F builds when the CPU has them, picked at run time, with the same bits as the
+//! baseline build (`CONVLUNA_NO_WIDE=1` turns this off).
 //!
 //! [`tune_glibc_malloc`] asks glibc to keep freed memory instead of returning it to the
 //! kernel, which removes most page faults of a training step (see BENCHMARKS.md).
@@ -73,7 +73,7 @@ impl Real for f32 {
         exp_f32(self)
     }
     fn exp_shifted(v: &mut [Self], shift: Self) {
-        wide::exp_shifted_f32(wide::level(), v, shift)
+        wide::wide(wide::ExpShifted { v, shift })
     }
 }
 impl Real for f64 {

@@ -1,18 +1,22 @@
-//! The softmaxes' `exp` loop in versions compiled for AVX2 (8 f32 lanes) and AVX-512F (16),
-//! picked once at run time from what the CPU reports. The crate is otherwise compiled for the
-//! target's baseline (SSE2 on x86-64: 4 lanes), unless its user builds with `-C target-cpu`.
+//! The kernels' elementwise loops that evaluate polynomials (the softmaxes' `exp`, GELU's
+//! `erf` and `exp` and its gradient) in versions compiled for AVX2 (8 f32 lanes) and
+//! AVX-512F (16), picked once at run time from what the CPU reports. The crate is otherwise
+//! compiled for the target's baseline (SSE2 on x86-64: 4 lanes), unless its user builds with
+//! `-C target-cpu`.
 //!
-//! The results are **bit-identical** to the baseline loop: Rust neither contracts `a·b + c`
+//! The results are **bit-identical** to the baseline loops: Rust neither contracts `a·b + c`
 //! into a fused multiply-add nor reassociates floating-point arithmetic, so each lane performs
 //! the same IEEE operations in the same order whatever the vector width (the unit test
-//! compares every width the CPU has, bit for bit). `CONVLUNA_NO_WIDE=1` keeps the baseline
-//! loop, to measure what the wide ones buy.
+//! compares every width the CPU has, bit for bit). The one latitude is a NaN's sign and
+//! payload, which follow the operand order the compiler picks for a commutative operation: a
+//! NaN stays a NaN (and stops training, see `NonFinitePolicy`). `CONVLUNA_NO_WIDE=1` keeps the
+//! baseline loops, to measure what the wide ones buy.
 //!
-//! A loop gains only if the compiler inlines it into the wrapper that carries the target
-//! feature; a small closure is inlined, a large one is not (then it runs at the baseline
-//! width, with the same results). GELU's `erf` loops, inside larger closures, are not wide yet.
+//! Each loop is a [`Loop`] whose `run` is `#[inline(always)]`, so that it is compiled into the
+//! wrapper that carries the target feature (a closure would be inlined only when small).
 
-use super::exp_f32;
+use super::gelu::{gelu, gelu_grad};
+use super::{exp_f32, Real};
 
 /// A vector width the loops here are compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,46 +58,168 @@ pub(crate) fn detected() -> Level {
     Level::Base
 }
 
-/// Runs `f` compiled for `level`, which the CPU must support (checked: an unsupported level
-/// falls back to the baseline).
+/// A loop to compile at several vector widths. `run` must be `#[inline(always)]`, and so
+/// must everything it calls that should be wide.
+pub(crate) trait Loop {
+    /// What the loop returns.
+    type Output;
+    /// Runs the loop.
+    fn run(self) -> Self::Output;
+}
+
+/// Runs `l` compiled for `level`; a level the CPU lacks runs the baseline loop.
 #[inline(always)]
-fn at<R>(level: Level, f: impl FnOnce() -> R) -> R {
+pub(crate) fn at<L: Loop>(level: Level, l: L) -> L::Output {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: each wrapper is entered only when the CPU reports its feature.
         match level {
             Level::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
-                return unsafe { avx512(f) }
+                return unsafe { avx512(l) }
             }
             Level::Avx2 if std::arch::is_x86_feature_detected!("avx2") => {
-                return unsafe { avx2(f) }
+                return unsafe { avx2(l) }
             }
             _ => {}
         }
     }
     let _ = level;
-    f()
+    l.run()
 }
 
-/// `v ← exp(v − shift)` elementwise ([`exp_f32`]), at `level`.
-pub(crate) fn exp_shifted_f32(level: Level, v: &mut [f32], shift: f32) {
-    at(level, || {
-        for x in v.iter_mut() {
-            *x = exp_f32(*x - shift);
-        }
-    })
+/// Runs `l` compiled for [`level`].
+#[inline(always)]
+pub(crate) fn wide<L: Loop>(l: L) -> L::Output {
+    at(level(), l)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
+unsafe fn avx512<L: Loop>(l: L) -> L::Output {
+    l.run()
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
-    f()
+unsafe fn avx2<L: Loop>(l: L) -> L::Output {
+    l.run()
+}
+
+/// `v ← exp(v − shift)` elementwise ([`exp_f32`]).
+pub(crate) struct ExpShifted<'a> {
+    pub(crate) v: &'a mut [f32],
+    pub(crate) shift: f32,
+}
+
+impl Loop for ExpShifted<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        for x in self.v.iter_mut() {
+            *x = exp_f32(*x - self.shift);
+        }
+    }
+}
+
+/// `y ← GELU(h + b)` over rows of `b.len()` values.
+pub(crate) struct BiasGeluRows<'a, T> {
+    pub(crate) y: &'a mut [T],
+    pub(crate) h: &'a [T],
+    pub(crate) b: &'a [T],
+}
+
+impl<T: Real> Loop for BiasGeluRows<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let f = self.b.len();
+        for (yr, hr) in self.y.chunks_mut(f).zip(self.h.chunks(f)) {
+            for ((o, &v), &bv) in yr.iter_mut().zip(hr).zip(self.b) {
+                *o = gelu(v + bv);
+            }
+        }
+    }
+}
+
+/// `dh ← g ⊙ GELU′(h + b)` over rows of `b.len()` values, and `db += Σ_rows dh`.
+pub(crate) struct BiasGeluGrad<'a, T> {
+    pub(crate) dh: &'a mut [T],
+    pub(crate) db: &'a mut [T],
+    pub(crate) h: &'a [T],
+    pub(crate) g: &'a [T],
+    pub(crate) b: &'a [T],
+}
+
+impl<T: Real> Loop for BiasGeluGrad<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let (f, b, db) = (self.b.len(), self.b, self.db);
+        let rows = self
+            .dh
+            .chunks_mut(f)
+            .zip(self.h.chunks(f))
+            .zip(self.g.chunks(f));
+        for ((dr, hr), gr) in rows {
+            for i in 0..f {
+                let d = gr[i] * gelu_grad(hr[i] + b[i]);
+                dr[i] = d;
+                db[i] += d;
+            }
+        }
+    }
+}
+
+/// `a ← GELU(z)`, times the dropout keep-mask when there is one.
+pub(crate) struct GeluKeep<'a, T> {
+    pub(crate) a: &'a mut [T],
+    pub(crate) z: &'a [T],
+    pub(crate) keep: Option<&'a [f32]>,
+}
+
+impl<T: Real> Loop for GeluKeep<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        match self.keep {
+            Some(k) => {
+                for ((o, &v), &kk) in self.a.iter_mut().zip(self.z).zip(k) {
+                    *o = gelu(v) * T::from_f64(kk as f64);
+                }
+            }
+            None => {
+                for (o, &v) in self.a.iter_mut().zip(self.z) {
+                    *o = gelu(v);
+                }
+            }
+        }
+    }
+}
+
+/// `dz ← dz ⊙ keep ⊙ GELU′(z)` in place (without `keep` when there is none).
+pub(crate) struct GeluKeepGrad<'a, T> {
+    pub(crate) dz: &'a mut [T],
+    pub(crate) z: &'a [T],
+    pub(crate) keep: Option<&'a [f32]>,
+}
+
+impl<T: Real> Loop for GeluKeepGrad<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        match self.keep {
+            Some(k) => {
+                for ((o, &v), &kk) in self.dz.iter_mut().zip(self.z).zip(k) {
+                    *o = *o * T::from_f64(kk as f64) * gelu_grad(v);
+                }
+            }
+            None => {
+                for (o, &v) in self.dz.iter_mut().zip(self.z) {
+                    *o *= gelu_grad(v);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -102,13 +228,7 @@ mod tests {
 
     /// Inputs over the whole range the softmax sees, with the special values.
     fn inputs() -> Vec<f32> {
-        let mut v: Vec<f32> = (0..20_011)
-            .map(|i| {
-                let u = (i as f32 * 0.618_034).fract();
-                (u - 0.5) * 220.0 + (i % 7) as f32 * 1e-3
-            })
-            .collect();
-        v.extend([
+        let mut v = vec![
             0.0,
             -0.0,
             f32::MIN_POSITIVE,
@@ -123,7 +243,11 @@ mod tests {
             f32::NAN,
             f32::MAX,
             f32::MIN,
-        ]);
+        ];
+        v.extend((0..20_011).map(|i| {
+            let u = (i as f32 * 0.618_034).fract();
+            (u - 0.5) * 220.0 + (i % 7) as f32 * 1e-3
+        }));
         v
     }
 
@@ -131,23 +255,119 @@ mod tests {
         v.iter().map(|x| x.to_bits()).collect()
     }
 
+    /// Runs `make(level)` at every level and checks each output against the baseline's.
+    fn same_bits_at_every_width<F: FnMut(Level) -> Vec<f32>>(what: &str, mut make: F) {
+        let base = make(Level::Base);
+        // (a level the CPU lacks falls back to the baseline)
+        for level in [Level::Avx2, Level::Avx512] {
+            let got = make(level);
+            let bad = got
+                .iter()
+                .zip(&base)
+                .position(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan()));
+            if let Some(i) = bad {
+                panic!(
+                    "{what} at {level:?}: element {i} of {}: {:e} (bits {:#x}), baseline {:e} (bits {:#x})",
+                    got.len(),
+                    got[i],
+                    got[i].to_bits(),
+                    base[i],
+                    base[i].to_bits()
+                );
+            }
+        }
+    }
+
     #[test]
     fn every_width_gives_the_baseline_bits() {
         let x = inputs();
-        let mut base = x.clone();
-        exp_shifted_f32(Level::Base, &mut base, 0.75);
         // the baseline is the scalar definition
-        for (b, &v) in base.iter().zip(&x) {
-            assert_eq!(b.to_bits(), exp_f32(v - 0.75).to_bits());
-        }
-        // (a level the CPU lacks falls back to the baseline)
-        for level in [Level::Avx2, Level::Avx512] {
-            let mut e = x.clone();
-            exp_shifted_f32(level, &mut e, 0.75);
-            assert_eq!(bits(&e), bits(&base), "exp_shifted at {level:?}");
-        }
         let mut e = x.clone();
-        <f32 as crate::kernels::Real>::exp_shifted(&mut e, 0.75);
+        at(
+            Level::Base,
+            ExpShifted {
+                v: &mut e,
+                shift: 0.75,
+            },
+        );
+        for (a, &v) in e.iter().zip(&x) {
+            assert_eq!(a.to_bits(), exp_f32(v - 0.75).to_bits());
+        }
+        same_bits_at_every_width("exp", |l| {
+            let mut e = x.clone();
+            at(
+                l,
+                ExpShifted {
+                    v: &mut e,
+                    shift: 0.75,
+                },
+            );
+            e
+        });
+        // 541 rows of 37, the special values in the first
+        let n = x.len() / 37 * 37;
+        let (h, b) = (&x[..n], &x[..37]);
+        let g: Vec<f32> = x[..n].iter().map(|v| (v * 0.01).sin()).collect();
+        let keep: Vec<f32> = (0..n)
+            .map(|i| if i % 5 == 0 { 0.0 } else { 1.25 })
+            .collect();
+        same_bits_at_every_width("bias gelu", |l| {
+            let mut y = vec![0.0; n];
+            at(l, BiasGeluRows { y: &mut y, h, b });
+            y
+        });
+        same_bits_at_every_width("bias gelu grad", |l| {
+            let (mut dh, mut db) = (vec![0.0; n], vec![0.5; 37]);
+            at(
+                l,
+                BiasGeluGrad {
+                    dh: &mut dh,
+                    db: &mut db,
+                    h,
+                    g: &g,
+                    b,
+                },
+            );
+            dh.extend(db);
+            dh
+        });
+        for k in [None, Some(&keep[..])] {
+            same_bits_at_every_width("gelu keep", |l| {
+                let mut a = vec![0.0; n];
+                at(
+                    l,
+                    GeluKeep {
+                        a: &mut a,
+                        z: h,
+                        keep: k,
+                    },
+                );
+                a
+            });
+            same_bits_at_every_width("gelu keep grad", |l| {
+                let mut dz = g.clone();
+                at(
+                    l,
+                    GeluKeepGrad {
+                        dz: &mut dz,
+                        z: h,
+                        keep: k,
+                    },
+                );
+                dz
+            });
+        }
+        // and the entry point the kernels call, at this process's level
+        let mut e = x.clone();
+        <f32 as Real>::exp_shifted(&mut e, 0.75);
+        let mut base = x.clone();
+        at(
+            Level::Base,
+            ExpShifted {
+                v: &mut base,
+                shift: 0.75,
+            },
+        );
         assert_eq!(bits(&e), bits(&base), "exp_shifted at {:?}", level());
     }
 }

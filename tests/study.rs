@@ -127,6 +127,25 @@ fn runs_are_recorded_skipped_resumed_and_reported() {
     // Written twice from the same results, the report is the same file.
     report(&m, &all, &paths).unwrap();
     assert_eq!(std::fs::read_to_string(&paths.markdown).unwrap(), md);
+    // With one seed per arm no comparison can be tested, and the verdict says so instead of
+    // calling the difference not significant.
+    let seed0: Vec<_> = all.iter().filter(|r| r.seed == 0).cloned().collect();
+    report(&m, &seed0, &paths).unwrap();
+    let md1 = std::fs::read_to_string(&paths.markdown).unwrap();
+    let claim2 = md1
+        .lines()
+        .find(|l| l.starts_with("2. "))
+        .unwrap_or_else(|| panic!("{md1}"));
+    assert!(
+        claim2.contains("not testable yet on listops") && claim2.contains("(n = 1, 1)"),
+        "{claim2}"
+    );
+    assert!(!claim2.contains("no significant difference"), "{claim2}");
+    let claim1 = md1.lines().find(|l| l.starts_with("1. ")).unwrap();
+    assert!(
+        claim1.contains("not testable yet: 1 (task, layer) cells, each with fewer than two"),
+        "{claim1}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

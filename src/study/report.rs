@@ -842,22 +842,34 @@ fn verdicts(
             others.join("; ")
         )
     };
+    // cells with fewer than two seeds have no test yet (their Holm p is NaN)
+    let tested = luna.iter().filter(|c| !c.holm.is_nan()).count();
+    let pending = match luna.len() - tested {
+        0 => String::new(),
+        n => format!(" ({n} more not testable yet: fewer than two seeds)"),
+    };
     out.push(if luna.is_empty() {
         "1. **Luna's memory degrades during training:** no Luna runs yet.".to_string()
+    } else if tested == 0 {
+        format!(
+            "1. **Luna's memory degrades during training:** not testable yet: {} (task, layer) \
+             cells, each with fewer than two seeds.{others}",
+            luna.len()
+        )
     } else if degraded.is_empty() {
         format!(
             "1. **Luna's memory degrades during training: not reproduced** — Y_p's effective rank \
              (÷ m) did not fall significantly between the first evaluation and the best checkpoint \
-             in any of {} (task, layer) cells (table per task below).{others}",
-            luna.len()
+             in any of {} (task, layer) cells{pending} (table per task below).{others}",
+            tested
         )
     } else {
         format!(
-            "1. **Luna's memory degrades during training: reproduced in {} of {} (task, layer) cells** \
+            "1. **Luna's memory degrades during training: reproduced in {} of {} (task, layer) cells**{pending} \
              — Y_p's effective rank ÷ m fell significantly from the first evaluation to the best \
              checkpoint in {}.{others}",
             degraded.len(),
-            luna.len(),
+            tested,
             degraded.join("; ")
         )
     });
@@ -879,8 +891,22 @@ fn verdicts(
             .collect();
         let rest: Vec<String> = t
             .iter()
-            .filter(|t| t.holm.is_nan() || t.holm >= ALPHA)
+            .filter(|t| t.holm >= ALPHA)
             .map(|t| format!("{} {:+.1}", name(t.task), 100.0 * t.diff))
+            .collect();
+        // no test yet: fewer than two seeds in an arm (or no variance at all)
+        let untested: Vec<String> = t
+            .iter()
+            .filter(|t| t.holm.is_nan())
+            .map(|t| {
+                format!(
+                    "{} {:+.1} (n = {}, {})",
+                    name(t.task),
+                    100.0 * t.diff,
+                    t.n.0,
+                    t.n.1
+                )
+            })
             .collect();
         let of = format!(
             "{} of {} tasks with results, {} in the study",
@@ -909,6 +935,14 @@ fn verdicts(
                 line,
                 "; no significant difference on {} (points)",
                 rest.join(", ")
+            );
+        }
+        if !untested.is_empty() {
+            let _ = write!(
+                line,
+                "; not testable yet on {} (points; an arm has fewer than two seeds or no \
+                 variance)",
+                untested.join(", ")
             );
         }
         out.push(line + ".");

@@ -61,15 +61,13 @@ pub(crate) fn detected() -> Level {
 /// A loop to compile at several vector widths. `run` must be `#[inline(always)]`, and so
 /// must everything it calls that should be wide.
 pub(crate) trait Loop {
-    /// What the loop returns.
-    type Output;
     /// Runs the loop.
-    fn run(self) -> Self::Output;
+    fn run(self);
 }
 
 /// Runs `l` compiled for `level`; a level the CPU lacks runs the baseline loop.
 #[inline(always)]
-pub(crate) fn at<L: Loop>(level: Level, l: L) -> L::Output {
+pub(crate) fn at<L: Loop>(level: Level, l: L) {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: each wrapper is entered only when the CPU reports its feature.
@@ -89,19 +87,19 @@ pub(crate) fn at<L: Loop>(level: Level, l: L) -> L::Output {
 
 /// Runs `l` compiled for [`level`].
 #[inline(always)]
-pub(crate) fn wide<L: Loop>(l: L) -> L::Output {
+pub(crate) fn wide<L: Loop>(l: L) {
     at(level(), l)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn avx512<L: Loop>(l: L) -> L::Output {
+unsafe fn avx512<L: Loop>(l: L) {
     l.run()
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn avx2<L: Loop>(l: L) -> L::Output {
+unsafe fn avx2<L: Loop>(l: L) {
     l.run()
 }
 
@@ -112,7 +110,6 @@ pub(crate) struct ExpShifted<'a> {
 }
 
 impl Loop for ExpShifted<'_> {
-    type Output = ();
     #[inline(always)]
     fn run(self) {
         for x in self.v.iter_mut() {
@@ -129,7 +126,6 @@ pub(crate) struct BiasGeluRows<'a, T> {
 }
 
 impl<T: Real> Loop for BiasGeluRows<'_, T> {
-    type Output = ();
     #[inline(always)]
     fn run(self) {
         let f = self.b.len();
@@ -151,7 +147,6 @@ pub(crate) struct BiasGeluGrad<'a, T> {
 }
 
 impl<T: Real> Loop for BiasGeluGrad<'_, T> {
-    type Output = ();
     #[inline(always)]
     fn run(self) {
         let (f, b, db) = (self.b.len(), self.b, self.db);
@@ -178,7 +173,6 @@ pub(crate) struct GeluKeep<'a, T> {
 }
 
 impl<T: Real> Loop for GeluKeep<'_, T> {
-    type Output = ();
     #[inline(always)]
     fn run(self) {
         match self.keep {
@@ -204,7 +198,6 @@ pub(crate) struct GeluKeepGrad<'a, T> {
 }
 
 impl<T: Real> Loop for GeluKeepGrad<'_, T> {
-    type Output = ();
     #[inline(always)]
     fn run(self) {
         match self.keep {

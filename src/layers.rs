@@ -111,6 +111,16 @@ impl LayerNorm {
             eps: Self::EPS,
         })
     }
+
+    /// `LN(x + r)`, the post-norm residual of the blocks: `x`, `r` `[…, d]` → `[…, d]`. On
+    /// CPU f32/f64 one fused op that never stores `x + r`
+    /// ([`crate::kernels::add_layer_norm`]); elsewhere the sum, then [`Module::forward`].
+    pub fn forward_residual(&self, x: &Tensor, r: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(y) = crate::kernels::add_layer_norm(x, r, &self.weight, &self.bias, self.eps)? {
+            return Ok(y);
+        }
+        self.forward(&(x + r)?)
+    }
 }
 
 impl Module for LayerNorm {

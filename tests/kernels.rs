@@ -84,6 +84,17 @@ fn softmax_with_learned_scale_matches_composite() {
     assert!(max_diff(&gf[1], &gc[1]) < 1e-12, "dτ");
 }
 
+/// `(x − μ)/√(σ² + 10⁻⁶) · w + b` over the last dimension, from Candle's ops.
+fn composite_layer_norm(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+    let mu = x.mean_keepdim(D::Minus1).unwrap();
+    let xc = x.broadcast_sub(&mu).unwrap();
+    let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+    let y = xc
+        .broadcast_div(&(var + 1e-6).unwrap().sqrt().unwrap())
+        .unwrap();
+    y.broadcast_mul(w).unwrap().broadcast_add(b).unwrap()
+}
+
 #[test]
 fn layer_norm_matches_composite() {
     for (dtype, tol) in [(DType::F64, 1e-11), (DType::F32, 1e-4)] {
@@ -98,17 +109,7 @@ fn layer_norm_matches_composite() {
                 .expect("fused")
         });
         let (yc, gc) = grads(&vars, &r, || {
-            let x = x.as_tensor();
-            let mu = x.mean_keepdim(D::Minus1).unwrap();
-            let xc = x.broadcast_sub(&mu).unwrap();
-            let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
-            let y = xc
-                .broadcast_div(&(var + 1e-6).unwrap().sqrt().unwrap())
-                .unwrap();
-            y.broadcast_mul(w.as_tensor())
-                .unwrap()
-                .broadcast_add(b.as_tensor())
-                .unwrap()
+            composite_layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor())
         });
         assert!(max_diff(&yf, &yc) < tol, "{dtype:?} values");
         for (i, (a, c)) in gf.iter().zip(&gc).enumerate() {
@@ -116,6 +117,55 @@ fn layer_norm_matches_composite() {
                 max_diff(a, c) < tol,
                 "{dtype:?} gradient {i}: {}",
                 max_diff(a, c)
+            );
+        }
+    }
+}
+
+#[test]
+fn add_layer_norm_matches_composite_and_the_unfused_kernel() {
+    for (dtype, tol) in [(DType::F64, 1e-11), (DType::F32, 1e-4)] {
+        let x = Var::from_tensor(&randn(&[3, 9, 24], 25, dtype)).unwrap();
+        let res = Var::from_tensor(&randn(&[3, 9, 24], 26, dtype)).unwrap();
+        let w = Var::from_tensor(&randn(&[24], 27, dtype)).unwrap();
+        let b = Var::from_tensor(&randn(&[24], 28, dtype)).unwrap();
+        let r = randn(&[3, 9, 24], 29, dtype);
+        let vars = [&x, &res, &w, &b];
+        let (yf, gf) = grads(&vars, &r, || {
+            let (x, res) = (x.as_tensor(), res.as_tensor());
+            kernels::add_layer_norm(x, res, w.as_tensor(), b.as_tensor(), 1e-6)
+                .unwrap()
+                .expect("fused")
+        });
+        // The sum, then the fused LayerNorm: the same arithmetic in the same order, so the
+        // same bits.
+        let (yu, gu) = grads(&vars, &r, || {
+            let s = (x.as_tensor() + res.as_tensor()).unwrap();
+            kernels::layer_norm(&s, w.as_tensor(), b.as_tensor(), 1e-6)
+                .unwrap()
+                .expect("fused")
+        });
+        // The composite reference.
+        let (yc, gc) = grads(&vars, &r, || {
+            let s = (x.as_tensor() + res.as_tensor()).unwrap();
+            composite_layer_norm(&s, w.as_tensor(), b.as_tensor())
+        });
+        assert_eq!(
+            max_diff(&yf, &yu),
+            0.0,
+            "{dtype:?} values against the unfused kernel"
+        );
+        assert!(max_diff(&yf, &yc) < tol, "{dtype:?} values");
+        for (i, ((f, u), c)) in gf.iter().zip(&gu).zip(&gc).enumerate() {
+            assert_eq!(
+                max_diff(f, u),
+                0.0,
+                "{dtype:?} gradient {i} against the unfused kernel"
+            );
+            assert!(
+                max_diff(f, c) < tol,
+                "{dtype:?} gradient {i}: {}",
+                max_diff(f, c)
             );
         }
     }
@@ -647,4 +697,22 @@ fn kernels_decline_what_they_do_not_cover() {
         .is_none(),
         "a keep-mask of the wrong length stays composite"
     );
+    let (x, w) = (
+        randn(&[2, 3, 4], 19, DType::F32),
+        randn(&[4], 20, DType::F32),
+    );
+    for (r, what) in [
+        (randn(&[2, 1, 4], 21, DType::F32), "a broadcast residual"),
+        (
+            randn(&[2, 3, 4], 21, DType::F64),
+            "a residual of another dtype",
+        ),
+    ] {
+        assert!(
+            kernels::add_layer_norm(&x, &r, &w, &w, 1e-6)
+                .unwrap()
+                .is_none(),
+            "{what} stays composite"
+        );
+    }
 }

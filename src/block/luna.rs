@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{Module, ModuleT, Tensor};
+use candle_core::{ModuleT, Tensor};
 use candle_nn::VarBuilder;
 
 use super::BlockDims;
@@ -198,11 +198,11 @@ impl LunaBlock {
             Some(d) => (d.forward_t(&yx, train)?, d.forward_t(&yp, train)?),
             None => (yx, yp.clone()),
         };
-        let xa = self.norm_x.forward(&(x + yx)?)?;
-        let p = self.norm_p.forward(&(memory + ypr)?)?;
+        let xa = self.norm_x.forward_residual(x, &yx)?;
+        let p = self.norm_p.forward_residual(memory, &ypr)?;
         let x = self
             .norm_ffn
-            .forward(&(&xa + self.ffn.forward_t(&xa, train)?)?)?;
+            .forward_residual(&xa, &self.ffn.forward_t(&xa, train)?)?;
         Ok(LunaBlockOutput {
             x,
             memory: p,

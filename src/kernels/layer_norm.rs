@@ -1,13 +1,16 @@
 //! LayerNorm over the last dimension, `y = (x − μ)/√(σ² + ε) · γ + β`, fused, with its backward
-//! (the statistics are recomputed in the backward rather than stored).
+//! (the statistics are recomputed in the backward rather than stored); and the same of a
+//! residual sum, `y = LN(x + r)`, without storing `x + r`.
 
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType,
+    backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor,
 };
 use rayon::prelude::*;
 
 use super::{rows_per_task, slice, sum, with_data, Real};
 
+/// `LN(x)` as a two-input op `(x, [γ, β])`, and `LN(x + r)` as a three-input op
+/// `(x, r, [γ, β])` (a custom op takes at most three inputs, hence γ and β in one tensor).
 #[derive(Clone, Debug)]
 struct LayerNormOp {
     eps: f64,
@@ -35,88 +38,220 @@ fn stats<T: Real>(xr: &[T], eps: T) -> (T, T) {
     (mean, T::one() / (var + eps).sqrt())
 }
 
-fn forward<T: Real>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
+/// One row of the forward: `yr ← (xr − μ)·rstd·w + b`.
+#[inline]
+fn row_forward<T: Real>(yr: &mut [T], xr: &[T], w: &[T], b: &[T], eps: T) {
+    let (mean, rstd) = stats(xr, eps);
+    for (((o, &v), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+        *o = (v - mean) * rstd * wv + bv;
+    }
+}
+
+/// One row of the backward: writes `dr` (the input gradient) and adds the row's share of
+/// `[dγ, dβ]` to `acc`; `xhat` is scratch of length d.
+#[inline]
+fn row_backward<T: Real>(
+    dr: &mut [T],
+    xr: &[T],
+    gr: &[T],
+    w: &[T],
+    eps: T,
+    acc: &mut [T],
+    xhat: &mut [T],
+) {
+    let d = w.len();
+    let inv_d = T::one() / T::from_f64(d as f64);
+    let (mean, rstd) = stats(xr, eps);
+    let mut s1 = T::zero();
+    let mut s2 = T::zero();
+    for i in 0..d {
+        let xh = (xr[i] - mean) * rstd;
+        xhat[i] = xh;
+        let dxh = gr[i] * w[i];
+        s1 += dxh;
+        s2 += dxh * xh;
+        acc[i] += gr[i] * xh;
+        acc[d + i] += gr[i];
+    }
+    let (m1, m2) = (s1 * inv_d, s2 * inv_d);
+    for i in 0..d {
+        dr[i] = rstd * (gr[i] * w[i] - m1 - xhat[i] * m2);
+    }
+}
+
+/// The rows of `x`, or of `x + r` (summed into a scratch row) when `r` is given, one at a
+/// time; `f(row index within the chunk, row)`.
+#[inline]
+fn rows_of<T: Real>(x: &[T], r: Option<&[T]>, d: usize, mut f: impl FnMut(usize, &[T])) {
+    match r {
+        None => x.chunks(d).enumerate().for_each(|(i, xr)| f(i, xr)),
+        Some(r) => {
+            let mut s = vec![T::zero(); d];
+            for (i, (xr, rr)) in x.chunks(d).zip(r.chunks(d)).enumerate() {
+                for ((o, &u), &v) in s.iter_mut().zip(xr).zip(rr) {
+                    *o = u + v;
+                }
+                f(i, &s);
+            }
+        }
+    }
+}
+
+/// `LN(x)` or `LN(x + r)`.
+fn forward<T: Real>(x: &[T], r: Option<&[T]>, w: &[T], b: &[T], eps: f64) -> Vec<T> {
     let d = w.len();
     let eps = T::from_f64(eps);
     let mut y = super::zeros(x.len());
     let rpt = rows_per_task(d);
-    y.par_chunks_mut(d * rpt)
-        .zip(x.par_chunks(d * rpt))
-        .for_each(|(yc, xc)| {
-            for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-                let (mean, rstd) = stats(xr, eps);
-                for (((o, &v), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                    *o = (v - mean) * rstd * wv + bv;
-                }
-            }
+    y.par_chunks_mut(d * rpt).enumerate().for_each(|(t, yc)| {
+        let span = t * d * rpt..t * d * rpt + yc.len();
+        let rc = r.map(|r| &r[span.clone()]);
+        rows_of(&x[span], rc, d, |i, xr| {
+            row_forward(&mut yc[i * d..(i + 1) * d], xr, w, b, eps)
         });
+    });
     y
 }
 
-/// Returns dx and the concatenation `[dγ, dβ]`.
-fn backward<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
+/// Returns the gradient of the input (of `x`, or of `x + r`) and the concatenation
+/// `[dγ, dβ]`.
+fn backward<T: Real>(x: &[T], r: Option<&[T]>, w: &[T], g: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
     let d = w.len();
     let eps = T::from_f64(eps);
-    let inv_d = T::one() / T::from_f64(d as f64);
     let mut dx = super::zeros(x.len());
     let rpt = rows_per_task(d);
-    let parts = dx
-        .par_chunks_mut(d * rpt)
-        .zip(x.par_chunks(d * rpt))
-        .zip(g.par_chunks(d * rpt))
-        .map(|((dc, xc), gc)| {
-            let mut acc = vec![T::zero(); 2 * d];
-            let mut xhat = vec![T::zero(); d];
-            for ((dr, xr), gr) in dc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
-                let (mean, rstd) = stats(xr, eps);
-                let mut s1 = T::zero();
-                let mut s2 = T::zero();
-                for i in 0..d {
-                    let xh = (xr[i] - mean) * rstd;
-                    xhat[i] = xh;
-                    let dxh = gr[i] * w[i];
-                    s1 += dxh;
-                    s2 += dxh * xh;
-                    acc[i] += gr[i] * xh;
-                    acc[d + i] += gr[i];
-                }
-                let (m1, m2) = (s1 * inv_d, s2 * inv_d);
-                for i in 0..d {
-                    dr[i] = rstd * (gr[i] * w[i] - m1 - xhat[i] * m2);
-                }
-            }
-            acc
+    let parts = dx.par_chunks_mut(d * rpt).enumerate().map(|(t, dc)| {
+        let span = t * d * rpt..t * d * rpt + dc.len();
+        let gc = &g[span.clone()];
+        let rc = r.map(|r| &r[span.clone()]);
+        let mut acc = vec![T::zero(); 2 * d];
+        let mut xhat = vec![T::zero(); d];
+        rows_of(&x[span], rc, d, |i, xr| {
+            let rows = i * d..(i + 1) * d;
+            row_backward(
+                &mut dc[rows.clone()],
+                xr,
+                &gc[rows],
+                w,
+                eps,
+                &mut acc,
+                &mut xhat,
+            )
         });
+        acc
+    });
     let dwb = super::ordered_sum(parts, 2 * d);
     (dx, dwb)
 }
 
+type Input<'a> = (&'a CpuStorage, &'a Layout);
+
 impl LayerNormOp {
-    fn bwd_t<T: Real>(
+    fn cpu_fwd_any(
+        &self,
+        x: Input,
+        r: Option<Input>,
+        wb: Input,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn run<T: Real>(
+            x: Input,
+            r: Option<Input>,
+            wb: Input,
+            eps: f64,
+        ) -> candle_core::Result<CpuStorage> {
+            let wb = slice::<T>(wb.0, wb.1)?;
+            let r = match r {
+                Some((s, l)) => Some(slice::<T>(s, l)?),
+                None => None,
+            };
+            let d = wb.len() / 2;
+            let y = forward(slice(x.0, x.1)?, r, &wb[..d], &wb[d..], eps);
+            Ok(T::to_cpu_storage_owned(y))
+        }
+        let out = match x.0.dtype() {
+            DType::F32 => run::<f32>(x, r, wb, self.eps)?,
+            DType::F64 => run::<f64>(x, r, wb, self.eps)?,
+            dt => {
+                return Err(candle_core::Error::UnsupportedDTypeForOp(
+                    dt,
+                    "fused-layer-norm",
+                ))
+            }
+        };
+        Ok((out, x.1.shape().clone()))
+    }
+
+    /// The gradients of the input (of `x`, or of `x + r`) and of `[γ, β]`.
+    fn bwd_any(
         &self,
         x: &Tensor,
-        w: &Tensor,
+        r: Option<&Tensor>,
+        wb: &Tensor,
         g: &Tensor,
-    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-        let d = w.elem_count();
-        let (dx, dwb) = with_data::<T, _>(x, |xd| {
-            with_data::<T, _>(w, |wd| {
-                with_data::<T, _>(g, |gd| Ok(backward(xd, wd, gd, self.eps)))
-            })
-        })?;
-        let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
-        let dwb = Tensor::from_vec(dwb, 2 * d, x.device())?;
-        Ok((
-            dx,
-            dwb.narrow(0, 0, d)?.reshape(w.shape())?,
-            dwb.narrow(0, d, d)?.reshape(w.shape())?,
-        ))
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        fn run<T: Real>(
+            x: &Tensor,
+            r: Option<&Tensor>,
+            wb: &Tensor,
+            g: &Tensor,
+            eps: f64,
+        ) -> candle_core::Result<(Tensor, Tensor)> {
+            let d = wb.elem_count() / 2;
+            let grads = |rd: Option<&[T]>| {
+                with_data::<T, _>(x, |xd| {
+                    with_data::<T, _>(wb, |wbd| {
+                        with_data::<T, _>(g, |gd| Ok(backward(xd, rd, &wbd[..d], gd, eps)))
+                    })
+                })
+            };
+            let (dx, dwb) = match r {
+                Some(r) => with_data::<T, _>(r, |rd| grads(Some(rd)))?,
+                None => grads(None)?,
+            };
+            Ok((
+                Tensor::from_vec(dx, x.shape(), x.device())?,
+                Tensor::from_vec(dwb, 2 * d, x.device())?,
+            ))
+        }
+        match x.dtype() {
+            DType::F32 => run::<f32>(x, r, wb, g, self.eps),
+            DType::F64 => run::<f64>(x, r, wb, g, self.eps),
+            dt => Err(candle_core::Error::UnsupportedDTypeForOp(
+                dt,
+                "fused-layer-norm",
+            )),
+        }
+    }
+}
+
+impl CustomOp2 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.cpu_fwd_any((s1, l1), None, (s2, l2))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wb: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dwb) = self.bwd_any(x, None, wb, g)?;
+        Ok((Some(dx), Some(dwb)))
     }
 }
 
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
-        "fused-layer-norm"
+        "fused-add-layer-norm"
     }
     fn cpu_fwd(
         &self,
@@ -127,49 +262,33 @@ impl CustomOp3 for LayerNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(forward(
-                slice(s1, l1)?,
-                slice(s2, l2)?,
-                slice(s3, l3)?,
-                self.eps,
-            )),
-            DType::F64 => f64::to_cpu_storage_owned(forward(
-                slice(s1, l1)?,
-                slice(s2, l2)?,
-                slice(s3, l3)?,
-                self.eps,
-            )),
-            dt => {
-                return Err(candle_core::Error::UnsupportedDTypeForOp(
-                    dt,
-                    "fused-layer-norm",
-                ))
-            }
-        };
-        Ok((out, l1.shape().clone()))
+        self.cpu_fwd_any((s1, l1), Some((s2, l2)), (s3, l3))
     }
     #[allow(clippy::type_complexity)]
     fn bwd(
         &self,
         x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
+        r: &Tensor,
+        wb: &Tensor,
         _res: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = match x.dtype() {
-            DType::F32 => self.bwd_t::<f32>(x, w, g)?,
-            DType::F64 => self.bwd_t::<f64>(x, w, g)?,
-            dt => {
-                return Err(candle_core::Error::UnsupportedDTypeForOp(
-                    dt,
-                    "fused-layer-norm",
-                ))
-            }
-        };
-        Ok((Some(dx), Some(dw), Some(db)))
+        let (dx, dwb) = self.bwd_any(x, Some(r), wb, g)?;
+        // d(x + r)/dx = d(x + r)/dr = 1: both inputs receive the same gradient.
+        Ok((Some(dx.clone()), Some(dx), Some(dwb)))
     }
+}
+
+/// Whether the kernel covers `x [.., d]` with weight and bias `[d]` (and `r`, if given, of
+/// `x`'s shape): CPU f32/f64, one dtype, one device.
+fn covers(x: &Tensor, r: Option<&Tensor>, weight: &Tensor, bias: &Tensor) -> bool {
+    let d = x.dims().last().copied().unwrap_or(0);
+    let mut others = r.into_iter().chain([weight, bias]);
+    super::enabled("layer_norm", x)
+        && r.is_none_or(|r| r.dims() == x.dims())
+        && weight.dims() == [d]
+        && bias.dims() == [d]
+        && others.all(|t| t.dtype() == x.dtype() && t.device().same_device(x.device()))
 }
 
 /// Fused affine LayerNorm over the last dimension (weight and bias `[d]`), or `None` when the
@@ -181,19 +300,32 @@ pub fn layer_norm(
     bias: &Tensor,
     eps: f64,
 ) -> candle_core::Result<Option<Tensor>> {
-    let d = x.dims().last().copied().unwrap_or(0);
-    if !super::enabled("layer_norm", x)
-        || weight.dtype() != x.dtype()
-        || bias.dtype() != x.dtype()
-        || weight.dims() != [d]
-        || bias.dims() != [d]
-        || !weight.device().same_device(x.device())
-    {
+    if !covers(x, None, weight, bias) {
         return Ok(None);
     }
+    let wb = Tensor::cat(&[weight, bias], 0)?;
+    Ok(Some(x.contiguous()?.apply_op2(&wb, LayerNormOp { eps })?))
+}
+
+/// Fused `LN(x + r)`, the residual sum and the affine LayerNorm over the last dimension in
+/// one op: `x`, `r` `[…, d]` of the same shape, weight and bias `[d]`. The sum is formed a
+/// row at a time and never stored; the backward recomputes it. `None` when the kernel does
+/// not apply (not CPU f32/f64, mismatched shapes or dtypes, or switched off with
+/// `CONVLUNA_NO_FUSED=residual`) and the caller should use its composite path.
+pub fn add_layer_norm(
+    x: &Tensor,
+    r: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Option<Tensor>> {
+    if !super::enabled("residual", x) || !covers(x, Some(r), weight, bias) {
+        return Ok(None);
+    }
+    let wb = Tensor::cat(&[weight, bias], 0)?;
     Ok(Some(x.contiguous()?.apply_op3(
-        &weight.contiguous()?,
-        &bias.contiguous()?,
+        &r.contiguous()?,
+        &wb,
         LayerNormOp { eps },
     )?))
 }

@@ -8,7 +8,8 @@
 //! - [`conv_time`] / [`conv_time_merged`]: ConvLuna's stride-1 time filter (the latter on the
 //!   model-dimension layout with the key-padding mask folded in), [`conv_window_merged`] the
 //!   same at any stride, and [`max_pool_merged`] the max-pool filter (pads never enter a max);
-//! - [`layer_norm`], [`bias_gelu`] and [`softmax_scaled`] (the softmax with its logit scale
+//! - [`layer_norm`], [`add_layer_norm`] (the LayerNorm of a residual sum, `LN(x + r)`, in one
+//!   op), [`bias_gelu`] and [`softmax_scaled`] (the softmax with its logit scale
 //!   and key bias, for callers that keep the logits).
 //!
 //! Fewer, larger ops also matter because Candle's autograd accumulates every gradient into a
@@ -45,7 +46,7 @@ pub use attention::{attention, HeadLayout};
 pub use conv::{conv_time, conv_time_merged, conv_window_merged};
 pub use ffn::ffn;
 pub use gelu::bias_gelu;
-pub use layer_norm::layer_norm;
+pub use layer_norm::{add_layer_norm, layer_norm};
 pub use linear::linear;
 pub use pool::max_pool_merged;
 pub use softmax::softmax_scaled;
@@ -457,8 +458,9 @@ pub(crate) fn par_rows<V: Send>(
 /// True where the fused kernels apply: a CPU tensor of f32 or f64.
 ///
 /// `CONVLUNA_NO_FUSED=1` (or `all`) forces the composite ops everywhere, and a comma-separated
-/// list of `attention`, `linear`, `ffn`, `softmax`, `layer_norm`, `gelu`, `conv` switches off single kernels; this exists to
-/// measure what each kernel buys (BENCHMARKS.md).
+/// list of `attention`, `linear`, `ffn`, `softmax`, `layer_norm`, `residual` (the residual sum
+/// fused into the LayerNorm after it), `gelu`, `conv`, `pool` switches off single kernels; this
+/// exists to measure what each kernel buys (BENCHMARKS.md).
 pub fn fusable(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
 }

@@ -561,6 +561,68 @@ fn merged_pool_skips_padding_and_sends_a_tie_to_the_first_position() {
 }
 
 #[test]
+fn merged_pool_gradient_goes_to_the_first_valid_winner_on_many_ties() {
+    // Values from {0, 1, 2}: most windows hold ties. The reference is the definition, written
+    // out per element: the first valid position of the window that attains its max.
+    let (b, l, d) = (2usize, 13usize, 70usize); // d > 64: two channel passes
+    let xs: Vec<f64> = (0..b * l * d)
+        .map(|i| ((i * 7 + i / 5) % 3) as f64)
+        .collect();
+    let x =
+        Var::from_tensor(&Tensor::from_vec(xs.clone(), (b, l, d), &Device::Cpu).unwrap()).unwrap();
+    let valid: Vec<f64> = (0..b * l)
+        .map(|i| {
+            if (i % 4 == 1) || (i / l == 1 && i % l > 9) {
+                0.0
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(valid.clone(), (b, l), &Device::Cpu).unwrap();
+    for (k, s) in [(4usize, 2usize), (3, 1), (2, 2), (5, 3)] {
+        for masked in [false, true] {
+            let ok = |bi: usize, src: usize| !masked || valid[bi * l + src] != 0.0;
+            let out = (l - 1) / s + 1;
+            let gs: Vec<f64> = (0..b * out * d)
+                .map(|i| 1.0 + (i % 11) as f64 / 8.0)
+                .collect();
+            let g = Tensor::from_vec(gs.clone(), (b, out, d), &Device::Cpu).unwrap();
+            let y = kernels::max_pool_merged(x.as_tensor(), k, s, out, masked.then_some(&mask))
+                .unwrap()
+                .expect("fused");
+            let dx = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let dx = dx.get(x.as_tensor()).unwrap().flatten_all().unwrap();
+            let (y, dx) = (
+                y.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+                dx.to_vec1::<f64>().unwrap(),
+            );
+            let (mut want_y, mut want_dx) = (vec![0.0; b * out * d], vec![0.0; b * l * d]);
+            for bi in 0..b {
+                for t in 0..out {
+                    for c in 0..d {
+                        let mut best: Option<usize> = None;
+                        for src in (t * s..(t * s + k).min(l)).filter(|&p| ok(bi, p)) {
+                            let v = xs[(bi * l + src) * d + c];
+                            if best.is_none_or(|w| v > xs[(bi * l + w) * d + c]) {
+                                best = Some(src);
+                            }
+                        }
+                        if let Some(w) = best {
+                            let o = (bi * out + t) * d + c;
+                            want_y[o] = xs[(bi * l + w) * d + c];
+                            want_dx[(bi * l + w) * d + c] += gs[o];
+                        }
+                    }
+                }
+            }
+            assert_eq!(y, want_y, "k={k} s={s} masked={masked}: values");
+            assert_eq!(dx, want_dx, "k={k} s={s} masked={masked}: gradient");
+        }
+    }
+}
+
+#[test]
 fn linear_matches_matmul_with_and_without_bias() {
     for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
         let x = Var::from_tensor(&randn(&[2, 7, 5], 31, dtype)).unwrap();

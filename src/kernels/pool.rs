@@ -47,27 +47,6 @@ impl MaxPoolMerged {
             .filter(move |&src| m.is_none_or(|m| m[b * len + src] != T::zero()))
     }
 
-    /// For each output element, the input position that wins its max (`u32::MAX`: none).
-    fn argmax<T: Real>(&self, x: &[T], m: Option<&[T]>, len: usize, d: usize) -> Vec<u32> {
-        let n = x.len() / (len * d).max(1);
-        self.per_output_row(n, d, u32::MAX, |ar: &mut [u32], b, t| {
-            let mut first = true;
-            for src in self.window(m, b, t, len) {
-                let xr = &x[(b * len + src) * d..(b * len + src + 1) * d];
-                if first {
-                    ar.fill(src as u32);
-                    first = false;
-                    continue;
-                }
-                for c in 0..d {
-                    if xr[c] > x[(b * len + ar[c] as usize) * d + c] {
-                        ar[c] = src as u32;
-                    }
-                }
-            }
-        })
-    }
-
     fn forward<T: Real>(&self, x: &[T], m: Option<&[T]>, len: usize, d: usize) -> Vec<T> {
         let n = x.len() / (len * d).max(1);
         self.per_output_row(n, d, T::zero(), |yr: &mut [T], b, t| {
@@ -78,42 +57,44 @@ impl MaxPoolMerged {
                     yr.copy_from_slice(xr);
                     first = false;
                 } else {
+                    // branch-free, so that it vectorises; `>` keeps the earlier value on a tie
+                    // and a NaN that came first (as the backward's `same` expects)
                     for (o, &v) in yr.iter_mut().zip(xr) {
-                        if v > *o {
-                            *o = v;
-                        }
+                        *o = if v > *o { v } else { *o };
                     }
                 }
             }
         })
     }
 
-    /// `dx[src, c] = Σ_t [argmax(t, c) = src] · g[t, c]`, gathered per input row over the
-    /// windows that hold it, in increasing t (a fixed order: deterministic).
+    /// `dx[src, c] = Σ_t [src wins (t, c)] · g[t, c]`, gathered per input row over the windows
+    /// that hold it, in increasing t (a fixed order: deterministic). Position `src` wins the
+    /// max `y[t, c]` when it is valid, `x[src, c]` equals `y[t, c]` and no valid position of
+    /// the window before it does (the first position on a tie). The winners are found from
+    /// the forward's output `y` rather than by a second max pass: `y` holds values of `x`
+    /// only (pads are skipped, not lowered), and a NaN equals a NaN here (`same`), which is
+    /// where the forward leaves it, at the window's first valid position.
     fn input_grad<T: Real>(
         &self,
         x: &[T],
+        y: &[T],
         g: &[T],
         m: Option<&[T]>,
         len: usize,
         d: usize,
     ) -> Vec<T> {
-        let arg = self.argmax(x, m, len, d);
         let mut dx = super::zeros(x.len());
-        super::par_rows(&mut dx, d, self.kernel, |xr, row| {
-            let (b, src) = (row / len, row % len);
-            // windows t with t·s ≤ src < t·s + k
-            let lo = (src + 1).saturating_sub(self.kernel).div_ceil(self.stride);
-            let hi = (src / self.stride + 1).min(self.out_len);
-            for t in lo..hi {
-                let o = (b * self.out_len + t) * d;
-                let (ar, gr) = (&arg[o..o + d], &g[o..o + d]);
-                for c in 0..d {
-                    if ar[c] == src as u32 {
-                        xr[c] += gr[c];
-                    }
-                }
-            }
+        super::par_rows(&mut dx, d, self.kernel, |dr, row| {
+            super::wide::wide(MaxGradRow {
+                op: self,
+                x,
+                y,
+                g,
+                m,
+                len,
+                row,
+                dr,
+            })
         });
         dx
     }
@@ -130,16 +111,90 @@ impl MaxPoolMerged {
         ))
     }
 
-    fn bwd_t<T: Real>(&self, x: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+    fn bwd_t<T: Real>(&self, x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
         let (_, len, d) = x.dims3()?;
-        let g = g.contiguous()?;
         let dx = with_data::<T, _>(x, |xd| {
-            with_data::<T, _>(&g, |gd| match &self.mask {
-                Some(m) => with_data::<T, _>(m, |md| Ok(self.input_grad(xd, gd, Some(md), len, d))),
-                None => Ok(self.input_grad(xd, gd, None, len, d)),
+            with_data::<T, _>(y, |yd| {
+                with_data::<T, _>(g, |gd| match &self.mask {
+                    Some(m) => {
+                        with_data::<T, _>(m, |md| Ok(self.input_grad(xd, yd, gd, Some(md), len, d)))
+                    }
+                    None => Ok(self.input_grad(xd, yd, gd, None, len, d)),
+                })
             })
         })?;
         Tensor::from_vec(dx, x.shape(), x.device())
+    }
+}
+
+/// One row `src` of the max-pool's input gradient ([`MaxPoolMerged::input_grad`]), a
+/// [`super::wide::Loop`] so that its compares and selects run at the CPU's vector width (the
+/// result is the same bit for bit: it adds the same values in the same order).
+struct MaxGradRow<'a, T> {
+    op: &'a MaxPoolMerged,
+    x: &'a [T],
+    y: &'a [T],
+    g: &'a [T],
+    m: Option<&'a [T]>,
+    len: usize,
+    row: usize,
+    dr: &'a mut [T],
+}
+
+/// `a = b`, where a NaN equals a NaN.
+#[inline(always)]
+fn same<T: Real>(a: T, b: T) -> bool {
+    a == b || (a.is_nan() && b.is_nan())
+}
+
+impl<T: Real> super::wide::Loop for MaxGradRow<'_, T> {
+    #[inline(always)]
+    fn run(self) {
+        /// Channels handled per pass: the flags live on the stack.
+        const LANES: usize = 64;
+        let Self {
+            op,
+            x,
+            y,
+            g,
+            m,
+            len,
+            row,
+            dr,
+        } = self;
+        let d = dr.len();
+        let (b, src) = (row / len, row % len);
+        let valid = |p: usize| m.is_none_or(|m| m[b * len + p] != T::zero());
+        if !valid(src) {
+            return;
+        }
+        let xs = &x[row * d..(row + 1) * d];
+        // windows t with t·s ≤ src < t·s + k
+        let lo = (src + 1).saturating_sub(op.kernel).div_ceil(op.stride);
+        let hi = (src / op.stride + 1).min(op.out_len);
+        for t in lo..hi {
+            let o = (b * op.out_len + t) * d;
+            let (yr, gr) = (&y[o..o + d], &g[o..o + d]);
+            for c0 in (0..d).step_by(LANES) {
+                let w = LANES.min(d - c0);
+                let (xc, yc, gc) = (&xs[c0..c0 + w], &yr[c0..c0 + w], &gr[c0..c0 + w]);
+                let mut win = [false; LANES];
+                for ((f, &a), &v) in win.iter_mut().zip(xc).zip(yc) {
+                    *f = same(a, v);
+                }
+                // an earlier valid position of the window with the max takes it
+                for e in (t * op.stride..src).filter(|&e| valid(e)) {
+                    let xe = &x[(b * len + e) * d + c0..(b * len + e) * d + c0 + w];
+                    for ((f, &a), &v) in win.iter_mut().zip(xe).zip(yc) {
+                        *f &= !same(a, v);
+                    }
+                }
+                // dx is never −0, so adding +0 where src lost changes no bit
+                for ((o, &f), &gv) in dr[c0..c0 + w].iter_mut().zip(&win).zip(gc) {
+                    *o += if f { gv } else { T::zero() };
+                }
+            }
+        }
     }
 }
 
@@ -157,10 +212,10 @@ impl CustomOp1 for MaxPoolMerged {
             )),
         }
     }
-    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(&self, x: &Tensor, res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(match x.dtype() {
-            DType::F32 => self.bwd_t::<f32>(x, g)?,
-            DType::F64 => self.bwd_t::<f64>(x, g)?,
+            DType::F32 => self.bwd_t::<f32>(x, res, g)?,
+            DType::F64 => self.bwd_t::<f64>(x, res, g)?,
             dt => {
                 return Err(candle_core::Error::UnsupportedDTypeForOp(
                     dt,

@@ -287,7 +287,15 @@ fn merge(x: &Tensor) -> Tensor {
 fn attention_matches_composite_with_bias_and_dropout() {
     // n < L (pack: memory attends to the sequence) and n > L (unpack), odd sizes; the inputs
     // live in the merged layout [B, n, h·d] and the split layout is fed through split/merge.
-    for (n, l, dk, dv) in [(3usize, 13usize, 4usize, 5usize), (11, 4, 3, 2)] {
+    // n = 70 and L = 67 or 96: products of 64 rows or more reach the gemm crate's full-size
+    // micro-kernels (and several column blocks), not only its edge cases.
+    let shapes = [
+        (3usize, 13usize, 4usize, 5usize),
+        (11, 4, 3, 2),
+        (70, 67, 5, 3),
+        (9, 96, 4, 2),
+    ];
+    for (n, l, dk, dv) in shapes {
         for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 2e-5)] {
             let (b, h) = (2, 3);
             let q = Var::from_tensor(&randn(&[b, n, h * dk], 21, dtype)).unwrap();

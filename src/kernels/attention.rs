@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{backend::BackendStorage, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{dot, gemm, max, slice, sum, with_data, Real};
+use super::{dot, gemm, slice, with_data, Real};
 
 /// Where the heads of q, k, v and y live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,19 +166,7 @@ impl<T> SharedMut<T> {
 
 /// Adds the bias row, then turns each row of `z` (`n × l`) into its softmax.
 fn softmax_rows<T: Real>(z: &mut [T], l: usize, bias: Option<&[T]>) {
-    for row in z.chunks_mut(l) {
-        if let Some(b) = bias {
-            for (x, &bb) in row.iter_mut().zip(b) {
-                *x += bb;
-            }
-        }
-        let mx = max(row);
-        T::exp_shifted(row, mx);
-        let inv = T::one() / sum(row);
-        for x in row.iter_mut() {
-            *x *= inv;
-        }
-    }
+    super::wide::wide(super::wide::SoftmaxRows { z, l, bias })
 }
 
 /// `dst ← w ⊙ keep` for one slice.

@@ -160,7 +160,7 @@ pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
 }
 
 /// `Σ a_i` with eight independent accumulators.
-#[inline]
+#[inline(always)]
 pub(crate) fn sum<T: Real>(a: &[T]) -> T {
     let mut acc = [T::zero(); 8];
     let a8 = a.chunks_exact(8);
@@ -178,7 +178,7 @@ pub(crate) fn sum<T: Real>(a: &[T]) -> T {
 }
 
 /// `max_i a_i` with eight independent lanes.
-#[inline]
+#[inline(always)]
 pub(crate) fn max<T: Real>(a: &[T]) -> T {
     let mut acc = [T::neg_infinity(); 8];
     let a8 = a.chunks_exact(8);

@@ -1,5 +1,6 @@
 //! The kernels' elementwise loops that evaluate polynomials (the softmaxes' `exp`, GELU's
-//! `erf` and `exp` and its gradient) in versions compiled for AVX2 (8 f32 lanes) and
+//! `erf` and `exp` and its gradient), the attention's row softmax as a whole and the max-pool
+//! gradient's compares and selects, in versions compiled for AVX2 (8 f32 lanes) and
 //! AVX-512F (16), picked once at run time from what the CPU reports. The crate is otherwise
 //! compiled for the target's baseline (SSE2 on x86-64: 4 lanes), unless its user builds with
 //! `-C target-cpu`.
@@ -114,6 +115,36 @@ impl Loop for ExpShifted<'_> {
     fn run(self) {
         for x in self.v.iter_mut() {
             *x = exp_f32(*x - self.shift);
+        }
+    }
+}
+
+/// The attention's softmax over rows of `l` logits, in place: `z ← softmax(z + bias)` with
+/// the row maximum subtracted first. Its maximum and sum are [`super::max`] and
+/// [`super::sum`] with their eight fixed lanes, so every width adds in the same order.
+pub(crate) struct SoftmaxRows<'a, T> {
+    pub(crate) z: &'a mut [T],
+    pub(crate) l: usize,
+    pub(crate) bias: Option<&'a [T]>,
+}
+
+impl<T: Real> Loop for SoftmaxRows<'_, T> {
+    #[inline(always)]
+    fn run(self) {
+        for row in self.z.chunks_mut(self.l.max(1)) {
+            if let Some(b) = self.bias {
+                for (x, &bb) in row.iter_mut().zip(b) {
+                    *x += bb;
+                }
+            }
+            let mx = super::max(row);
+            for x in row.iter_mut() {
+                *x = (*x - mx).exp_fast();
+            }
+            let inv = T::one() / super::sum(row);
+            for x in row.iter_mut() {
+                *x *= inv;
+            }
         }
     }
 }
@@ -348,6 +379,24 @@ mod tests {
                     },
                 );
                 dz
+            });
+        }
+        // the attention's softmax, rows of 37 with and without a bias (large negatives in it)
+        let bias: Vec<f32> = (0..37)
+            .map(|i| if i % 7 == 3 { -1e9 } else { i as f32 * 0.1 })
+            .collect();
+        for bias in [None, Some(&bias[..])] {
+            same_bits_at_every_width("softmax rows", |l| {
+                let mut z: Vec<f32> = x[..n].iter().map(|v| v.clamp(-80.0, 80.0)).collect();
+                at(
+                    l,
+                    SoftmaxRows {
+                        z: &mut z,
+                        l: 37,
+                        bias,
+                    },
+                );
+                z
             });
         }
         // and the entry point the kernels call, at this process's level

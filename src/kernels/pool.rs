@@ -164,8 +164,7 @@ impl<T: Real> super::wide::Loop for MaxGradRow<'_, T> {
         } = self;
         let d = dr.len();
         let (b, src) = (row / len, row % len);
-        let valid = |p: usize| m.is_none_or(|m| m[b * len + p] != T::zero());
-        if !valid(src) {
+        if m.is_some_and(|m| m[row] == T::zero()) {
             return;
         }
         let xs = &x[row * d..(row + 1) * d];
@@ -183,7 +182,7 @@ impl<T: Real> super::wide::Loop for MaxGradRow<'_, T> {
                     *f = same(a, v);
                 }
                 // an earlier valid position of the window with the max takes it
-                for e in (t * op.stride..src).filter(|&e| valid(e)) {
+                for e in op.window(m, b, t, len).take_while(|&e| e < src) {
                     let xe = &x[(b * len + e) * d + c0..(b * len + e) * d + c0 + w];
                     for ((f, &a), &v) in win.iter_mut().zip(xe).zip(yc) {
                         *f &= !same(a, v);

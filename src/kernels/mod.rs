@@ -61,8 +61,6 @@ pub(crate) trait Real: WithDType + num_traits::Float {
     fn erf(self) -> Self;
     /// `exp(self)`: [`exp_f32`] in f32, `f64::exp` in f64.
     fn exp_fast(self) -> Self;
-    /// `v ← exp(v − shift)` elementwise.
-    fn exp_shifted(v: &mut [Self], shift: Self);
 }
 impl Real for f32 {
     #[inline(always)]
@@ -73,9 +71,6 @@ impl Real for f32 {
     fn exp_fast(self) -> Self {
         exp_f32(self)
     }
-    fn exp_shifted(v: &mut [Self], shift: Self) {
-        wide::wide(wide::ExpShifted { v, shift })
-    }
 }
 impl Real for f64 {
     fn erf(self) -> Self {
@@ -83,11 +78,6 @@ impl Real for f64 {
     }
     fn exp_fast(self) -> Self {
         self.exp()
-    }
-    fn exp_shifted(v: &mut [Self], shift: Self) {
-        for x in v.iter_mut() {
-            *x = (*x - shift).exp();
-        }
     }
 }
 

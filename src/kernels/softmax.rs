@@ -9,7 +9,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use super::{dot, max, rows_per_task, scalar, slice, sum, with_data, Real};
+use super::{dot, rows_per_task, scalar, slice, with_data, Real};
 
 #[derive(Clone, Debug)]
 struct Softmax {
@@ -41,12 +41,11 @@ fn forward<T: Real>(x: &[T], n: usize, scale: T, bias: Option<(&[T], usize)>) ->
                         }
                     }
                 }
-                let mx = max(yr);
-                T::exp_shifted(yr, mx);
-                let inv = T::one() / sum(yr);
-                for o in yr.iter_mut() {
-                    *o *= inv;
-                }
+                super::wide::wide(super::wide::SoftmaxRows {
+                    z: yr,
+                    l: n,
+                    bias: None,
+                });
             }
         });
     y

@@ -17,7 +17,7 @@
 //! wrapper that carries the target feature (a closure would be inlined only when small).
 
 use super::gelu::{gelu, gelu_grad};
-use super::{exp_f32, Real};
+use super::Real;
 
 /// A vector width the loops here are compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,21 +102,6 @@ unsafe fn avx512<L: Loop>(l: L) {
 #[target_feature(enable = "avx2")]
 unsafe fn avx2<L: Loop>(l: L) {
     l.run()
-}
-
-/// `v ← exp(v − shift)` elementwise ([`exp_f32`]).
-pub(crate) struct ExpShifted<'a> {
-    pub(crate) v: &'a mut [f32],
-    pub(crate) shift: f32,
-}
-
-impl Loop for ExpShifted<'_> {
-    #[inline(always)]
-    fn run(self) {
-        for x in self.v.iter_mut() {
-            *x = exp_f32(*x - self.shift);
-        }
-    }
 }
 
 /// The attention's softmax over rows of `l` logits, in place: `z ← softmax(z + bias)` with
@@ -248,7 +233,23 @@ impl<T: Real> Loop for GeluKeepGrad<'_, T> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::exp_f32;
     use super::*;
+
+    /// `v ← exp(v − shift)` elementwise: [`exp_f32`] alone, as [`SoftmaxRows`] evaluates it.
+    struct ExpShifted<'a> {
+        v: &'a mut [f32],
+        shift: f32,
+    }
+
+    impl Loop for ExpShifted<'_> {
+        #[inline(always)]
+        fn run(self) {
+            for x in self.v.iter_mut() {
+                *x = exp_f32(*x - self.shift);
+            }
+        }
+    }
 
     /// Inputs over the whole range the softmax sees, with the special values.
     fn inputs() -> Vec<f32> {
@@ -400,16 +401,21 @@ mod tests {
             });
         }
         // and the entry point the kernels call, at this process's level
-        let mut e = x.clone();
-        <f32 as Real>::exp_shifted(&mut e, 0.75);
-        let mut base = x.clone();
+        let mut z: Vec<f32> = x[..n].iter().map(|v| v.clamp(-80.0, 80.0)).collect();
+        let mut base = z.clone();
+        wide(SoftmaxRows {
+            z: &mut z,
+            l: 37,
+            bias: None,
+        });
         at(
             Level::Base,
-            ExpShifted {
-                v: &mut base,
-                shift: 0.75,
+            SoftmaxRows {
+                z: &mut base,
+                l: 37,
+                bias: None,
             },
         );
-        assert_eq!(bits(&e), bits(&base), "exp_shifted at {:?}", level());
+        assert_eq!(bits(&z), bits(&base), "softmax rows at {:?}", level());
     }
 }

@@ -288,12 +288,15 @@ fn attention_matches_composite_with_bias_and_dropout() {
     // n < L (pack: memory attends to the sequence) and n > L (unpack), odd sizes; the inputs
     // live in the merged layout [B, n, h·d] and the split layout is fed through split/merge.
     // n = 70 and L = 67 or 96: products of 64 rows or more reach the gemm crate's full-size
-    // micro-kernels (and several column blocks), not only its edge cases.
+    // micro-kernels (and several column blocks), not only its edge cases. n = 300, L = 520 and
+    // n = 530, L = 40 span several of the backward's 256 × 256 tiles, with ragged last tiles.
     let shapes = [
         (3usize, 13usize, 4usize, 5usize),
         (11, 4, 3, 2),
         (70, 67, 5, 3),
         (9, 96, 4, 2),
+        (300, 520, 3, 2),
+        (530, 40, 2, 3),
     ];
     for (n, l, dk, dv) in shapes {
         for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 2e-5)] {

@@ -18,6 +18,10 @@
 //! dq = s·dz·k,          dk = s·dzᵀ·q
 //! ```
 //!
+//! run in tiles of at most 256 query rows × 256 key columns, so that `g_w` and `dz` are never
+//! formed whole (at L = 16384 they would be 16 MiB per slice, out of cache); the row sums
+//! `Σ_j g_w ⊙ w` are taken as `g_i · y_i`, which is the same quantity (see `backward`).
+//!
 //! Compared with the composite graph this saves the gradient-accumulation passes Candle's
 //! autograd makes over every `[B, h, n, L]` intermediate (a zero fill and an add each), the
 //! transposed-view adds for `kᵀ`, and about half of the memory traffic.
@@ -208,7 +212,7 @@ fn forward<T: Real>(
             // SAFETY: `wu` holds n·l elements and gemm_ptr writes every one of them (it never
             // reads dst), so the chunk is initialised when the slice is formed.
             let ws: &mut [T] = unsafe {
-                super::gemm_ptr(n, l, dk, wp, l, qs, qv.rs, 1, ks, 1, kv.rs, scale);
+                super::gemm_ptr(n, l, dk, wp, l, qs, qv.rs, 1, ks, 1, kv.rs, scale, false);
                 std::slice::from_raw_parts_mut(wp, wu.len())
             };
             softmax_rows(ws, l, bias.map(|b| &b[(s / h) * l..(s / h + 1) * l]));
@@ -220,14 +224,14 @@ fn forward<T: Real>(
                 None => ws,
             };
             // SAFETY: slice s writes only its own rows × columns of y (see SharedMut).
-            unsafe { gemm_into(yp, yv, n, dv, l, wd, l, 1, vs, vv.rs, 1, T::one()) };
+            unsafe { gemm_into(yp, yv, n, dv, l, wd, l, 1, vs, vv.rs, 1, T::one(), false) };
         });
     // SAFETY: every chunk of the first `total` elements was written above.
     unsafe { w.set_len(total) };
     (y, w)
 }
 
-/// `gemm` into the slice `view` of a shared output.
+/// `gemm` into (or, when `accumulate`, onto) the slice `view` of a shared output.
 ///
 /// # Safety
 /// No other task may touch the elements of `view` while this runs.
@@ -245,6 +249,7 @@ unsafe fn gemm_into<T: Real>(
     rhs_rs: usize,
     rhs_cs: usize,
     beta: T,
+    accumulate: bool,
 ) {
     assert!(
         view.off + view.span <= dst.1,
@@ -263,6 +268,7 @@ unsafe fn gemm_into<T: Real>(
         rhs_rs,
         rhs_cs,
         beta,
+        accumulate,
     )
 }
 
@@ -272,12 +278,31 @@ struct Grads<T> {
     dv: Vec<T>,
 }
 
+/// Rows and columns of one tile of the backward: its `g_w`/`dz` tile (`TILE × TILE` values,
+/// 256 KiB in f32) stays in the core's cache between the five products that touch it.
+const TILE: usize = 256;
+
+/// The backward of one call, per (batch, head) slice, in tiles of query rows × key columns.
+///
+/// The softmax backward needs `c_i = Σ_j g_w[i, j]·w[i, j]` for each row before any tile of
+/// `dz` can be formed; it equals `g_i · y_i` (since `y_i = Σ_j w_ij·keep_ij·v_j`), so it is
+/// taken from the forward's output `y` and the `n × L` matrices `g_w` and `dz` never exist
+/// whole: per tile,
+///
+/// ```text
+/// g_w = g_r·v_cᵀ ⊙ keep,  dv_c += (w ⊙ keep)_rcᵀ·g_r,  dz = w_rc ⊙ (g_w − c_r),
+/// dq_r += s·dz·k_c,        dk_c += s·dzᵀ·q_r
+/// ```
+///
+/// with the tiles of a slice visited in a fixed order, so the sums do not depend on the
+/// number of threads.
 #[allow(clippy::too_many_arguments)]
 fn backward<T: Real>(
     q: &[T],
     k: &[T],
     v: &[T],
     w: &[T],
+    y: &[T],
     g: &[T],
     d: Dims,
     scale: T,
@@ -293,65 +318,121 @@ fn backward<T: Real>(
         SharedMut::new(&mut dvv),
     );
     (0..d.slices()).into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(gw, wd), s| {
+        || (Vec::new(), Vec::new(), Vec::new()),
+        |(gw, wd, c), s| {
             let (qv, kv, vv, yv) = (
                 d.view(s, n, dk),
                 d.view(s, l, dk),
                 d.view(s, l, dv),
                 d.view(s, n, dv),
             );
-            let (qs, ks, vs, gs) = (&q[qv.off..], &k[kv.off..], &v[vv.off..], &g[yv.off..]);
             let ws = &w[s * n * l..(s + 1) * n * l];
-            gw.clear();
-            gw.resize(n * l, T::zero());
-            // g_w = g·vᵀ
-            gemm(
-                n,
-                l,
-                dv,
-                gw,
-                l,
-                gs,
-                yv.rs,
-                1,
-                vs,
-                1,
-                vv.rs,
-                T::one(),
-                false,
-                1,
-            );
-            let wdr: &[T] = match keep {
-                Some(kp) => {
-                    let kps = &kp[s * n * l..(s + 1) * n * l];
-                    for (x, &kk) in gw.iter_mut().zip(kps) {
-                        *x *= T::from_f64(kk as f64);
+            c.clear();
+            c.extend((0..n).map(|i| {
+                let o = yv.off + i * yv.rs;
+                dot(&g[o..o + dv], &y[o..o + dv])
+            }));
+            for r0 in (0..n).step_by(TILE) {
+                let r = TILE.min(n - r0);
+                let (qs, gs) = (&q[qv.off + r0 * qv.rs..], &g[yv.off + r0 * yv.rs..]);
+                for c0 in (0..l).step_by(TILE) {
+                    let cc = TILE.min(l - c0);
+                    let (ks, vs) = (&k[kv.off + c0 * kv.rs..], &v[vv.off + c0 * vv.rs..]);
+                    let wt = &ws[r0 * l + c0..];
+                    // g_w = g_r·v_cᵀ (r × cc, contiguous; the gemm overwrites every element,
+                    // so the buffer is only zero-filled when it grows)
+                    gw.resize(r * cc, T::zero());
+                    gemm(
+                        r,
+                        cc,
+                        dv,
+                        gw,
+                        cc,
+                        gs,
+                        yv.rs,
+                        1,
+                        vs,
+                        1,
+                        vv.rs,
+                        T::one(),
+                        false,
+                        1,
+                    );
+                    // (w ⊙ keep) of the tile, and g_w ⊙ keep
+                    let (wdr, wdr_cs): (&[T], usize) = match keep {
+                        Some(kp) => {
+                            wd.clear();
+                            for i in 0..r {
+                                let o = s * n * l + (r0 + i) * l + c0;
+                                let (kr, wr) = (&kp[o..o + cc], &wt[i * l..i * l + cc]);
+                                for (x, &kk) in gw[i * cc..(i + 1) * cc].iter_mut().zip(kr) {
+                                    *x *= T::from_f64(kk as f64);
+                                }
+                                wd.extend(
+                                    wr.iter()
+                                        .zip(kr)
+                                        .map(|(&x, &kk)| x * T::from_f64(kk as f64)),
+                                );
+                            }
+                            (wd, cc)
+                        }
+                        None => (wt, l),
+                    };
+                    let (acc_r, acc_c) = (r0 > 0, c0 > 0);
+                    // SAFETY (all three): slice s writes only its own rows × columns (see
+                    // SharedMut), and the tiles of a slice run one after another.
+                    // dv_c (+)= (w ⊙ keep)_rcᵀ·g_r
+                    let dvv = sub(vv, c0, cc, dv);
+                    unsafe {
+                        gemm_into(
+                            dvp,
+                            dvv,
+                            cc,
+                            dv,
+                            r,
+                            wdr,
+                            1,
+                            wdr_cs,
+                            gs,
+                            yv.rs,
+                            1,
+                            T::one(),
+                            acc_r,
+                        )
+                    };
+                    // dz = w ⊙ (g_w − c), in place
+                    for i in 0..r {
+                        let ci = c[r0 + i];
+                        let wr = &wt[i * l..i * l + cc];
+                        for (x, &wv) in gw[i * cc..(i + 1) * cc].iter_mut().zip(wr) {
+                            *x = wv * (*x - ci);
+                        }
                     }
-                    apply_keep(wd, ws, kps);
-                    wd
-                }
-                None => ws,
-            };
-            // SAFETY (all three): slice s writes only its own rows × columns (see SharedMut).
-            // dv = (w ⊙ keep)ᵀ·g
-            unsafe { gemm_into(dvp, vv, l, dv, n, wdr, 1, l, gs, yv.rs, 1, T::one()) };
-            // dz = w ⊙ (g_w − Σ g_w ⊙ w), in place
-            for (gr, wr) in gw.chunks_mut(l).zip(ws.chunks(l)) {
-                let c = dot(gr, wr);
-                for (x, &wv) in gr.iter_mut().zip(wr) {
-                    *x = wv * (*x - c);
+                    // dq_r (+)= s·dz·k_c,  dk_c (+)= s·dzᵀ·q_r
+                    let (dqv, dkv) = (sub(qv, r0, r, dk), sub(kv, c0, cc, dk));
+                    unsafe {
+                        gemm_into(dqp, dqv, r, dk, cc, gw, cc, 1, ks, kv.rs, 1, scale, acc_c)
+                    };
+                    unsafe {
+                        gemm_into(dkp, dkv, cc, dk, r, gw, 1, cc, qs, qv.rs, 1, scale, acc_r)
+                    };
                 }
             }
-            // dq = s·dz·k,  dk = s·dzᵀ·q
-            unsafe { gemm_into(dqp, qv, n, dk, l, gw, l, 1, ks, kv.rs, 1, scale) };
-            unsafe { gemm_into(dkp, kv, l, dk, n, gw, 1, l, qs, qv.rs, 1, scale) };
         },
     );
     Grads {
         dq,
         dk: dkv,
         dv: dvv,
+    }
+}
+
+/// Rows `r0 .. r0 + rows` (each `width` wide) of a slice's view.
+fn sub(v: View, r0: usize, rows: usize, width: usize) -> View {
+    View {
+        off: v.off + r0 * v.rs,
+        rs: v.rs,
+        span: (rows - 1) * v.rs + width,
     }
 }
 
@@ -380,6 +461,7 @@ impl Attention {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
+        y: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let d = dims(self.layout, q.shape(), k.shape(), v.shape())?;
@@ -394,17 +476,20 @@ impl Attention {
             with_data::<T, _>(k, |kd| {
                 with_data::<T, _>(v, |vd| {
                     with_data::<T, _>(&w, |wd| {
-                        with_data::<T, _>(g, |gd| {
-                            Ok(backward(
-                                qd,
-                                kd,
-                                vd,
-                                wd,
-                                gd,
-                                d,
-                                T::from_f64(self.scale),
-                                keep,
-                            ))
+                        with_data::<T, _>(y, |yd| {
+                            with_data::<T, _>(g, |gd| {
+                                Ok(backward(
+                                    qd,
+                                    kd,
+                                    vd,
+                                    wd,
+                                    yd,
+                                    gd,
+                                    d,
+                                    T::from_f64(self.scale),
+                                    keep,
+                                ))
+                            })
                         })
                     })
                 })
@@ -458,12 +543,12 @@ impl CustomOp3 for Attention {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dq, dk, dv) = match q.dtype() {
-            DType::F32 => self.bwd_t::<f32>(q, k, v, grad)?,
-            DType::F64 => self.bwd_t::<f64>(q, k, v, grad)?,
+            DType::F32 => self.bwd_t::<f32>(q, k, v, res, grad)?,
+            DType::F64 => self.bwd_t::<f64>(q, k, v, res, grad)?,
             dt => {
                 return Err(candle_core::Error::UnsupportedDTypeForOp(
                     dt,

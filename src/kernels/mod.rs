@@ -244,8 +244,9 @@ pub(crate) fn gemm<T: Real>(
     }
 }
 
-/// [`gemm`] (overwriting, one thread) into a destination given by pointer, for callers whose
-/// parallel tasks write disjoint but interleaved parts of one buffer.
+/// [`gemm`] (one thread; overwriting dst, or adding to it when `accumulate`) into a destination
+/// given by pointer, for callers whose parallel tasks write disjoint but interleaved parts of
+/// one buffer.
 ///
 /// # Safety
 /// `dst` must be valid for writes at `r·dst_rs + c` for `r < m`, `c < n`, not aliased by
@@ -264,6 +265,7 @@ pub(crate) unsafe fn gemm_ptr<T: Real>(
     rhs_rs: usize,
     rhs_cs: usize,
     beta: T,
+    accumulate: bool,
 ) {
     gemm_raw(
         m,
@@ -278,7 +280,7 @@ pub(crate) unsafe fn gemm_ptr<T: Real>(
         rhs_rs,
         rhs_cs,
         beta,
-        false,
+        accumulate,
         gemm::Parallelism::None,
     )
 }

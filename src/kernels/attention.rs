@@ -168,14 +168,8 @@ impl<T> SharedMut<T> {
     }
 }
 
-/// Adds the bias row, then turns each row of `z` (`n × l`) into its softmax.
-fn softmax_rows<T: Real>(z: &mut [T], l: usize, bias: Option<&[T]>) {
-    super::wide::wide(super::wide::SoftmaxRows { z, l, bias })
-}
-
-/// `dst ← w ⊙ keep` for one slice.
-fn apply_keep<T: Real>(dst: &mut Vec<T>, w: &[T], keep: &[f32]) {
-    dst.clear();
+/// Appends `w ⊙ keep` to `dst`.
+fn push_keep<T: Real>(dst: &mut Vec<T>, w: &[T], keep: &[f32]) {
     dst.extend(w.iter().zip(keep).map(|(&x, &k)| x * T::from_f64(k as f64)));
 }
 
@@ -215,10 +209,11 @@ fn forward<T: Real>(
                 super::gemm_ptr(n, l, dk, wp, l, qs, qv.rs, 1, ks, 1, kv.rs, scale, false);
                 std::slice::from_raw_parts_mut(wp, wu.len())
             };
-            softmax_rows(ws, l, bias.map(|b| &b[(s / h) * l..(s / h + 1) * l]));
+            super::wide::softmax_rows(ws, l, bias.map(|b| &b[(s / h) * l..(s / h + 1) * l]));
             let wd: &[T] = match keep {
                 Some(kp) => {
-                    apply_keep(scratch, ws, &kp[s * n * l..(s + 1) * n * l]);
+                    scratch.clear();
+                    push_keep(scratch, ws, &kp[s * n * l..(s + 1) * n * l]);
                     scratch
                 }
                 None => ws,
@@ -368,11 +363,7 @@ fn backward<T: Real>(
                                 for (x, &kk) in gw[i * cc..(i + 1) * cc].iter_mut().zip(kr) {
                                     *x *= T::from_f64(kk as f64);
                                 }
-                                wd.extend(
-                                    wr.iter()
-                                        .zip(kr)
-                                        .map(|(&x, &kk)| x * T::from_f64(kk as f64)),
-                                );
+                                push_keep(wd, wr, kr);
                             }
                             (wd, cc)
                         }

@@ -41,11 +41,7 @@ fn forward<T: Real>(x: &[T], n: usize, scale: T, bias: Option<(&[T], usize)>) ->
                         }
                     }
                 }
-                super::wide::wide(super::wide::SoftmaxRows {
-                    z: yr,
-                    l: n,
-                    bias: None,
-                });
+                super::wide::softmax_rows(yr, n, None);
             }
         });
     y

@@ -134,6 +134,12 @@ impl<T: Real> Loop for SoftmaxRows<'_, T> {
     }
 }
 
+/// Adds the bias row, then turns each row of `z` (rows of `l`) into its softmax:
+/// [`SoftmaxRows`] at this process's [`level`].
+pub(crate) fn softmax_rows<T: Real>(z: &mut [T], l: usize, bias: Option<&[T]>) {
+    wide(SoftmaxRows { z, l, bias })
+}
+
 /// `y ← GELU(h + b)` over rows of `b.len()` values.
 pub(crate) struct BiasGeluRows<'a, T> {
     pub(crate) y: &'a mut [T],

@@ -137,6 +137,30 @@ pub enum Temperature {
     InvSqrt,
 }
 
+/// The learning-rate schedule of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleKind {
+    /// Linear warmup, then cosine decay to 5 % at the last step (the quick preset's).
+    Cosine,
+    /// Linear warmup, then constant: the decay does not force a plateau, so a run ends by
+    /// early stopping (`patience`) or at its step cap.
+    Constant,
+    /// The authors' rsqrt warmup schedule (the paper preset's).
+    Rsqrt,
+}
+
+/// Which settings generate ListOps when no files are given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListOpsSize {
+    /// 20 < length < 200, depth 6, 2–5 arguments (the quick preset's; mean ≈ 70 tokens).
+    Small,
+    /// LRA's own settings: 500 < length < 2000, depth 10, 2–10 arguments (the paper
+    /// preset's).
+    Official,
+}
+
 /// Generated Pathfinder difficulty (contour length 6, 9 or 14).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -184,6 +208,9 @@ pub struct RunOptions {
     pub train_examples: Option<usize>,
     /// Generated Pathfinder's difficulty (quick: easy, paper: hard).
     pub difficulty: Option<Difficulty>,
+    /// Generated ListOps: `small` (quick) or `official`, LRA's settings (paper).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listops: Option<ListOpsSize>,
     /// Image tasks: average the images over `downsample × downsample` blocks (32×32 → 16×16
     /// with 2), a shorter sequence for small budgets; the data set's name says so.
     pub downsample: Option<usize>,
@@ -230,6 +257,9 @@ pub struct RunOptions {
     pub lr: Option<f64>,
     /// Warmup steps.
     pub warmup: Option<usize>,
+    /// Learning-rate schedule (quick: cosine, paper: rsqrt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleKind>,
     /// AdamW weight decay.
     pub weight_decay: Option<f64>,
     /// Evaluate every this many steps.
@@ -238,6 +268,10 @@ pub struct RunOptions {
     pub eval_batches: Option<usize>,
     /// Stop after this many evaluations without a new best (default: never).
     pub patience: Option<usize>,
+    /// Also evaluate (with the memory diagnostics) before the first update, as step 0: the
+    /// baseline of "how the memory changes during training" (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_at_start: Option<bool>,
     /// Skip steps with a non-finite loss or gradient instead of stopping.
     pub skip_non_finite: Option<bool>,
     /// `f32`, `bf16` or `f16`.
@@ -307,6 +341,18 @@ impl RunOptions {
             return Err(Error::config(
                 "difficulty",
                 "applies to generated Pathfinder only",
+            ));
+        }
+        if task == LraTask::Listops && o.data_dir.is_none() {
+            o.listops.get_or_insert(if quick {
+                ListOpsSize::Small
+            } else {
+                ListOpsSize::Official
+            });
+        } else if o.listops.is_some() {
+            return Err(Error::config(
+                "listops",
+                "applies to generated ListOps only (the task without --data-dir)",
             ));
         }
         if generates_training_set(task, o.data_dir.as_deref()) {
@@ -397,6 +443,11 @@ impl RunOptions {
             .get_or_insert(if quick { steps / 10 } else { s.warmup });
         o.weight_decay
             .get_or_insert(if quick { 0.01 } else { s.weight_decay });
+        o.schedule.get_or_insert(if quick {
+            ScheduleKind::Cosine
+        } else {
+            ScheduleKind::Rsqrt
+        });
         // quick: every 200 steps; paper: as the authors (ListOps 200, the others 500)
         o.eval_every
             .get_or_insert(if quick || task == LraTask::Listops {
@@ -562,14 +613,20 @@ fn build_train_config(o: &RunOptions) -> Result<TrainConfig> {
         batch_size: o.batch_size.unwrap_or(32),
         accumulate: 1,
         lr: o.lr.unwrap_or(2e-3),
-        schedule: if quick {
-            Schedule::Cosine {
+        schedule: match o.schedule {
+            Some(ScheduleKind::Cosine) => Schedule::Cosine {
                 warmup,
                 total: steps,
                 min_ratio: 0.05,
-            }
-        } else {
-            Schedule::Rsqrt { warmup }
+            },
+            Some(ScheduleKind::Constant) => Schedule::WarmupConstant { warmup },
+            Some(ScheduleKind::Rsqrt) => Schedule::Rsqrt { warmup },
+            None if quick => Schedule::Cosine {
+                warmup,
+                total: steps,
+                min_ratio: 0.05,
+            },
+            None => Schedule::Rsqrt { warmup },
         },
         optimizer: AdamWConfig {
             weight_decay: o.weight_decay.unwrap_or(0.01),
@@ -591,6 +648,7 @@ fn build_train_config(o: &RunOptions) -> Result<TrainConfig> {
         diagnostics: true,
         diagnostic_examples: 16,
         patience: o.patience,
+        eval_at_start: o.eval_at_start.unwrap_or(false),
     })
 }
 
@@ -692,10 +750,14 @@ impl Plan {
             _ if hub => return Err(Error::config("data", "hub: not for this task")),
             (LraTask::Listops, Some(d)) => data::read_listops_dir(d, all)?,
             (LraTask::Listops, None) => {
-                let cfg = if quick {
-                    data::ListOpsConfig::small()
-                } else {
+                let official = match o.listops {
+                    Some(size) => size == ListOpsSize::Official,
+                    None => !quick,
+                };
+                let cfg = if official {
                     data::ListOpsConfig::official()
+                } else {
+                    data::ListOpsConfig::small()
                 };
                 let (v, t) = if quick { (1000, 1000) } else { (2000, 2000) };
                 data::ListOpsDataset::try_generate_splits(&cfg, n, v, t, seed, all)?

@@ -229,6 +229,12 @@ pub enum Schedule {
     },
     /// Constant lr.
     Constant,
+    /// Linear warmup to lr over `warmup` steps, then constant: a schedule that does not
+    /// force a plateau (training stops by early stopping on validation, or at its cap).
+    WarmupConstant {
+        /// Warmup steps.
+        warmup: usize,
+    },
 }
 
 impl Schedule {
@@ -255,6 +261,13 @@ impl Schedule {
                     + (1.0 - min_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
             }
             Schedule::Constant => lr,
+            Schedule::WarmupConstant { warmup } => {
+                if warmup > 0 && t <= warmup as f64 {
+                    lr * t / warmup as f64
+                } else {
+                    lr
+                }
+            }
         }
     }
 }

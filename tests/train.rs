@@ -80,6 +80,7 @@ fn train_cfg(steps: usize) -> TrainConfig {
         diagnostics: true,
         diagnostic_examples: 4,
         patience: None,
+        eval_at_start: false,
     }
 }
 
@@ -284,6 +285,12 @@ fn schedules() {
     assert!((c.lr(2.0, 5) - 1.0).abs() < 1e-12);
     assert!((c.lr(2.0, 60) - 1.0).abs() < 1e-12);
     assert!(c.lr(2.0, 110).abs() < 1e-12);
+    let w = Schedule::WarmupConstant { warmup: 10 };
+    assert!((w.lr(2.0, 5) - 1.0).abs() < 1e-12);
+    assert_eq!(w.lr(2.0, 10), 2.0);
+    assert_eq!(w.lr(2.0, 11), 2.0);
+    assert_eq!(w.lr(2.0, 100_000), 2.0);
+    assert_eq!(Schedule::WarmupConstant { warmup: 0 }.lr(2.0, 1), 2.0);
     assert!(optim::is_decay_exempt("layers.0.norm_x.weight"));
     assert!(optim::is_decay_exempt("layers.0.pack_log_temperature"));
     assert!(optim::is_decay_exempt("head.fc1.bias"));
@@ -415,4 +422,47 @@ fn patience_stops_training_early() {
         "stops 3 evaluations after the best"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `eval_at_start`: an evaluation of the untrained model is logged as step 0, and it changes
+/// nothing else: the same weights and the same best checkpoint as a run without it.
+#[test]
+fn evaluation_at_start_is_logged_and_changes_nothing_else() {
+    let data = splits();
+    let mc = model(BlockPreset::ConvlunaMasked.block(4, 16));
+    let mut out = Vec::new();
+    for at_start in [false, true] {
+        let tc = TrainConfig {
+            eval_at_start: at_start,
+            eval_every: 3,
+            checkpoint_every: 3,
+            ..train_cfg(6)
+        };
+        let dir = tmp(&format!("eval-at-start-{at_start}"));
+        let mut t = Trainer::new(&mc, &tc, DType::F32, &Device::Cpu).unwrap();
+        let s = t.fit(&data, &dir, false, &mut |_| {}).unwrap();
+        let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        let eval_steps: Vec<u64> = metrics
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["kind"] == "eval")
+            .map(|v| v["step"].as_u64().unwrap())
+            .collect();
+        if at_start {
+            assert_eq!(eval_steps, [0, 3, 6]);
+            let first = metrics.lines().next().unwrap();
+            assert!(first.contains("\"diagnostics\""), "{first}");
+        } else {
+            assert_eq!(eval_steps, [3, 6]);
+        }
+        let mut w: Vec<_> = t.weights().into_iter().collect();
+        w.sort_by(|a, b| a.0.cmp(&b.0));
+        let bits: Vec<Vec<f32>> = w
+            .iter()
+            .map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect();
+        out.push((bits, s.best_step, s.test.acc));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    assert_eq!(out[0], out[1]);
 }

@@ -10,7 +10,8 @@ use candle_core::Device;
 use clap::{Args, ValueEnum};
 use convluna::config::{PairFeatures, Pooling};
 use convluna::experiment::{
-    DataSource, Difficulty, FilterKind, ModelKind, Preset, RunOptions, Temperature,
+    DataSource, Difficulty, FilterKind, ListOpsSize, ModelKind, Preset, RunOptions, ScheduleKind,
+    Temperature,
 };
 use convluna::preset::LraTask;
 use convluna::train::Event;
@@ -27,12 +28,12 @@ pub struct RunArgs {
     #[arg(long, value_parser = model_name)]
     pub model: Option<ModelKind>,
     /// quick (CPU-sized) or paper (the authors' settings) [default: quick].
-    #[arg(long, value_enum)]
-    pub preset: Option<PresetArg>,
+    #[arg(long, value_parser = by_name::<Preset>)]
+    pub preset: Option<Preset>,
     /// `hub`: the real IMDb (Text) or CIFAR-10 (Image) from the Hugging Face Hub (needs the
     /// `hub` feature) [default: local].
-    #[arg(long, value_enum)]
-    pub data: Option<DataArg>,
+    #[arg(long, value_parser = by_name::<DataSource>)]
+    pub data: Option<DataSource>,
     /// Official LRA files or a substitute corpus (see README); ListOps and Pathfinder are
     /// generated without it.
     #[arg(long)]
@@ -42,8 +43,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub train_examples: Option<usize>,
     /// Generated Pathfinder difficulty [quick: easy, paper: hard].
-    #[arg(long, value_enum)]
-    pub difficulty: Option<DifficultyArg>,
+    #[arg(long, value_parser = by_name::<Difficulty>)]
+    pub difficulty: Option<Difficulty>,
+    /// Generated ListOps: small (20–199 tokens) or official (LRA's, 501–1999 tokens)
+    /// [quick: small; paper: official].
+    #[arg(long, value_parser = by_name::<ListOpsSize>)]
+    pub listops: Option<ListOpsSize>,
     /// Image tasks: average the images over N×N blocks (32×32 → 16×16 with 2).
     #[arg(long)]
     pub downsample: Option<usize>,
@@ -61,8 +66,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub memory: Option<usize>,
     /// Filter of the packing keys and values (or of a locality control).
-    #[arg(long, value_enum)]
-    pub filter: Option<FilterArg>,
+    #[arg(long, value_parser = by_name::<FilterKind>)]
+    pub filter: Option<FilterKind>,
     /// Filter kernel.
     #[arg(long)]
     pub kernel: Option<usize>,
@@ -70,8 +75,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub stride: Option<usize>,
     /// Scale of the packing logits (Luna family).
-    #[arg(long, value_enum)]
-    pub temperature: Option<TemperatureArg>,
+    #[arg(long, value_parser = by_name::<Temperature>)]
+    pub temperature: Option<Temperature>,
     #[arg(long)]
     pub layers: Option<usize>,
     #[arg(long)]
@@ -88,11 +93,11 @@ pub struct RunArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub masked: Option<bool>,
     /// Retrieval head [default: concat, the authors' DualClassifier].
-    #[arg(long, value_enum)]
-    pub pair_head: Option<PairHeadArg>,
+    #[arg(long, value_parser = by_name::<PairFeatures>)]
+    pub pair_head: Option<PairFeatures>,
     /// Classifier pooling [default: cls; mean for the conv mixer].
-    #[arg(long, value_enum)]
-    pub pooling: Option<PoolingArg>,
+    #[arg(long, value_parser = by_name::<Pooling>)]
+    pub pooling: Option<Pooling>,
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long)]
@@ -102,6 +107,10 @@ pub struct RunArgs {
     /// Warmup steps [quick: 10 % of the steps; paper: the authors'].
     #[arg(long)]
     pub warmup: Option<usize>,
+    /// Learning-rate schedule: cosine (warmup, then cosine decay to 5 %), constant (warmup,
+    /// then constant) or rsqrt (the authors') [quick: cosine; paper: rsqrt].
+    #[arg(long, value_parser = by_name::<ScheduleKind>)]
+    pub schedule: Option<ScheduleKind>,
     #[arg(long)]
     pub weight_decay: Option<f64>,
     #[arg(long)]
@@ -112,6 +121,9 @@ pub struct RunArgs {
     /// Stop after this many evaluations without a new best validation accuracy.
     #[arg(long)]
     pub patience: Option<usize>,
+    /// Also evaluate (with the memory diagnostics) before the first update, as step 0.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub eval_at_start: Option<bool>,
     /// Skip steps with a non-finite loss or gradient instead of stopping.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub skip_non_finite: Option<bool>,
@@ -128,51 +140,14 @@ fn model_name(s: &str) -> Result<ModelKind, String> {
     ModelKind::from_name(s).map_err(|e| e.to_string())
 }
 
-/// Mirrors of the library's enums for clap (the library does not depend on clap).
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum DataArg {
-    Local,
-    Hub,
-}
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum PresetArg {
-    Quick,
-    Paper,
-}
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum DifficultyArg {
-    Easy,
-    Intermediate,
-    Hard,
-}
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum FilterArg {
-    Identity,
-    Conv,
-    Depthwise,
-    Pool,
-}
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum TemperatureArg {
-    /// Learned τ, init 0 (ConvLuna).
-    Learned,
-    /// Fixed τ = 0 (no scaling).
-    Fixed,
-    /// 1/√d_h (Luna).
-    InvSqrt,
-}
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum PairHeadArg {
-    /// [u; v], no LayerNorm: the authors' DualClassifier.
-    Concat,
-    /// [u, v, u⊙v, u−v] after a LayerNorm: the LRA paper's head.
-    Interaction,
-}
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum PoolingArg {
-    Cls,
-    Mean,
-    Memory,
+/// Parses a library enum by the name its serde form (and `run.json`) uses, so that the
+/// command line and the recorded options spell every value the same way.
+pub fn by_name<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| {
+        let e = e.to_string();
+        // serde says "unknown variant `x`, expected one of `a`, `b`"
+        e.split(" at line").next().unwrap_or(&e).to_string()
+    })
 }
 
 impl RunArgs {
@@ -181,62 +156,39 @@ impl RunArgs {
         RunOptions {
             task: self.task,
             model: self.model,
-            preset: self.preset.map(|p| match p {
-                PresetArg::Quick => Preset::Quick,
-                PresetArg::Paper => Preset::Paper,
-            }),
-            data: self.data.map(|d| match d {
-                DataArg::Local => DataSource::Local,
-                DataArg::Hub => DataSource::Hub,
-            }),
+            preset: self.preset,
+            data: self.data,
             data_dir: self.data_dir.clone(),
             train_examples: self.train_examples,
-            difficulty: self.difficulty.map(|d| match d {
-                DifficultyArg::Easy => Difficulty::Easy,
-                DifficultyArg::Intermediate => Difficulty::Intermediate,
-                DifficultyArg::Hard => Difficulty::Hard,
-            }),
+            difficulty: self.difficulty,
+            listops: self.listops,
             downsample: self.downsample,
             max_len: self.max_len,
             truncate: self.truncate,
             seed: self.seed,
             memory: self.memory,
-            filter: self.filter.map(|f| match f {
-                FilterArg::Identity => FilterKind::Identity,
-                FilterArg::Conv => FilterKind::Conv,
-                FilterArg::Depthwise => FilterKind::Depthwise,
-                FilterArg::Pool => FilterKind::Pool,
-            }),
+            filter: self.filter,
             kernel: self.kernel,
             stride: self.stride,
-            temperature: self.temperature.map(|t| match t {
-                TemperatureArg::Learned => Temperature::Learned,
-                TemperatureArg::Fixed => Temperature::Fixed,
-                TemperatureArg::InvSqrt => Temperature::InvSqrt,
-            }),
+            temperature: self.temperature,
             layers: self.layers,
             width: self.width,
             heads: self.heads,
             ffn: self.ffn,
             dropout: self.dropout,
             masked: self.masked,
-            pair_head: self.pair_head.map(|p| match p {
-                PairHeadArg::Concat => PairFeatures::Concat,
-                PairHeadArg::Interaction => PairFeatures::Interaction,
-            }),
-            pooling: self.pooling.map(|p| match p {
-                PoolingArg::Cls => Pooling::Cls,
-                PoolingArg::Mean => Pooling::Mean,
-                PoolingArg::Memory => Pooling::Memory,
-            }),
+            pair_head: self.pair_head,
+            pooling: self.pooling,
             steps: self.steps,
             batch_size: self.batch_size,
             lr: self.lr,
             warmup: self.warmup,
+            schedule: self.schedule,
             weight_decay: self.weight_decay,
             eval_every: self.eval_every,
             eval_batches: self.eval_batches,
             patience: self.patience,
+            eval_at_start: self.eval_at_start,
             skip_non_finite: self.skip_non_finite,
             dtype: self.dtype.clone(),
         }

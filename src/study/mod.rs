@@ -39,12 +39,23 @@ pub struct TaskSpec {
     /// 2·√(a(1 − a)/n) at the run's best accuracy a), beside the fixed one-point threshold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_examples: Option<usize>,
+    /// The arms run on this task, in place of all the manifest's arms (e.g. the arms a
+    /// long task can afford).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arms: Option<Vec<String>>,
 }
 
 impl TaskSpec {
     /// The task's seeds: its own, else the manifest's `default`.
     pub fn seeds<'a>(&'a self, default: &'a [u64]) -> &'a [u64] {
         self.seeds.as_deref().unwrap_or(default)
+    }
+
+    /// Whether the task runs arm `arm` (every arm unless the task lists its own).
+    pub fn has_arm(&self, arm: &str) -> bool {
+        self.arms
+            .as_ref()
+            .is_none_or(|a| a.iter().any(|x| x == arm))
     }
 }
 
@@ -132,6 +143,16 @@ impl Manifest {
                 Error::format(path, format!("{}/{}/s{}: {e}", k.task, k.arm, k.seed))
             })?;
         }
+        for t in &m.tasks {
+            for a in t.arms.iter().flatten() {
+                if !m.arms.iter().any(|x| &x.name == a) {
+                    return Err(Error::format(
+                        path,
+                        format!("task `{}` names unknown arm `{a}`", t.name),
+                    ));
+                }
+            }
+        }
         for c in &m.comparisons {
             for a in [&c.better, &c.than] {
                 if !m.arms.iter().any(|x| &x.name == a) {
@@ -151,7 +172,7 @@ impl Manifest {
         let mut out = Vec::new();
         for t in &self.tasks {
             for &seed in t.seeds(&self.seeds) {
-                for a in &self.arms {
+                for a in self.arms.iter().filter(|a| t.has_arm(&a.name)) {
                     out.push(RunKey {
                         task: t.name.clone(),
                         arm: a.name.clone(),

@@ -88,6 +88,11 @@ pub struct TrainConfig {
     /// accuracy (`None`: train all `steps`).
     #[serde(default)]
     pub patience: Option<usize>,
+    /// Also evaluate on the validation set before the first update, logged as the
+    /// evaluation of step 0 (the untrained model's accuracy and memory diagnostics). It
+    /// takes no part in choosing the best checkpoint or in early stopping.
+    #[serde(default)]
+    pub eval_at_start: bool,
 }
 
 impl Default for TrainConfig {
@@ -114,6 +119,7 @@ impl Default for TrainConfig {
             diagnostics: true,
             diagnostic_examples: 16,
             patience: None,
+            eval_at_start: false,
         }
     }
 }
@@ -716,6 +722,19 @@ impl Trainer {
         let mut acc_tokens = 0usize;
         let mut t_log = Instant::now();
         let train = splits.train.as_ref();
+        if self.cfg.eval_at_start && self.progress.step == 0 {
+            let e = self.evaluate(
+                splits.val.as_ref(),
+                "val",
+                self.cfg.eval_batches,
+                self.cfg.diagnostics,
+            )?;
+            let mut v = serde_json::to_value(&e)
+                .map_err(|e| Error::format(&metrics_path, e.to_string()))?;
+            v["kind"] = "eval".into();
+            log(v)?;
+            observer(&Event::Eval(e));
+        }
         let patience = self.cfg.patience;
         let patience_spent = |p: &Progress| patience.is_some_and(|n| p.evals_since_best >= n);
         while self.progress.step < self.cfg.steps && !patience_spent(&self.progress) {

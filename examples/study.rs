@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --release --example study                      # run what is missing, then write the report
 //! cargo run --release --example study -- --report          # only rewrite docs/reproduction.md and its plots
+//! cargo run --release --example study -- --step0           # add the step-0 evaluations runs did not record
 //! cargo run --release --example study -- --shard 0/2 &     # two workers on one machine
 //! cargo run --release --example study -- --shard 1/2 &
 //! ```
@@ -18,7 +19,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use common::{device, observer, progress_bar, say, DeviceKind};
 use convluna::study::{
-    append_result, command_line, read_results, report, run_one, Manifest, ReportPaths,
+    append_result, backfill_step0, command_line, read_results, report, run_one, Manifest,
+    ReportPaths,
 };
 
 #[derive(Parser, Debug)]
@@ -42,6 +44,14 @@ struct Args {
     /// Only write the report.
     #[arg(long)]
     report: bool,
+    /// Step-0 evaluations of the runs that did not record one (read by the report).
+    #[arg(long, default_value = "docs/reproduction/step0.jsonl")]
+    step0_file: PathBuf,
+    /// Only evaluate, for every result without a step-0 point, the run's untrained model on
+    /// its validation split and append it to `--step0-file` (resumable), then write the
+    /// report.
+    #[arg(long)]
+    step0: bool,
     /// Run only every n-th missing run, starting at i (`i/n`), to split the study between
     /// processes or machines.
     #[arg(long)]
@@ -74,6 +84,7 @@ fn main() -> Result<()> {
     let paths = ReportPaths {
         markdown: a.markdown.clone(),
         plots: a.plots.clone(),
+        step0: Some(a.step0_file.clone()),
     };
     let shard = match &a.shard {
         None => (0, 1),
@@ -82,7 +93,20 @@ fn main() -> Result<()> {
             .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
             .with_context(|| format!("--shard {s}: expected i/n with i < n, e.g. 0/2"))?,
     };
-    if !a.report {
+    if a.step0 {
+        let dev = device(a.device)?;
+        let n = backfill_step0(
+            &manifest,
+            &read_results(&a.results)?,
+            &a.step0_file,
+            &dev,
+            &mut |k| eprintln!("step 0: {} / {} / seed {}", k.task, k.arm, k.seed),
+        )?;
+        eprintln!(
+            "{n} step-0 evaluations appended to {}",
+            a.step0_file.display()
+        );
+    } else if !a.report {
         let done: Vec<_> = read_results(&a.results)?.iter().map(|r| r.key()).collect();
         let todo: Vec<_> = manifest
             .pending(&done, a.task.as_deref(), a.arm.as_deref(), shard)?

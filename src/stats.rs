@@ -1,6 +1,6 @@
 //! Small statistics for comparing runs over seeds: mean, 95 % confidence intervals (Student t),
-//! Welch's unequal-variance t-test, a paired (one-sample) t-test, Hedges' g and Holm's
-//! correction for multiple comparisons.
+//! Welch's unequal-variance t-test and its linear contrasts, a paired (one-sample) t-test,
+//! Pearson's correlation, Hedges' g and Holm's correction for multiple comparisons.
 
 /// Mean of `x` (NaN when empty).
 pub fn mean(x: &[f64]) -> f64 {
@@ -178,6 +178,70 @@ pub fn one_sample(d: &[f64]) -> Option<(f64, f64, f64)> {
     Some((m, t_crit_95(df) * se, t_two_sided_p(m / se, df)))
 }
 
+/// Paired t-test of `mean(a − b) = 0` over the pairs `(a[i], b[i])` (e.g. two arms trained on
+/// the same data per seed): (mean difference, 95 % CI half-width, two-sided p). `None` when
+/// the lengths differ, with fewer than two pairs, or when every difference is the same.
+pub fn paired(a: &[f64], b: &[f64]) -> Option<(f64, f64, f64)> {
+    if a.len() != b.len() {
+        return None;
+    }
+    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    one_sample(&d)
+}
+
+/// Welch-type test of a linear contrast `Σ c_k · mean(x_k)` of independent groups
+/// (e.g. a main effect or an interaction of a factorial design): the standard error
+/// √(Σ c_k² s_k²/n_k) with Welch–Satterthwaite degrees of freedom. Returns (estimate,
+/// 95 % CI half-width, two-sided p); `None` when a group has fewer than two values or the
+/// standard error is zero. With `[(1, a), (−1, b)]` it is [`welch`].
+pub fn contrast(groups: &[(f64, &[f64])]) -> Option<(f64, f64, f64)> {
+    if groups.is_empty() || groups.iter().any(|(_, x)| x.len() < 2) {
+        return None;
+    }
+    let est: f64 = groups.iter().map(|(c, x)| c * mean(x)).sum();
+    let v: Vec<(f64, f64)> = groups
+        .iter()
+        .map(|(c, x)| {
+            (
+                c * c * std_dev(x).powi(2) / x.len() as f64,
+                (x.len() - 1) as f64,
+            )
+        })
+        .collect();
+    let var: f64 = v.iter().map(|(v, _)| v).sum();
+    if var == 0.0 {
+        return None;
+    }
+    let df = var * var / v.iter().map(|(v, n)| v * v / n).sum::<f64>();
+    let se = var.sqrt();
+    Some((est, t_crit_95(df) * se, t_two_sided_p(est / se, df)))
+}
+
+/// Pearson's correlation of `x` and `y` and the two-sided p of `r = 0`
+/// (t = r·√((n − 2)/(1 − r²)), n − 2 degrees of freedom). `None` when the lengths differ,
+/// with fewer than three pairs, or when either has no variance.
+pub fn pearson(x: &[f64], y: &[f64]) -> Option<(f64, f64)> {
+    let n = x.len();
+    if n != y.len() || n < 3 {
+        return None;
+    }
+    let (mx, my) = (mean(x), mean(y));
+    let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let sxx: f64 = x.iter().map(|a| (a - mx) * (a - mx)).sum();
+    let syy: f64 = y.iter().map(|b| (b - my) * (b - my)).sum();
+    if sxx == 0.0 || syy == 0.0 {
+        return None;
+    }
+    let r = (sxy / (sxx * syy).sqrt()).clamp(-1.0, 1.0);
+    let df = (n - 2) as f64;
+    let p = if r.abs() >= 1.0 {
+        0.0
+    } else {
+        t_two_sided_p(r * (df / (1.0 - r * r)).sqrt(), df)
+    };
+    Some((r, p))
+}
+
 /// Hedges' g: the standardised mean difference `(mean(a) − mean(b)) / s_pooled` with the
 /// small-sample correction `1 − 3/(4(n_a + n_b) − 9)`. `None` with fewer than two values in a
 /// group or zero pooled variance.
@@ -283,5 +347,48 @@ mod tests {
             (ci - t_crit_95(df) * (1.0f64 + 4.0 / 3.0).sqrt()).abs() < 1e-12,
             "{ci}"
         );
+    }
+
+    #[test]
+    fn paired_contrast_and_pearson() {
+        // paired: a − b = [1, 2, 3] as in one_sample
+        let (m, ci, p) = paired(&[2.0, 4.0, 6.0], &[1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(m, 2.0);
+        assert!((ci - 4.303 / 3f64.sqrt()).abs() < 2e-3, "{ci}");
+        assert!((p - 0.0742).abs() < 1e-3, "{p}");
+        assert!(paired(&[1.0, 2.0], &[1.0]).is_none());
+        assert!(
+            paired(&[2.0, 3.0], &[1.0, 2.0]).is_none(),
+            "constant differences"
+        );
+        // pairing removes the between-seed spread that Welch keeps
+        let a = [0.30, 0.35, 0.40, 0.45];
+        let b = [0.29, 0.33, 0.39, 0.43];
+        assert!(paired(&a, &b).unwrap().2 < 0.01);
+        assert!(welch(&a, &b).unwrap().2 > 0.5);
+        // a two-group contrast is Welch's test
+        let x = [19.1, 21.3, 20.5, 22.0, 18.7];
+        let y = [23.4, 25.1, 22.9, 24.8, 26.0];
+        let (e, ci, p) = contrast(&[(1.0, &x), (-1.0, &y)]).unwrap();
+        assert!((e - (mean(&x) - mean(&y))).abs() < 1e-12);
+        assert!((ci - welch_ci95(&x, &y).unwrap()).abs() < 1e-9);
+        assert!((p - welch(&x, &y).unwrap().2).abs() < 1e-12);
+        // an interaction of four groups: (a − b) − (c − d), se² = Σ s²/n
+        let (e, ci, _) = contrast(&[(1.0, &x), (-1.0, &y), (-1.0, &y), (1.0, &x)]).unwrap();
+        assert!((e - 2.0 * (mean(&x) - mean(&y))).abs() < 1e-12);
+        assert!(
+            (ci - 2.0 * welch_ci95(&x, &y).unwrap()).abs() < 1e-3,
+            "{ci}"
+        );
+        assert!(contrast(&[(1.0, &x[..1])]).is_none());
+        // Pearson: y = 2x + 1 exactly, and a textbook case
+        let (r, p) = pearson(&[1.0, 2.0, 3.0, 4.0], &[3.0, 5.0, 7.0, 9.0]).unwrap();
+        assert!((r - 1.0).abs() < 1e-12 && p == 0.0);
+        // x = 1..5, y = [2, 4, 5, 4, 5]: r = 6/√(10·6) = 0.7746, t = 2.1213, df 3, p = 0.1241
+        let (r, p) = pearson(&[1.0, 2.0, 3.0, 4.0, 5.0], &[2.0, 4.0, 5.0, 4.0, 5.0]).unwrap();
+        assert!((r - 0.774_596_7).abs() < 1e-6, "{r}");
+        assert!((p - 0.1241).abs() < 1e-3, "{p}");
+        assert!(pearson(&[1.0, 2.0], &[1.0, 2.0]).is_none());
+        assert!(pearson(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]).is_none());
     }
 }

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use convluna::study::{
-    append_result, late_gain, read_results, report, run_one, Manifest, ReportPaths, RunKey,
+    append_result, backfill_step0, late_gain, read_results, read_step0, report, run_one,
+    step0_point, with_step0, Manifest, ReportPaths, RunKey,
 };
 use convluna::Error;
 
@@ -95,7 +96,8 @@ fn runs_are_recorded_skipped_resumed_and_reported() {
     }
 
     for k in left {
-        let r = run_one(&m, &k, &runs, &dev, &mut |_| {}).unwrap();
+        let mut r = run_one(&m, &k, &runs, &dev, &mut |_| {}).unwrap();
+        r.code = format!("c0ffee{}", k.seed);
         append_result(&results, &r).unwrap();
     }
     let all = read_results(&results).unwrap();
@@ -108,6 +110,7 @@ fn runs_are_recorded_skipped_resumed_and_reported() {
     let paths = ReportPaths {
         markdown: dir.join("report.md"),
         plots: dir.join("plots"),
+        step0: None,
     };
     std::fs::create_dir_all(&paths.plots).unwrap();
     let stale = paths.plots.join("listops-dropped-arm-pack-rows-first.svg");
@@ -124,6 +127,28 @@ fn runs_are_recorded_skipped_resumed_and_reported() {
     assert!(md.contains("| convluna | 2 |"), "{md}");
     assert!(md.contains("convluna − luna (n = 2, 2)"), "{md}");
     assert!(md.contains("last-quarter gain"), "{md}");
+    // The first screen: a bottom line of three lines, then one verdict line per claim.
+    let bottom = md
+        .split("## Bottom line")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{md}"));
+    let bottom = bottom.split("## Verdicts").next().unwrap();
+    let lines: Vec<&str> = bottom.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 3, "{bottom}");
+    assert!(
+        lines[0].starts_with("1. **Memory beyond the conv:**"),
+        "{bottom}"
+    );
+    assert!(md.find("## Bottom line").unwrap() < md.find("## Setup").unwrap());
+    // Generated ListOps shares each seed's data between arms: the test is paired by seed.
+    assert!(md.contains("| paired, 2 seeds |"), "{md}");
+    // Each run shows the commit it recorded (none recorded: –).
+    assert!(md.contains("| commit | command |"), "{md}");
+    assert!(md.contains("| `c0ffee1` |"), "{md}");
+    assert!(md.contains("| – | `cargo run"), "{md}");
+    // Runs stopped by their step cap are marked as such.
+    assert!(md.contains("6 (cap)"), "{md}");
+    assert!(md.contains("**Step cap:** 4 of 4 runs"), "{md}");
     // Written twice from the same results, the report is the same file.
     report(&m, &all, &paths).unwrap();
     assert_eq!(std::fs::read_to_string(&paths.markdown).unwrap(), md);
@@ -134,18 +159,148 @@ fn runs_are_recorded_skipped_resumed_and_reported() {
     let md1 = std::fs::read_to_string(&paths.markdown).unwrap();
     let claim2 = md1
         .lines()
-        .find(|l| l.starts_with("2. "))
+        .find(|l| l.starts_with("| 2 |"))
         .unwrap_or_else(|| panic!("{md1}"));
     assert!(
         claim2.contains("not testable yet on listops") && claim2.contains("(n = 1, 1)"),
         "{claim2}"
     );
     assert!(!claim2.contains("no significant difference"), "{claim2}");
-    let claim1 = md1.lines().find(|l| l.starts_with("1. ")).unwrap();
+    let claim1 = md1.lines().find(|l| l.starts_with("| 1 |")).unwrap();
     assert!(
         claim1.contains("not testable yet: 1 (task, layer) cells, each with fewer than two"),
         "{claim1}"
     );
+
+    // Arms and tasks without results are reported as pending, never a panic: a new arm on
+    // every task and a new task with its own arms.
+    let f = dir.join("more.json");
+    let more = MANIFEST
+        .replace(
+            r#"{"name": "convluna", "description": "ConvLuna", "options": {"model": "convluna", "memory": 4}}"#,
+            r#"{"name": "convluna", "description": "ConvLuna", "options": {"model": "convluna", "memory": 4}},
+    {"name": "convluna-proj", "description": "neither", "options": {"model": "convluna", "memory": 4, "filter": "identity", "temperature": "inv-sqrt"}}"#,
+        )
+        .replace(
+            r#""ffn": 32}
+  }],"#,
+            r#""ffn": 32}
+  }, {
+    "name": "listops-b", "description": "more ListOps", "arms": ["luna", "convluna-proj"],
+    "options": {"task": "listops", "train_examples": 64, "steps": 6, "warmup": 1,
+                "eval_every": 3, "batch_size": 8, "layers": 1, "width": 16, "heads": 2,
+                "ffn": 32}
+  }],"#,
+        );
+    std::fs::write(&f, &more).unwrap();
+    let m2 = Manifest::read(&f).unwrap();
+    assert_eq!(m2.runs().len(), 10, "{more}");
+    report(&m2, &all, &paths).unwrap();
+    let md2 = std::fs::read_to_string(&paths.markdown).unwrap();
+    assert!(md2.contains("4 of 10 runs"), "{md2}");
+    assert!(md2.contains("pending: convluna-proj"), "{md2}");
+    assert!(md2.contains("listops-b 0 of 4"), "{md2}");
+    assert!(md2.contains("| convluna-proj | pending |"), "{md2}");
+    assert!(md2.contains("pending: no runs of convluna-proj"), "{md2}");
+    assert!(
+        md2.contains("| projections (ConvLuna's − Luna's, neither factor) |"),
+        "{md2}"
+    );
+    // and with no results at all
+    report(&m2, &[], &paths).unwrap();
+    let md0 = std::fs::read_to_string(&paths.markdown).unwrap();
+    assert!(
+        md0.contains("0 of 10 runs") && md0.contains("**pending**"),
+        "{md0}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The step-0 backfill of a run is the step-0 evaluation the same run records with
+/// `eval_at_start`: the untrained model is rebuilt exactly from the recorded options.
+#[test]
+fn step0_backfill_is_the_runs_own_step0() {
+    let dir = tmp("step0");
+    let f = dir.join("study.json");
+    std::fs::write(
+        &f,
+        MANIFEST.replace(r#""ffn": 32}"#, r#""ffn": 32, "eval_at_start": true}"#),
+    )
+    .unwrap();
+    let m = Manifest::read(&f).unwrap();
+    let dev = Device::Cpu;
+    let r = run_one(
+        &m,
+        &key("listops", "convluna", 1),
+        &dir.join("runs"),
+        &dev,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(r.curve.len(), 3, "evaluations at steps 0, 3 and 6");
+    let recorded = &r.curve[0];
+    assert_eq!(recorded.step, 0);
+    // equal up to a JSON round trip of the numbers
+    let close = |a: &[Option<f64>], b: &[Option<f64>]| {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| match (x, y) {
+                (Some(x), Some(y)) => (x - y).abs() <= 1e-12 * x.abs().max(1.0),
+                (None, None) => true,
+                _ => false,
+            })
+    };
+    let some = |v: &[f64]| v.iter().map(|x| Some(*x)).collect::<Vec<_>>();
+    let same = |p: &convluna::study::EvalPoint| {
+        assert_eq!(p.step, 0);
+        assert!(
+            p.packed_rank.len() == 1 && p.pack_row_divergence[0].is_some(),
+            "{p:?}"
+        );
+        for (a, b) in [
+            (
+                vec![Some(p.acc), Some(p.loss)],
+                vec![Some(recorded.acc), Some(recorded.loss)],
+            ),
+            (some(&p.packed_rank), some(&recorded.packed_rank)),
+            (p.packed_cosine.clone(), recorded.packed_cosine.clone()),
+            (
+                p.pack_row_divergence.clone(),
+                recorded.pack_row_divergence.clone(),
+            ),
+            (some(&p.pack_entropy), some(&recorded.pack_entropy)),
+            (some(&p.tau), some(&recorded.tau)),
+        ] {
+            assert!(close(&a, &b), "{a:?} != {b:?}");
+        }
+    };
+    same(&step0_point(&r, &dev).unwrap());
+    // A result without its step 0 (as the study's first round recorded them) is backfilled
+    // once into the step-0 file, and the report's view of it gets it back.
+    let mut old = r.clone();
+    old.curve.remove(0);
+    let file = dir.join("step0.jsonl");
+    let n = backfill_step0(&m, &[old.clone(), r.clone()], &file, &dev, &mut |_| {}).unwrap();
+    assert_eq!(n, 1, "only the result without a step-0 point");
+    let lines = read_step0(&file).unwrap();
+    assert_eq!(lines.len(), 1);
+    same(&lines[0].point);
+    assert_eq!(
+        backfill_step0(&m, std::slice::from_ref(&old), &file, &dev, &mut |_| {}).unwrap(),
+        0,
+        "resumable: a run already in the file is skipped"
+    );
+    let merged = with_step0(std::slice::from_ref(&old), &lines);
+    same(&merged[0].curve[0]);
+    assert_eq!(merged[0].curve.len(), r.curve.len());
+    // The report reads the file and measures the memory from step 0.
+    let paths = ReportPaths {
+        markdown: dir.join("report.md"),
+        plots: dir.join("plots"),
+        step0: Some(file.clone()),
+    };
+    report(&m, std::slice::from_ref(&old), &paths).unwrap();
+    let md = std::fs::read_to_string(&paths.markdown).unwrap();
+    assert!(md.contains("| convluna | 1 (1) | 0 |"), "{md}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -218,6 +373,7 @@ fn late_gain_measures_the_rise_in_the_last_quarter() {
     let paths = ReportPaths {
         markdown: dir.join("report.md"),
         plots: dir.join("plots"),
+        step0: None,
     };
     rising.best_val_acc = 0.6;
     let reported = |val_examples: Option<usize>| {

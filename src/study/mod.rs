@@ -331,6 +331,11 @@ impl RunResult {
 
 /// Reads a results file (missing: empty); a malformed line is an error naming it.
 pub fn read_results(path: &Path) -> Result<Vec<RunResult>> {
+    read_lines(path)
+}
+
+/// Reads a file of JSON lines (missing: empty); a malformed line is an error naming it.
+fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     let s = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -347,10 +352,15 @@ pub fn read_results(path: &Path) -> Result<Vec<RunResult>> {
 
 /// Appends one result as one line (a single write, flushed).
 pub fn append_result(path: &Path, r: &RunResult) -> Result<()> {
+    append_line(path, r)
+}
+
+/// Appends `v` as one JSON line (a single write, flushed), creating the folder.
+fn append_line(path: &Path, v: &impl Serialize) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    let mut line = serde_json::to_string(r).map_err(|e| Error::format(path, e.to_string()))?;
+    let mut line = serde_json::to_string(v).map_err(|e| Error::format(path, e.to_string()))?;
     line.push('\n');
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -503,14 +513,21 @@ pub fn grouped<'a>(
     g
 }
 
-/// Where [`report`] writes: the Markdown file and the folder of its plots.
+/// Where [`report`] writes (the Markdown file and the folder of its plots) and the step-0
+/// file it reads.
 #[derive(Clone, Debug)]
 pub struct ReportPaths {
     /// The report (e.g. `docs/reproduction.md`).
     pub markdown: PathBuf,
     /// Its plots (e.g. `docs/reproduction/`), linked relative to the report.
     pub plots: PathBuf,
+    /// Step-0 evaluations of runs that did not record one ([`backfill_step0`]; e.g.
+    /// `docs/reproduction/step0.jsonl`): optional, a missing file means none.
+    pub step0: Option<PathBuf>,
 }
 
+mod analysis;
 mod report;
+mod step0;
 pub use report::{late_gain, report};
+pub use step0::{backfill_step0, has_step0, read_step0, step0_point, with_step0, Step0};

@@ -1,17 +1,20 @@
-//! The study's Markdown report and plots, from the manifest and the results file alone.
+//! The study's Markdown report and plots, from the manifest, the results file and the
+//! optional step-0 file alone. One function per section; the statistics are in
+//! [`super::analysis`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::{grouped, Manifest, ReportPaths, RunResult};
+use super::analysis::{
+    accuracy_tests, best_rank, has_memory, memory, metric, shares_data_per_seed, slots, AccTest,
+    Change, Groups, Kind, Memory, ALPHA, MEMORY_ARMS, METRICS,
+};
+use super::{grouped, read_step0, with_step0, Manifest, ReportPaths, RunResult};
 use crate::error::{Error, Result};
 use crate::params::write_atomic;
 use crate::plot::{bars_svg, heatmap_unit_svg, write_panels, Panel, Series};
-use crate::stats::{ci95, hedges_g, holm, mean, one_sample, welch, welch_ci95};
-
-/// Significance level of the verdicts (after Holm's correction).
-const ALPHA: f64 = 0.05;
+use crate::stats::{ci95, mean};
 
 fn pct(x: f64) -> String {
     format!("{:.1}", 100.0 * x)
@@ -44,212 +47,774 @@ fn rel(from: &Path, to: &Path) -> String {
         .replace('\\', "/")
 }
 
-/// One accuracy comparison on one task.
-struct Tested {
-    task: usize,
-    claim: String,
-    better: String,
-    than: String,
-    diff: f64,
-    ci: Option<f64>,
-    g: Option<f64>,
-    p: f64,
-    holm: f64,
-    n: (usize, usize),
+/// Everything the sections read.
+struct Ctx<'a> {
+    manifest: &'a Manifest,
+    /// Every result given, retired tasks included.
+    all: &'a [RunResult],
+    groups: Groups<'a>,
+    tests: Vec<AccTest>,
+    mem: Memory,
+    plateau: Vec<Plateau>,
+    paths: &'a ReportPaths,
 }
 
-/// The change of a memory metric from the first evaluation to the best checkpoint's, over
-/// seeds (paired by seed).
-struct Change {
-    task: usize,
-    arm: String,
-    layer: usize,
-    metric: &'static str,
-    start: f64,
-    end: f64,
-    diff: Option<(f64, f64, f64)>,
-    holm: f64,
-    n: usize,
-}
-
-/// The metric of an evaluation point, for one layer.
-fn metric(p: &super::EvalPoint, name: &str, layer: usize) -> Option<f64> {
-    match name {
-        "Y_p effective rank / m" => p.packed_rank.get(layer).copied(),
-        "pack-row divergence (bits)" => p.pack_row_divergence.get(layer).copied().flatten(),
-        "pack entropy" => p.pack_entropy.get(layer).copied(),
-        _ => None,
+impl Ctx<'_> {
+    fn task(&self, ti: usize) -> &str {
+        &self.manifest.tasks[ti].name
     }
-    .filter(|v| v.is_finite())
+    fn arm(&self, name: &str) -> Option<usize> {
+        self.manifest.arms.iter().position(|a| a.name == name)
+    }
+    fn runs(&self, ti: usize, arm: &str) -> Option<&Vec<&RunResult>> {
+        self.arm(arm).and_then(|a| self.groups.get(&(ti, a)))
+    }
+    /// The runs of the manifest's tasks and arms.
+    fn study_runs(&self) -> impl Iterator<Item = &RunResult> {
+        self.groups.values().flatten().copied()
+    }
+    /// The tests of one manifest comparison, task by task.
+    fn comparison(&self, better: &str, than: &str) -> Vec<&AccTest> {
+        self.tests
+            .iter()
+            .filter(|t| {
+                t.kind == Kind::Comparison
+                    && t.terms.len() == 2
+                    && t.terms[0].1 == better
+                    && t.terms[1].1 == than
+            })
+            .collect()
+    }
 }
 
-const METRICS: [&str; 3] = [
-    "Y_p effective rank / m",
-    "pack-row divergence (bits)",
-    "pack entropy",
-];
-
-/// Writes the report (`paths.markdown`) and its plots (`paths.plots`) from `manifest` and
-/// `results`; returns the files written.
+/// Writes the report (`paths.markdown`) and its plots (`paths.plots`) from `manifest`,
+/// `results` and, when `paths.step0` names one, the step-0 file; returns the files written.
 pub fn report(
     manifest: &Manifest,
     results: &[RunResult],
     paths: &ReportPaths,
-) -> Result<Vec<std::path::PathBuf>> {
+) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(&paths.plots).map_err(|e| Error::io(&paths.plots, e))?;
-    let groups = grouped(manifest, results);
-    let acc = |t: usize, a: usize| -> Vec<f64> {
-        groups
-            .get(&(t, a))
-            .map(|v| v.iter().map(|r| r.test_acc).collect())
-            .unwrap_or_default()
+    let step0 = match &paths.step0 {
+        Some(p) => read_step0(p)?,
+        None => Vec::new(),
     };
-    let arm_index = |name: &str| manifest.arms.iter().position(|a| a.name == name);
-    let mut written = Vec::new();
+    let results = with_step0(results, &step0);
+    let groups = grouped(manifest, &results);
+    let tests = accuracy_tests(manifest, &groups);
+    let mem = memory(manifest, &groups);
+    let plateau = (0..manifest.tasks.len())
+        .map(|ti| {
+            still_rising(
+                &groups,
+                ti,
+                manifest.arms.len(),
+                manifest.tasks[ti].val_examples,
+            )
+        })
+        .collect();
+    let ctx = Ctx {
+        manifest,
+        all: &results,
+        groups,
+        tests,
+        mem,
+        plateau,
+        paths,
+    };
     let mut md = String::new();
-    let total_runs = manifest.runs().len();
-    let done = groups.values().map(|v| v.len()).sum::<usize>();
-    let cpu_h: f64 = results
-        .iter()
-        .map(|r| r.wall_s * r.threads as f64)
-        .sum::<f64>()
-        / 3600.0;
-    let wall_h: f64 = results.iter().map(|r| r.wall_s).sum::<f64>() / 3600.0;
+    let mut written = Vec::new();
+    header(&mut md);
+    status(&mut md, &ctx);
+    bottom_line(&mut md, &ctx);
+    verdicts(&mut md, &ctx);
+    plateau_summary(&mut md, &ctx);
+    accuracy_table(&mut md, &ctx);
+    comparisons(&mut md, &ctx);
+    factorial(&mut md, &ctx);
+    memory_summary(&mut md, &ctx);
+    setup(&mut md, manifest);
+    for ti in 0..manifest.tasks.len() {
+        task_section(&mut md, &mut written, &ctx, ti)?;
+    }
+    every_run(&mut md, &ctx);
+    write_atomic(&paths.markdown, md.as_bytes())?;
+    written.push(paths.markdown.clone());
+    remove_stale_plots(manifest, paths, &written)?;
+    Ok(written)
+}
 
-    // ---- accuracy comparisons, Holm-corrected together
-    let mut tests = Vec::new();
-    for (ti, _) in manifest.tasks.iter().enumerate() {
-        for c in &manifest.comparisons {
-            let (Some(a), Some(b)) = (arm_index(&c.better), arm_index(&c.than)) else {
-                continue;
-            };
-            let (xa, xb) = (acc(ti, a), acc(ti, b));
-            if xa.is_empty() || xb.is_empty() {
-                continue;
-            }
-            tests.push(Tested {
-                task: ti,
-                claim: c.claim.clone(),
-                better: c.better.clone(),
-                than: c.than.clone(),
-                diff: mean(&xa) - mean(&xb),
-                ci: welch_ci95(&xa, &xb),
-                g: hedges_g(&xa, &xb),
-                p: welch(&xa, &xb).map_or(f64::NAN, |w| w.2),
-                holm: f64::NAN,
-                n: (xa.len(), xb.len()),
-            });
-        }
-    }
-    let adj = holm(&tests.iter().map(|t| t.p).collect::<Vec<_>>());
-    for (t, h) in tests.iter_mut().zip(adj) {
-        t.holm = h;
-    }
-
-    // ---- memory changes over training (first evaluation → best checkpoint), Luna family
-    let mut changes = Vec::new();
-    for (ti, _) in manifest.tasks.iter().enumerate() {
-        for (ai, arm) in manifest.arms.iter().enumerate() {
-            let Some(runs) = groups.get(&(ti, ai)) else {
-                continue;
-            };
-            let m = runs[0].options.memory.unwrap_or(0);
-            let layers = runs[0].curve.first().map_or(0, |p| p.packed_rank.len());
-            if m < 2 || layers == 0 {
-                continue;
-            }
-            for layer in 0..layers {
-                for name in METRICS {
-                    let scale = if name.starts_with("Y_p") {
-                        m as f64
-                    } else {
-                        1.0
-                    };
-                    let pairs: Vec<(f64, f64)> = runs
-                        .iter()
-                        .filter_map(|r| {
-                            let first = r.curve.first()?;
-                            let best = r.curve.iter().find(|p| p.step == r.best_step)?;
-                            Some((
-                                metric(first, name, layer)? / scale,
-                                metric(best, name, layer)? / scale,
-                            ))
-                        })
-                        .collect();
-                    if pairs.is_empty() {
-                        continue;
-                    }
-                    let d: Vec<f64> = pairs.iter().map(|(a, b)| b - a).collect();
-                    changes.push(Change {
-                        task: ti,
-                        arm: arm.name.clone(),
-                        layer,
-                        metric: name,
-                        start: mean(&pairs.iter().map(|p| p.0).collect::<Vec<_>>()),
-                        end: mean(&pairs.iter().map(|p| p.1).collect::<Vec<_>>()),
-                        diff: one_sample(&d),
-                        holm: f64::NAN,
-                        n: pairs.len(),
-                    });
-                }
-            }
-        }
-    }
-    let adj = holm(
-        &changes
-            .iter()
-            .map(|c| c.diff.map_or(f64::NAN, |d| d.2))
-            .collect::<Vec<_>>(),
-    );
-    for (c, h) in changes.iter_mut().zip(adj) {
-        c.holm = h;
-    }
-
-    // ---- header
+fn header(md: &mut String) {
     let _ = writeln!(md, "# Reproducing *On Difficulties of Attention Factorization through Shared Memory* at CPU scale\n");
     let _ = writeln!(
         md,
         "Generated by `cargo run --release --example study -- --report` from \
-         [`reproduction/study.json`](reproduction/study.json) (the study) and \
-         [`reproduction/results.jsonl`](reproduction/results.jsonl) (one line per finished run); \
-         do not edit by hand. `cargo run --release --example study` runs what is missing \
-         (each finished run is appended and skipped on the next call; a killed run resumes \
-         from its last checkpoint).\n"
+         [`reproduction/study.json`](reproduction/study.json) (the study), \
+         [`reproduction/results.jsonl`](reproduction/results.jsonl) (one line per finished run) \
+         and [`reproduction/step0.jsonl`](reproduction/step0.jsonl) (the step-0 evaluation of \
+         runs that did not record one, from `--step0`); do not edit by hand. \
+         `cargo run --release --example study` runs what is missing (each finished run is \
+         appended and skipped on the next call; a killed run resumes from its last \
+         checkpoint).\n"
     );
-    let _ = writeln!(
-        md,
-        "**Status:** {done} of {total_runs} runs ({} arms × {}) finished; \
-         {wall_h:.2} hours of training wall time, {cpu_h:.2} CPU-hours (threads × wall).\n",
-        manifest.arms.len(),
-        manifest
-            .tasks
-            .iter()
-            .map(|t| format!("{} seeds on {}", t.seeds(&manifest.seeds).len(), t.name))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+}
 
-    // ---- verdicts
-    let _ = writeln!(md, "## Verdicts\n");
-    let _ = writeln!(
-        md,
-        "Each comparison is a Welch t-test of test accuracy over seeds; the p-values of all \
-         comparisons on all tasks are corrected together with Holm's method, and a result \
-         counts at α = {ALPHA} after correction.\n"
-    );
-    for line in verdicts(manifest, &tests, &changes, &groups) {
-        let _ = writeln!(md, "{line}");
+/// The median of `x` (NaN when empty).
+fn median(x: &[f64]) -> f64 {
+    let mut v = x.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
     }
-    let plateau: Vec<Plateau> = manifest
+}
+
+fn cpu_hours<'a>(runs: impl Iterator<Item = &'a RunResult>) -> f64 {
+    runs.map(|r| r.wall_s * r.threads as f64).sum::<f64>() / 3600.0
+}
+
+fn status(md: &mut String, ctx: &Ctx) {
+    let m = ctx.manifest;
+    let total = m.runs().len();
+    let done = ctx.study_runs().count();
+    let per_task: Vec<String> = m
         .tasks
         .iter()
         .enumerate()
-        .map(|(ti, t)| still_rising(&groups, ti, manifest.arms.len(), t.val_examples))
+        .map(|(ti, t)| {
+            let arms = m.arms.iter().filter(|a| t.has_arm(&a.name)).count();
+            let want = arms * t.seeds(&m.seeds).len();
+            let have = (0..m.arms.len())
+                .filter_map(|a| ctx.groups.get(&(ti, a)))
+                .map(Vec::len)
+                .sum::<usize>();
+            let pending: Vec<&str> = m
+                .arms
+                .iter()
+                .enumerate()
+                .filter(|(ai, a)| t.has_arm(&a.name) && !ctx.groups.contains_key(&(ti, *ai)))
+                .map(|(_, a)| a.name.as_str())
+                .collect();
+            let mut s = format!(
+                "{} {have} of {want} ({arms} arms × {} seeds)",
+                t.name,
+                t.seeds(&m.seeds).len()
+            );
+            if !pending.is_empty() {
+                let _ = write!(s, ", pending: {}", pending.join(", "));
+            }
+            s
+        })
         .collect();
-    let rising: Vec<String> = manifest
+    let walls: Vec<f64> = ctx.study_runs().map(|r| r.wall_s / 60.0).collect();
+    let wall_h = walls.iter().sum::<f64>() / 60.0;
+    let mut line = format!(
+        "**Status:** {done} of {total} runs finished — {}. Their training took {wall_h:.2} \
+         hours of wall time, {:.2} CPU-hours (threads × wall)",
+        per_task.join("; "),
+        cpu_hours(ctx.study_runs())
+    );
+    if !walls.is_empty() {
+        let lo = walls.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = walls.iter().copied().fold(0.0, f64::max);
+        let _ = write!(
+            line,
+            "; a run took {lo:.1}–{hi:.1} minutes (median {:.1})",
+            median(&walls)
+        );
+    }
+    let retired: Vec<&RunResult> = ctx
+        .all
+        .iter()
+        .filter(|r| !m.tasks.iter().any(|t| t.name == r.task))
+        .collect();
+    if !retired.is_empty() {
+        let mut names: Vec<&str> = retired.iter().map(|r| r.task.as_str()).collect();
+        names.sort();
+        names.dedup();
+        let _ = write!(
+            line,
+            ". Not counted: {} results of tasks no longer in the study ({}; {:.2} CPU-hours)",
+            retired.len(),
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            cpu_hours(retired.iter().copied())
+        );
+    }
+    let _ = writeln!(md, "{line}.\n");
+}
+
+/// One test's outcome, for the verdicts: task, estimate (points or raw), CI, Holm p, seeds.
+struct Outcome {
+    task: String,
+    est: Option<f64>,
+    ci: Option<f64>,
+    holm: f64,
+    n: String,
+}
+
+impl Outcome {
+    fn significant(&self) -> bool {
+        self.holm < ALPHA
+    }
+    fn tested(&self) -> bool {
+        !self.holm.is_nan()
+    }
+}
+
+fn acc_outcomes(tests: &[&AccTest]) -> Vec<Outcome> {
+    tests
+        .iter()
+        .map(|t| Outcome {
+            task: String::new(),
+            est: t.est.as_ref().map(|e| 100.0 * e.est),
+            ci: t.est.as_ref().and_then(|e| e.ci).map(|c| 100.0 * c),
+            holm: t.holm,
+            n: n_text(t),
+        })
+        .collect()
+}
+
+fn n_text(t: &AccTest) -> String {
+    match &t.est {
+        Some(e) if e.paired => format!("{} pairs", e.n.first().copied().unwrap_or(0)),
+        Some(e) => format!(
+            "n = {}",
+            e.n.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => String::new(),
+    }
+}
+
+/// How the outcomes of one claim over tasks read: (verdict, numbers).
+fn verdict_of(outs: &[Outcome], digits: usize) -> (String, String) {
+    let tested: Vec<&Outcome> = outs.iter().filter(|o| o.tested()).collect();
+    let better: Vec<&&Outcome> = tested
+        .iter()
+        .filter(|o| o.significant() && o.est.is_some_and(|e| e > 0.0))
+        .collect();
+    let worse: Vec<&&Outcome> = tested
+        .iter()
+        .filter(|o| o.significant() && o.est.is_some_and(|e| e < 0.0))
+        .collect();
+    let names = |v: &[&&Outcome]| {
+        v.iter()
+            .map(|o| o.task.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let k = tested.len();
+    let verdict = if k == 0 {
+        if outs.iter().any(|o| o.est.is_some()) {
+            "**not testable yet**".to_string()
+        } else {
+            "**pending**".to_string()
+        }
+    } else if better.len() == k {
+        format!("**reproduced** ({k} of {k} tasks)")
+    } else if !better.is_empty() && worse.is_empty() {
+        format!(
+            "**partly reproduced** (better on {}; {} of {k} tasks)",
+            names(&better),
+            better.len()
+        )
+    } else if !worse.is_empty() && better.is_empty() {
+        format!("**not reproduced: the opposite** on {}", names(&worse))
+    } else if !worse.is_empty() {
+        format!(
+            "**mixed**: better on {}, worse on {}",
+            names(&better),
+            names(&worse)
+        )
+    } else {
+        format!("**not reproduced**: no significant difference on any of {k} tasks")
+    };
+    let nums: Vec<String> = outs
+        .iter()
+        .map(|o| match o.est {
+            None => format!("{} pending", o.task),
+            Some(e) if !o.tested() => {
+                format!("not testable yet on {} {e:+.digits$} ({})", o.task, o.n)
+            }
+            Some(e) => format!(
+                "{} {e:+.digits$}{} (p Holm {}{})",
+                o.task,
+                o.ci.map_or(String::new(), |c| format!(" ± {c:.digits$}")),
+                p_fmt(o.holm),
+                if o.n.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", o.n)
+                }
+            ),
+        })
+        .collect();
+    (verdict, nums.join("; "))
+}
+
+/// The outcomes of manifest comparison `better − than`, task by task.
+fn comparison_outcomes(ctx: &Ctx, better: &str, than: &str) -> Vec<Outcome> {
+    let tests = ctx.comparison(better, than);
+    let mut outs = acc_outcomes(&tests);
+    for (o, t) in outs.iter_mut().zip(&tests) {
+        o.task = ctx.task(t.task).to_string();
+        if !o.tested() || t.est.as_ref().is_some_and(|e| !e.paired) {
+            let n: Vec<String> = t
+                .terms
+                .iter()
+                .map(|(_, a)| ctx.runs(t.task, a).map_or(0, Vec::len).to_string())
+                .collect();
+            o.n = format!("n = {}", n.join(", "));
+        }
+    }
+    outs
+}
+
+/// How `subject` relates to `object` over the tasks, for the bottom line.
+fn relation(outs: &[Outcome], subject: &str, object: &str) -> String {
+    let tested: Vec<&Outcome> = outs.iter().filter(|o| o.tested()).collect();
+    let nums = outs
+        .iter()
+        .filter_map(|o| o.est.map(|e| format!("{} {e:+.1}", o.task)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let better: Vec<&str> = tested
+        .iter()
+        .filter(|o| o.significant() && o.est.is_some_and(|e| e > 0.0))
+        .map(|o| o.task.as_str())
+        .collect();
+    let worse: Vec<&str> = tested
+        .iter()
+        .filter(|o| o.significant() && o.est.is_some_and(|e| e < 0.0))
+        .map(|o| o.task.as_str())
+        .collect();
+    let k = tested.len();
+    let how = if k == 0 {
+        return format!("{subject} vs {object}: pending");
+    } else if better.len() == k {
+        format!("{subject} beats {object} on all {k} tasks tested")
+    } else if better.is_empty() && worse.is_empty() {
+        format!("{subject} is not significantly different from {object} on any of {k} tasks")
+    } else {
+        let mut s = format!("{subject} beats {object} on {} only", better.join(", "));
+        if better.is_empty() {
+            s = format!("{subject} never beats {object}");
+        }
+        if !worse.is_empty() {
+            let _ = write!(s, " and is worse on {}", worse.join(", "));
+        }
+        s
+    };
+    format!("{how} ({nums} points)")
+}
+
+/// Verdict 1, within runs: the direction of Luna's memory change from step 0 (else the first
+/// evaluation) to the best checkpoint. (verdict, numbers, short phrase for the bottom line).
+fn verdict_degrades(ctx: &Ctx) -> (String, String, String) {
+    let luna: Vec<&Change> = ctx.mem.changes.iter().filter(|c| c.arm == "luna").collect();
+    let rank: Vec<&&Change> = luna.iter().filter(|c| c.metric == METRICS[0].0).collect();
+    if rank.is_empty() {
+        let p = "pending".to_string();
+        return ("**pending** (no Luna runs)".into(), String::new(), p);
+    }
+    let tested: Vec<&&Change> = luna
+        .iter()
+        .filter(|c| c.diverse_up.is_some() && !c.holm.is_nan())
+        .collect();
+    if tested.is_empty() {
+        let v = format!(
+            "**not testable yet: {} (task, layer) cells, each with fewer than two seeds**",
+            rank.len()
+        );
+        return (v, String::new(), "not testable yet".into());
+    }
+    let more = tested.iter().filter(|c| c.direction() > 0).count();
+    let less = tested.iter().filter(|c| c.direction() < 0).count();
+    let verdict = match (more, less) {
+        (0, 0) => "**not reproduced**: no significant change".to_string(),
+        (_, 0) => "**not reproduced: the memory becomes more diverse**".to_string(),
+        (0, _) => "**reproduced**: the memory becomes less diverse".to_string(),
+        _ => "**mixed**: more diverse in some cells, less in others".to_string(),
+    };
+    let short = match (more, less) {
+        (0, 0) => "Luna's memory does not change significantly during training".to_string(),
+        (_, 0) => {
+            "Luna's memory does not degrade during training: it becomes more diverse".to_string()
+        }
+        (0, _) => "Luna's memory degrades during training".to_string(),
+        _ => "Luna's memory changes both ways during training".to_string(),
+    };
+    let runs: usize = rank.iter().map(|c| c.n).sum();
+    let step0: usize = rank.iter().map(|c| c.from_step0).sum();
+    let cells = |name: &str| {
+        luna.iter()
+            .filter(|c| c.metric == name)
+            .map(|c| {
+                format!(
+                    "{} L{} {:.2} → {:.2}{}",
+                    ctx.task(c.task),
+                    c.layer,
+                    c.start,
+                    c.end,
+                    if c.holm < ALPHA { "*" } else { "" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let nums = format!(
+        "{more} significant changes towards a more diverse memory, {less} towards a less \
+         diverse one (of {} tests); rank ÷ m: {}; mean cosine: {}; baseline step 0 in {step0} \
+         of {runs} (run, layer) pairs{}; `*` significant",
+        tested.len(),
+        cells(METRICS[0].0),
+        cells(METRICS[1].0),
+        if step0 < runs {
+            ", the first evaluation in the others"
+        } else {
+            ""
+        }
+    );
+    (
+        verdict,
+        nums,
+        format!("{short} ({more} significant changes towards diversity, {less} against)"),
+    )
+}
+
+/// Mean rank ÷ m at the best checkpoint of an arm on a task.
+fn arm_rank(ctx: &Ctx, ti: usize, arm: &str) -> Option<f64> {
+    let v: Vec<f64> = ctx
+        .runs(ti, arm)?
+        .iter()
+        .filter_map(|r| best_rank(r))
+        .collect();
+    (!v.is_empty()).then(|| mean(&v))
+}
+
+fn pretty(arm: &str) -> String {
+    match arm {
+        "luna" => "Luna".into(),
+        "convluna" => "ConvLuna".into(),
+        "filter-only" => "filter only".into(),
+        "tau-only" => "τ only".into(),
+        "luna+filter" => "Luna + filter".into(),
+        "luna+tau" => "Luna + τ".into(),
+        "convluna-proj" => "projections only".into(),
+        a => a.into(),
+    }
+}
+
+/// Verdict 1 between arms: ConvLuna's memory against Luna's at the best checkpoint.
+fn verdict_between(ctx: &Ctx) -> (String, String) {
+    let outs: Vec<Outcome> = ctx
+        .mem
+        .between
+        .iter()
+        .filter(|t| t.arm == "convluna")
+        .map(|t| Outcome {
+            task: ctx.task(t.task).to_string(),
+            est: t.est.as_ref().map(|e| e.est),
+            ci: t.est.as_ref().and_then(|e| e.ci),
+            holm: t.holm,
+            n: String::new(),
+        })
+        .collect();
+    let (verdict, _) = verdict_of(&outs, 2);
+    let verdict = verdict.replace("(better on", "(ConvLuna's higher on");
+    let per_task: Vec<String> = (0..ctx.manifest.tasks.len())
+        .filter_map(|ti| {
+            let parts: Vec<String> = std::iter::once("luna")
+                .chain(MEMORY_ARMS)
+                .filter_map(|a| arm_rank(ctx, ti, a).map(|v| format!("{} {v:.2}", pretty(a))))
+                .collect();
+            (!parts.is_empty()).then(|| format!("{}: {}", ctx.task(ti), parts.join(", ")))
+        })
+        .collect();
+    let sig: Vec<String> = ctx
+        .mem
+        .between
+        .iter()
+        .filter(|t| t.holm < ALPHA)
+        .filter_map(|t| {
+            let e = t.est.as_ref()?;
+            Some(format!(
+                "{} − Luna {:+.2} on {}",
+                pretty(&t.arm),
+                e.est,
+                ctx.task(t.task)
+            ))
+        })
+        .collect();
+    let nums = format!(
+        "rank ÷ m at the best checkpoint (mean of layers) — {}; significant after Holm: {}",
+        if per_task.is_empty() {
+            "pending".to_string()
+        } else {
+            per_task.join("; ")
+        },
+        if sig.is_empty() {
+            "none".to_string()
+        } else {
+            sig.join(", ")
+        }
+    );
+    (verdict, nums)
+}
+
+/// The correlation of memory diversity and accuracy across runs: (verdict, numbers, phrase).
+fn verdict_correlation(ctx: &Ctx) -> (String, String, String) {
+    let cs = &ctx.mem.correlations;
+    let tested: Vec<_> = cs.iter().filter(|c| c.r.is_some()).collect();
+    let pos = tested
+        .iter()
+        .filter(|c| c.holm < ALPHA && c.r.is_some_and(|r| r.0 > 0.0))
+        .count();
+    let neg = tested
+        .iter()
+        .filter(|c| c.holm < ALPHA && c.r.is_some_and(|r| r.0 < 0.0))
+        .count();
+    let verdict = if tested.is_empty() {
+        "**pending**".to_string()
+    } else if pos == tested.len() {
+        format!("**yes** (significant on {pos} of {} tasks)", tested.len())
+    } else if pos == 0 && neg == 0 {
+        format!(
+            "**no**: no significant correlation on any of {} tasks",
+            tested.len()
+        )
+    } else {
+        format!(
+            "**mixed**: positive on {pos}, negative on {neg} of {} tasks",
+            tested.len()
+        )
+    };
+    let list = cs
+        .iter()
+        .map(|c| match c.r {
+            Some((r, _)) => format!(
+                "{} r = {r:+.2} (n = {}, p Holm {})",
+                ctx.task(c.task),
+                c.n,
+                p_fmt(c.holm)
+            ),
+            None => format!("{} not testable yet (n = {})", ctx.task(c.task), c.n),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let nums =
+        format!(
+        "Pearson r over the runs with m ≥ 2 of rank ÷ m at the best checkpoint (mean of layers) \
+         and test accuracy: {}",
+        if list.is_empty() { "pending".into() } else { list.clone() }
+    );
+    let short = cs
+        .iter()
+        .filter_map(|c| c.r.map(|(r, _)| format!("{} {r:+.2}", ctx.task(c.task))))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (verdict, nums, short)
+}
+
+fn bottom_line(md: &mut String, ctx: &Ctx) {
+    let _ = writeln!(md, "## Bottom line\n");
+    let rel = |b: &str, t: &str, s: &str, o: &str| relation(&comparison_outcomes(ctx, b, t), s, o);
+    let _ = writeln!(
+        md,
+        "1. **Memory beyond the conv:** {}; {}; {}.",
+        rel(
+            "convluna",
+            "transformer+conv",
+            "ConvLuna",
+            "the Transformer with the same conv"
+        ),
+        rel(
+            "convluna-m1",
+            "transformer+conv",
+            "ConvLuna with one memory slot",
+            "the Transformer with the same conv"
+        ),
+        rel("convluna", "convluna-m1", "m = 16", "m = 1")
+    );
+    let _ = writeln!(
+        md,
+        "2. **Claim 2 (ConvLuna beats Luna):** {}; {}; {}.",
+        rel("convluna", "luna", "ConvLuna", "Luna"),
+        rel(
+            "filter-only",
+            "luna",
+            "the filter alone (filter only)",
+            "Luna"
+        ),
+        rel("tau-only", "luna", "τ alone (τ only)", "Luna")
+    );
+    let (_, _, deg) = verdict_degrades(ctx);
+    let (_, _, corr) = verdict_correlation(ctx);
+    let between: Vec<String> = ctx
+        .mem
+        .between
+        .iter()
+        .filter(|t| t.arm == "convluna")
+        .filter_map(|t| {
+            let e = t.est.as_ref()?;
+            Some(format!(
+                "{} {:+.2}{}",
+                ctx.task(t.task),
+                e.est,
+                if t.holm < ALPHA { "*" } else { "" }
+            ))
+        })
+        .collect();
+    // which arms differ from Luna in memory diversity, and which in accuracy
+    let diverse: Vec<String> = ctx
+        .mem
+        .between
+        .iter()
+        .filter(|t| t.holm < ALPHA && t.est.as_ref().is_some_and(|e| e.est > 0.0))
+        .map(|t| format!("{} ({})", pretty(&t.arm), ctx.task(t.task)))
+        .collect();
+    let accurate: Vec<String> = ctx
+        .tests
+        .iter()
+        .filter(|t| t.kind == Kind::Comparison && t.holm < ALPHA)
+        .filter(|t| t.terms.len() == 2 && t.terms[1].1 == "luna")
+        .filter(|t| t.est.as_ref().is_some_and(|e| e.est > 0.0))
+        .map(|t| format!("{} ({})", pretty(&t.terms[0].1), ctx.task(t.task)))
+        .collect();
+    let (cv, _, _) = verdict_correlation(ctx);
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let _ = writeln!(
+        md,
+        "3. **Memory:** {deg}; at the best checkpoint ConvLuna's rank ÷ m minus Luna's: {} \
+         (`*` significant). Significantly more diverse memory than Luna: {}; significantly \
+         more accurate than Luna: {}. Across runs, memory diversity and test accuracy \
+         correlate {} — {}.\n",
+        list(&between),
+        list(&diverse),
+        list(&accurate),
+        if corr.is_empty() {
+            "(pending)".into()
+        } else {
+            format!("r = {corr}")
+        },
+        cv.replace("**", "")
+    );
+}
+
+/// What each manifest comparison claims, in words.
+fn claim_text(better: &str, than: &str) -> String {
+    match (better, than) {
+        ("convluna", "luna") => "ConvLuna beats Luna".into(),
+        ("filter-only", "luna") => "ConvLuna with the filter and no τ beats Luna".into(),
+        ("tau-only", "luna") => "ConvLuna with τ and no filter beats Luna".into(),
+        ("convluna-m1", "transformer") => {
+            "ConvLuna with one memory slot beats the Transformer".into()
+        }
+        ("transformer+conv", "transformer") => "the conv alone lifts the Transformer".into(),
+        ("convluna", "conv-only") => "ConvLuna beats the conv without attention".into(),
+        ("luna+filter", "luna") => "the filter alone lifts Luna".into(),
+        ("luna+tau", "luna") => "τ alone lifts Luna".into(),
+        ("convluna", "transformer+conv") => {
+            "ConvLuna beats the Transformer with the same conv".into()
+        }
+        ("convluna-m1", "transformer+conv") => {
+            "ConvLuna with one slot beats the Transformer with the same conv".into()
+        }
+        ("convluna", "convluna-m1") => "16 memory slots beat one".into(),
+        (b, t) => format!("{b} beats {t}"),
+    }
+}
+
+fn verdicts(md: &mut String, ctx: &Ctx) {
+    let _ = writeln!(md, "## Verdicts\n");
+    let _ =
+        writeln!(
+        md,
+        "Accuracy: test accuracy over seeds, in points; paired t-tests by seed on the tasks whose \
+         arms share each seed's data ({}), Welch t-tests elsewhere; the p-values of every \
+         comparison and factorial contrast on every task are corrected together with Holm's \
+         method ({} tests), and a result counts at α = {ALPHA} after correction. Memory: \
+         paired by run over training, paired or Welch between arms as for accuracy, Holm over \
+         every memory test and correlation together.\n",
+        {
+            let p: Vec<&str> = ctx
+                .manifest
+                .tasks
+                .iter()
+                .filter(|t| shares_data_per_seed(t))
+                .map(|t| t.name.as_str())
+                .collect();
+            if p.is_empty() { "none".into() } else { p.join(", ") }
+        },
+        ctx.tests.iter().filter(|t| !t.holm.is_nan()).count()
+    );
+    let _ = writeln!(
+        md,
+        "| # | claim | verdict | the numbers |\n|---|---|---|---|"
+    );
+    let (v, n, _) = verdict_degrades(ctx);
+    let _ = writeln!(
+        md,
+        "| 1 | Luna's memory degrades during training (step 0 → best checkpoint) | {v} | {n} |"
+    );
+    let (v, n) = verdict_between(ctx);
+    let _ = writeln!(
+        md,
+        "| 1 | Luna's memory is less diverse than ConvLuna's (best checkpoint) | {v} | {n} |"
+    );
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for c in &ctx.manifest.comparisons {
+        let key = (c.better.clone(), c.than.clone());
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let outs = comparison_outcomes(ctx, &c.better, &c.than);
+        if outs.is_empty() {
+            continue;
+        }
+        let (v, n) = verdict_of(&outs, 1);
+        let _ = writeln!(
+            md,
+            "| {} | {} ({} − {}) | {v} | {n} |",
+            c.claim,
+            claim_text(&c.better, &c.than),
+            c.better,
+            c.than
+        );
+    }
+    let (v, n, _) = verdict_correlation(ctx);
+    let _ = writeln!(
+        md,
+        "| – | a more diverse memory goes with higher accuracy (across runs) | {v} | {n} |\n"
+    );
+}
+
+fn plateau_summary(md: &mut String, ctx: &Ctx) {
+    let m = ctx.manifest;
+    let runs: usize = ctx.plateau.iter().map(|p| p.runs).sum();
+    let cap: usize = ctx.plateau.iter().map(|p| p.at_cap).sum();
+    let cap_rising: usize = ctx.plateau.iter().map(|p| p.at_cap_rising).sum();
+    if runs == 0 {
+        return;
+    }
+    let rising: Vec<String> = m
         .tasks
         .iter()
-        .zip(&plateau)
+        .zip(&ctx.plateau)
         .filter(|(_, p)| p.rising > 0)
         .map(|(t, p)| match p.above_noise {
             Some(k) => format!(
@@ -260,33 +825,245 @@ pub fn report(
             None => format!("{} ({} of {} runs)", t.name, p.rising, p.runs),
         })
         .collect();
-    let within_noise = plateau
+    let per_task: Vec<String> = m
+        .tasks
+        .iter()
+        .zip(&ctx.plateau)
+        .filter(|(_, p)| p.runs > 0)
+        .map(|(t, p)| {
+            format!(
+                "{} {} of {} at the cap, {} of them still gaining",
+                t.name, p.at_cap, p.runs, p.at_cap_rising
+            )
+        })
+        .collect();
+    let mut s = format!(
+        "**Step cap:** {cap} of {runs} runs ({:.0} %) ended at their step cap rather than on \
+         their patience, and {cap_rising} of {runs} ({:.0} %) ended there while still gaining \
+         more than {:.0} point of validation accuracy in the last quarter of their steps ({}).",
+        100.0 * cap as f64 / runs as f64,
+        100.0 * cap_rising as f64 / runs as f64,
+        100.0 * RISING,
+        per_task.join("; ")
+    );
+    let within_noise = ctx
+        .plateau
         .iter()
         .all(|p| p.rising == 0 || p.above_noise == Some(0));
     if !rising.is_empty() && within_noise {
-        let _ = writeln!(
-            md,
-            "\n**Plateau:** by a one-point rule, {} were still gaining more than {:.0} point of \
-             validation accuracy in the last quarter of their steps; none of these gains \
+        let _ = write!(
+            s,
+            " **Plateau:** by the one-point rule, {} were still rising; none of these gains \
              exceeds two standard errors of its run's validation measurement, so every curve \
-             is flat within the noise of that measurement (see each task's table).",
-            rising.join(", "),
-            100.0 * RISING
+             is flat within the noise of that measurement.",
+            rising.join(", ")
         );
     } else if !rising.is_empty() {
+        let _ = write!(
+            s,
+            " **Not at a plateau:** {}: the comparisons they enter are between models trained \
+             for the same budget, not between converged models.",
+            rising.join(", ")
+        );
+    }
+    let _ = writeln!(md, "{s}\n");
+}
+
+fn accuracy_table(md: &mut String, ctx: &Ctx) {
+    let m = ctx.manifest;
+    let _ = writeln!(
+        md,
+        "## Test accuracy\n\nMean ± 95 % CI over seeds (%), seeds in brackets; – : the task does \
+         not run the arm.\n"
+    );
+    let _ = write!(md, "| arm |");
+    for t in &m.tasks {
+        let _ = write!(md, " {} |", t.name);
+    }
+    let _ = writeln!(md, "\n|---|{}", "---|".repeat(m.tasks.len()));
+    for (ai, a) in m.arms.iter().enumerate() {
+        let _ = write!(md, "| {} |", a.name);
+        for (ti, t) in m.tasks.iter().enumerate() {
+            let cell = if !t.has_arm(&a.name) {
+                "–".to_string()
+            } else {
+                match ctx.groups.get(&(ti, ai)) {
+                    None => "pending".to_string(),
+                    Some(v) => {
+                        let x: Vec<f64> = v.iter().map(|r| r.test_acc).collect();
+                        if x.len() < 2 {
+                            format!("{} (1)", pct(x[0]))
+                        } else {
+                            format!("{} ({})", pm(&x), x.len())
+                        }
+                    }
+                }
+            };
+            let _ = write!(md, " {cell} |");
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(md);
+}
+
+fn test_row(ctx: &Ctx, t: &AccTest) -> String {
+    let ns: Vec<String> = t
+        .terms
+        .iter()
+        .map(|(_, a)| ctx.runs(t.task, a).map_or(0, Vec::len).to_string())
+        .collect();
+    let label = format!("{} (n = {})", t.label, ns.join(", "));
+    match &t.est {
+        None => format!(
+            "| {label} | pending: no runs of {} | | | | |",
+            t.pending.join(", ")
+        ),
+        Some(e) => format!(
+            "| {label} | {} | {:+.1}{} | {} | {} | {} |",
+            if e.paired {
+                format!("paired, {} seeds", e.n.first().copied().unwrap_or(0))
+            } else {
+                "Welch".into()
+            },
+            100.0 * e.est,
+            e.ci.map_or(String::new(), |c| format!(" ± {:.1}", 100.0 * c)),
+            t.g.map_or("–".into(), |g| format!("{g:+.2}")),
+            p_fmt(e.p),
+            p_fmt(t.holm)
+        ),
+    }
+}
+
+fn comparisons(md: &mut String, ctx: &Ctx) {
+    let _ = writeln!(
+        md,
+        "## Comparisons\n\nDifference of test accuracy in points (95 % CI); Hedges' g on the \
+         two arms' accuracies; p before and after Holm's correction over all {} tests of this \
+         section and the next.\n",
+        ctx.tests.iter().filter(|t| !t.holm.is_nan()).count()
+    );
+    test_table(
+        md,
+        ctx,
+        Kind::Comparison,
+        ["claim", "comparison", "difference"],
+    );
+}
+
+/// The table of the accuracy tests of one kind, task by task.
+fn test_table(md: &mut String, ctx: &Ctx, kind: Kind, [what, how, est]: [&str; 3]) {
+    let _ = writeln!(
+        md,
+        "| task | {what} | {how} | test | {est} (points, 95 % CI) | Hedges' g | p | p (Holm) |\n|---|---|---|---|---|---|---|---|"
+    );
+    for t in ctx.tests.iter().filter(|t| t.kind == kind) {
         let _ = writeln!(
             md,
-            "\n**Not at a plateau:** {}: these runs were still gaining more than {:.0} point of \
-             validation accuracy in the last quarter of their steps; the comparisons they \
-             enter are between models trained for the same budget, not between converged \
-             models (see each task's table).",
-            rising.join(", "),
-            100.0 * RISING
+            "| {} | {} {}",
+            ctx.task(t.task),
+            t.claim,
+            test_row(ctx, t)
         );
     }
     let _ = writeln!(md);
+}
 
-    // ---- setup
+fn factorial(md: &mut String, ctx: &Ctx) {
+    if !ctx.tests.iter().any(|t| t.kind == Kind::Factorial) {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Filter × τ × projections\n\nThe arms as cells of a design with three factors: the \
+         conv filter on the packing keys and values, the learned τ in packing, and ConvLuna's \
+         projections (shared q/k/o, no value projection, no unpack scale) against Luna's. \
+         Luna, `luna+filter`, `luna+tau` have Luna's projections; `convluna-proj`, \
+         `filter-only`, `tau-only`, `convluna` have ConvLuna's with neither factor, the \
+         filter, τ, both. A main effect is the mean of the factor's two simple effects; an \
+         interaction is their difference. Contrasts that are also a comparison above are \
+         listed there. Holm-corrected with the comparisons.\n"
+    );
+    test_table(md, ctx, Kind::Factorial, ["effect", "contrast", "estimate"]);
+}
+
+fn memory_summary(md: &mut String, ctx: &Ctx) {
+    let luna: Vec<&Change> = ctx.mem.changes.iter().filter(|c| c.arm == "luna").collect();
+    let _ = writeln!(md, "## Memory\n");
+    if luna.is_empty() && ctx.mem.between.is_empty() {
+        let _ = writeln!(md, "Pending: no runs with a memory yet.\n");
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "**Luna over training.** Each (task, layer) from the baseline (the run's step-0 \
+         evaluation where it has one, else its first evaluation) to the best checkpoint's \
+         evaluation, paired by run. A more diverse memory has a higher rank ÷ m (1 = every slot \
+         different, 1/m = one direction), a lower mean cosine between slots and a higher \
+         pack-row divergence (slots read different positions); entropy is the pack attention's \
+         spread (lower = sharper).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| task | layer | metric | baseline (step 0 in) | baseline | best checkpoint | change (95 % CI) | p (Holm) | direction |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for c in &luna {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} of {} | {:.3} | {:.3} | {} | {} | {} |",
+            ctx.task(c.task),
+            c.layer,
+            c.metric,
+            c.from_step0,
+            c.n,
+            c.start,
+            c.end,
+            c.diff
+                .map_or("–".into(), |(m, ci, _)| format!("{m:+.3} ± {ci:.3}")),
+            p_fmt(c.holm),
+            match c.direction() {
+                1 => "more diverse",
+                -1 => "less diverse",
+                _ => "–",
+            }
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n**Between arms at the best checkpoint.** Y_p's rank ÷ m (mean of layers) of each \
+         arm minus Luna's, paired by seed where the arms share data.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| task | arm | rank ÷ m | Luna | difference (95 % CI) | test | p (Holm) |\n|---|---|---|---|---|---|---|"
+    );
+    for t in &ctx.mem.between {
+        let (mine, luna) = (arm_rank(ctx, t.task, &t.arm), arm_rank(ctx, t.task, "luna"));
+        let f = |v: Option<f64>| v.map_or("pending".into(), |v| format!("{v:.3}"));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            ctx.task(t.task),
+            t.arm,
+            f(mine),
+            f(luna),
+            t.est.as_ref().map_or("pending".into(), |e| format!(
+                "{:+.3}{}",
+                e.est,
+                e.ci.map_or(String::new(), |c| format!(" ± {c:.3}"))
+            )),
+            t.est.as_ref().map_or(String::new(), |e| if e.paired {
+                "paired".into()
+            } else {
+                "Welch".into()
+            }),
+            p_fmt(t.holm)
+        );
+    }
+    let (_, n, _) = verdict_correlation(ctx);
+    let _ = writeln!(md, "\n**Memory and accuracy.** {n}.\n");
+}
+
+fn setup(md: &mut String, manifest: &Manifest) {
     let _ = writeln!(md, "## Setup\n");
     let _ = writeln!(md, "| task | data and settings |\n|---|---|");
     for t in &manifest.tasks {
@@ -309,220 +1086,233 @@ pub fn report(
         let _ = writeln!(md, "\n{n}");
     }
     let _ = writeln!(md);
+}
 
-    // ---- per task
-    for (ti, task) in manifest.tasks.iter().enumerate() {
-        let _ = writeln!(md, "## {}\n", task.name);
-        let majority = (0..manifest.arms.len())
-            .filter_map(|a| groups.get(&(ti, a)))
-            .flat_map(|v| v.iter().map(|r| r.majority))
-            .next();
-        if let Some(m) = majority {
-            let _ = writeln!(md, "Majority class of the test split: {} %.\n", pct(m));
-        }
-        let _ = writeln!(
-            md,
-            "| arm | seeds | test accuracy % (mean ± 95 % CI) | best validation % | best step | steps trained | last-quarter gain (points) | wall min / run |\n|---|---|---|---|---|---|---|---|"
-        );
-        let mut bars = Vec::new();
-        for (ai, arm) in manifest.arms.iter().enumerate() {
-            let Some(runs) = groups.get(&(ti, ai)) else {
-                let _ = writeln!(md, "| {} | 0 | – | – | – | – | – | – |", arm.name);
-                continue;
-            };
-            let x: Vec<f64> = runs.iter().map(|r| r.test_acc).collect();
-            let val: Vec<f64> = runs.iter().map(|r| r.best_val_acc).collect();
-            let best: Vec<f64> = runs.iter().map(|r| r.best_step as f64).collect();
-            let steps: Vec<String> = runs
-                .iter()
-                .map(|r| format!("{}{}", r.steps, if r.stopped_early { "" } else { "*" }))
-                .collect();
-            let wall = mean(&runs.iter().map(|r| r.wall_s / 60.0).collect::<Vec<_>>());
-            let gains: Vec<String> = runs
-                .iter()
-                .map(|r| late_gain(r).map_or("–".into(), |g| format!("{:+.1}", 100.0 * g)))
-                .collect();
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {:.0} | {} | {} | {wall:.1} |",
-                arm.name,
-                runs.len(),
-                pm(&x),
-                pct(mean(&val)),
-                mean(&best),
-                steps.join(", "),
-                gains.join(", ")
-            );
-            bars.push((arm.name.clone(), mean(&x), ci95(&x)));
-        }
-        let _ = writeln!(
-            md,
-            "\n`*`: the run used all its steps without meeting its patience; otherwise it \
-             stopped after `patience` evaluations without a new best. *Last-quarter gain*, per \
-             seed: the best validation accuracy of the evaluations in the last quarter of the \
-             steps the run trained, minus the best before them — near zero when the curve had \
-             flattened, large when the run was still rising when its steps ran out (the \
-             learning rate decays to 5 % of its peak at the last step).\n"
-        );
-        let p = plateau[ti];
-        if p.rising > 0 {
-            let noise = match (p.above_noise, task.val_examples) {
-                (Some(k), Some(n)) => format!(
-                    " Validation accuracy is measured on {} examples, so it carries a \
-                     standard error of {:.1}–{:.1} points at this task's accuracies: {k} of \
-                     these {} gains exceed two standard errors of their run's measurement{}.",
-                    thousands(n),
-                    100.0 * p.se_range.0,
-                    100.0 * p.se_range.1,
-                    p.rising,
-                    if k == 0 {
-                        " (every one is within the noise of a flat curve)"
-                    } else if k < p.rising {
-                        " (the others are within the noise of a flat curve)"
-                    } else {
-                        ""
-                    }
-                ),
-                _ => String::new(),
-            };
-            let _ = writeln!(
-                md,
-                "**Plateau:** {} of {} runs had not flattened when their budget ended by the \
-                 one-point rule: they gained more than {:.0} point of validation accuracy in \
-                 the last quarter of their steps (largest {:+.1}).{noise} Where those runs \
-                 weigh, this task's comparisons hold at an equal number of steps, not between \
-                 converged models.\n",
-                p.rising,
-                p.runs,
-                100.0 * RISING,
-                100.0 * p.top
-            );
-        }
-        if !bars.is_empty() {
-            let f = paths.plots.join(format!("{}-accuracy.svg", task.name));
-            let svg = bars_svg(
-                &format!("{}: test accuracy (mean ± 95 % CI over seeds)", task.name),
-                "test accuracy",
-                &bars,
-                majority.map(|m| (m, "majority class")),
-            )?;
-            write_atomic(&f, svg.as_bytes())?;
-            let _ = writeln!(
-                md,
-                "![{} accuracy]({})\n",
-                task.name,
-                rel(&paths.markdown, &f)
-            );
-            written.push(f);
-        }
-        // validation curves
-        let mut series = Vec::new();
-        for (ai, arm) in manifest.arms.iter().enumerate() {
-            if let Some(runs) = groups.get(&(ti, ai)) {
-                series.push(Series::new(
-                    arm.name.clone(),
-                    mean_curve(runs, |p| Some(p.acc)),
-                ));
-            }
-        }
-        if !series.is_empty() {
-            let f = paths.plots.join(format!("{}-validation.svg", task.name));
-            write_panels(
-                &f,
-                &[Panel {
-                    title: format!("{}: validation accuracy (mean over seeds)", task.name),
-                    x_label: "step".into(),
-                    y_label: "validation accuracy".into(),
-                    series,
-                    log_x: false,
-                }],
-                1,
-            )?;
-            let _ = writeln!(
-                md,
-                "Validation curves (each point the mean over the seeds that reached that step; \
-                 runs stop on their patience, so a flat tail is the plateau):\n\n![{} validation]({})\n",
-                task.name,
-                rel(&paths.markdown, &f)
-            );
-            written.push(f);
-        }
-        // comparisons on this task
-        let here: Vec<&Tested> = tests.iter().filter(|t| t.task == ti).collect();
-        if !here.is_empty() {
-            let _ = writeln!(
-                md,
-                "| claim | comparison | difference (points, 95 % CI) | Hedges' g | p | p (Holm) |\n|---|---|---|---|---|---|"
-            );
-            for t in here {
-                let _ = writeln!(
-                    md,
-                    "| {} | {} − {} (n = {}, {}) | {:+.1}{} | {} | {} | {} |",
-                    t.claim,
-                    t.better,
-                    t.than,
-                    t.n.0,
-                    t.n.1,
-                    100.0 * t.diff,
-                    t.ci.map_or(String::new(), |c| format!(" ± {:.1}", 100.0 * c)),
-                    t.g.map_or("–".into(), |g| format!("{g:+.2}")),
-                    p_fmt(t.p),
-                    p_fmt(t.holm)
-                );
-            }
-            let _ = writeln!(md);
-        }
-        memory_section(
-            &mut md,
-            &mut written,
-            manifest,
-            ti,
-            &groups,
-            &changes,
-            paths,
-        )?;
+/// How a run ended: on its patience, or at its step cap (and whether still rising then).
+fn ending(r: &RunResult) -> &'static str {
+    if r.stopped_early {
+        "patience"
+    } else if late_gain(r).is_some_and(|g| g > RISING) {
+        "cap, rising"
+    } else {
+        "cap"
     }
+}
 
-    // ---- appendix: every run
+fn task_section(md: &mut String, written: &mut Vec<PathBuf>, ctx: &Ctx, ti: usize) -> Result<()> {
+    let m = ctx.manifest;
+    let task = &m.tasks[ti];
+    let paths = ctx.paths;
+    let _ = writeln!(md, "## {}\n", task.name);
+    let majority = (0..m.arms.len())
+        .filter_map(|a| ctx.groups.get(&(ti, a)))
+        .flat_map(|v| v.iter().map(|r| r.majority))
+        .next();
+    if let Some(mj) = majority {
+        let _ = writeln!(md, "Majority class of the test split: {} %.\n", pct(mj));
+    }
+    let _ = writeln!(
+        md,
+        "| arm | seeds | test accuracy % (mean ± 95 % CI) | best validation % | best step | steps trained | last-quarter gain (points) | wall min / run |\n|---|---|---|---|---|---|---|---|"
+    );
+    let mut bars = Vec::new();
+    for (ai, arm) in m.arms.iter().enumerate() {
+        if !task.has_arm(&arm.name) {
+            continue;
+        }
+        let Some(runs) = ctx.groups.get(&(ti, ai)) else {
+            let _ = writeln!(md, "| {} | 0 | pending | – | – | – | – | – |", arm.name);
+            continue;
+        };
+        let x: Vec<f64> = runs.iter().map(|r| r.test_acc).collect();
+        let val: Vec<f64> = runs.iter().map(|r| r.best_val_acc).collect();
+        let best: Vec<f64> = runs.iter().map(|r| r.best_step as f64).collect();
+        let steps: Vec<String> = runs
+            .iter()
+            .map(|r| {
+                if r.stopped_early {
+                    r.steps.to_string()
+                } else {
+                    format!("{} (cap)", r.steps)
+                }
+            })
+            .collect();
+        let wall = mean(&runs.iter().map(|r| r.wall_s / 60.0).collect::<Vec<_>>());
+        let gains: Vec<String> = runs
+            .iter()
+            .map(|r| late_gain(r).map_or("–".into(), |g| format!("{:+.1}", 100.0 * g)))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {wall:.1} |",
+            arm.name,
+            runs.len(),
+            pm(&x),
+            pct(mean(&val)),
+            mean(&best),
+            steps.join(", "),
+            gains.join(", ")
+        );
+        bars.push((arm.name.clone(), mean(&x), ci95(&x)));
+    }
+    let _ = writeln!(
+        md,
+        "\n`(cap)`: the run used all its steps without meeting its patience (stopped by the \
+         step cap); otherwise it stopped after `patience` evaluations without a new best. \
+         *Last-quarter gain*, per seed: the best validation accuracy of the evaluations in the \
+         last quarter of the steps the run trained, minus the best before them — near zero \
+         when the curve had flattened, large when the run was still rising when its steps ran \
+         out.\n"
+    );
+    task_plateau(md, ctx, ti);
+    if !bars.is_empty() {
+        let f = paths.plots.join(format!("{}-accuracy.svg", task.name));
+        let svg = bars_svg(
+            &format!("{}: test accuracy (mean ± 95 % CI over seeds)", task.name),
+            "test accuracy",
+            &bars,
+            majority.map(|m| (m, "majority class")),
+        )?;
+        write_atomic(&f, svg.as_bytes())?;
+        let _ = writeln!(
+            md,
+            "![{} accuracy]({})\n",
+            task.name,
+            rel(&paths.markdown, &f)
+        );
+        written.push(f);
+    }
+    let series: Vec<Series> = m
+        .arms
+        .iter()
+        .enumerate()
+        .filter_map(|(ai, arm)| {
+            let runs = ctx.groups.get(&(ti, ai))?;
+            Some(Series::new(
+                arm.name.clone(),
+                mean_curve(runs, |p| Some(p.acc)),
+            ))
+        })
+        .collect();
+    if !series.is_empty() {
+        let f = paths.plots.join(format!("{}-validation.svg", task.name));
+        write_panels(
+            &f,
+            &[Panel {
+                title: format!("{}: validation accuracy (mean over seeds)", task.name),
+                x_label: "step".into(),
+                y_label: "validation accuracy".into(),
+                series,
+                log_x: false,
+            }],
+            1,
+        )?;
+        let _ = writeln!(
+            md,
+            "Validation curves (each point the mean over the seeds that reached that step, step \
+             0 included where known; runs stop on their patience, so a flat tail is the \
+             plateau):\n\n![{} validation]({})\n",
+            task.name,
+            rel(&paths.markdown, &f)
+        );
+        written.push(f);
+    }
+    memory_section(md, written, ctx, ti)
+}
+
+fn task_plateau(md: &mut String, ctx: &Ctx, ti: usize) {
+    let p = ctx.plateau[ti];
+    let task = &ctx.manifest.tasks[ti];
+    if p.runs == 0 {
+        return;
+    }
+    let mut s = format!(
+        "**Step cap:** {} of {} runs ended at the step cap, {} of them still gaining more than \
+         {:.0} point in their last quarter.",
+        p.at_cap,
+        p.runs,
+        p.at_cap_rising,
+        100.0 * RISING
+    );
+    if p.rising > 0 {
+        let noise = match (p.above_noise, task.val_examples) {
+            (Some(k), Some(n)) => format!(
+                " Validation accuracy is measured on {} examples, so it carries a standard \
+                 error of {:.1}–{:.1} points at this task's accuracies: {k} of these {} gains \
+                 exceed two standard errors of their run's measurement{}.",
+                thousands(n),
+                100.0 * p.se_range.0,
+                100.0 * p.se_range.1,
+                p.rising,
+                if k == 0 {
+                    " (every one is within the noise of a flat curve)"
+                } else if k < p.rising {
+                    " (the others are within the noise of a flat curve)"
+                } else {
+                    ""
+                }
+            ),
+            _ => String::new(),
+        };
+        let _ = write!(
+            s,
+            " **Plateau:** {} of {} runs gained more than {:.0} point of validation accuracy in \
+             the last quarter of their steps (largest {:+.1}).{noise} Where those runs weigh, \
+             this task's comparisons hold at an equal number of steps, not between converged \
+             models.",
+            p.rising,
+            p.runs,
+            100.0 * RISING,
+            100.0 * p.top
+        );
+    }
+    let _ = writeln!(md, "{s}\n");
+}
+
+fn every_run(md: &mut String, ctx: &Ctx) {
     let _ = writeln!(md, "## Every run\n");
     let _ = writeln!(
         md,
-        "| task | arm | seed | test % | best val % | best step | steps | wall s | command |\n|---|---|---|---|---|---|---|---|---|"
+        "`end`: how the run stopped (`patience`, or `cap` = its step cap, `cap, rising` = at \
+         the cap while still gaining more than {:.0} point in its last quarter); `commit`: the \
+         code the run recorded (empty: not recorded).\n",
+        100.0 * RISING
     );
-    for ((ti, ai), runs) in &groups {
+    let _ = writeln!(
+        md,
+        "| task | arm | seed | test % | best val % | best step | steps | end | wall min | commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for ((ti, ai), runs) in &ctx.groups {
         for r in runs {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {:.0} | `{}` |",
-                manifest.tasks[*ti].name,
-                manifest.arms[*ai].name,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | `{}` |",
+                ctx.task(*ti),
+                ctx.manifest.arms[*ai].name,
                 r.seed,
                 pct(r.test_acc),
                 pct(r.best_val_acc),
                 r.best_step,
                 r.steps,
-                r.wall_s,
+                ending(r),
+                r.wall_s / 60.0,
+                if r.code.is_empty() {
+                    "–".to_string()
+                } else {
+                    format!("`{}`", r.code)
+                },
                 r.command
             );
         }
     }
-    write_atomic(&paths.markdown, md.as_bytes())?;
-    written.push(paths.markdown.clone());
-    remove_stale_plots(manifest, paths, &written)?;
-    Ok(written)
 }
 
 /// A run whose [`late_gain`] exceeds this (one point of accuracy) had not flattened.
 const RISING: f64 = 0.01;
 
-/// Of the runs of task `ti`: how many had not flattened ([`RISING`]), how many there are,
-/// and the largest late gain.
-fn still_rising(
-    groups: &BTreeMap<(usize, usize), Vec<&RunResult>>,
-    ti: usize,
-    arms: usize,
-    val_examples: Option<usize>,
-) -> Plateau {
+/// Of the runs of task `ti`: how many had not flattened ([`RISING`]), how many ended at
+/// their step cap, how many there are, and the largest late gain.
+fn still_rising(groups: &Groups, ti: usize, arms: usize, val_examples: Option<usize>) -> Plateau {
     let runs: Vec<&RunResult> = (0..arms)
         .filter_map(|a| groups.get(&(ti, a)))
         .flatten()
@@ -533,6 +1323,12 @@ fn still_rising(
         .map(|r| late_gain(r).unwrap_or(f64::NAN))
         .collect();
     let rising = gains.iter().filter(|g| **g > RISING).count();
+    let at_cap = runs.iter().filter(|r| !r.stopped_early).count();
+    let at_cap_rising = runs
+        .iter()
+        .zip(&gains)
+        .filter(|(r, g)| !r.stopped_early && **g > RISING)
+        .count();
     let ses: Vec<f64> = runs
         .iter()
         .map(|r| val_examples.map_or(f64::NAN, |n| standard_error(r.best_val_acc, n)))
@@ -557,6 +1353,8 @@ fn still_rising(
         above_noise,
         se_range,
         runs: gains.len(),
+        at_cap,
+        at_cap_rising,
         top,
     }
 }
@@ -574,6 +1372,10 @@ struct Plateau {
     se_range: (f64, f64),
     /// Runs.
     runs: usize,
+    /// Runs that used all their steps (stopped by the cap, not their patience).
+    at_cap: usize,
+    /// Of those, the runs whose late gain exceeds [`RISING`].
+    at_cap_rising: usize,
     /// The largest late gain.
     top: f64,
 }
@@ -655,36 +1457,30 @@ fn mean_curve(
         .collect()
 }
 
-fn memory_section(
-    md: &mut String,
-    written: &mut Vec<std::path::PathBuf>,
-    manifest: &Manifest,
-    ti: usize,
-    groups: &BTreeMap<(usize, usize), Vec<&RunResult>>,
-    changes: &[Change],
-    paths: &ReportPaths,
-) -> Result<()> {
-    let task = &manifest.tasks[ti].name;
-    let here: Vec<&Change> = changes.iter().filter(|c| c.task == ti).collect();
+fn memory_section(md: &mut String, written: &mut Vec<PathBuf>, ctx: &Ctx, ti: usize) -> Result<()> {
+    let task = ctx.task(ti);
+    let paths = ctx.paths;
+    let here: Vec<&Change> = ctx.mem.changes.iter().filter(|c| c.task == ti).collect();
     if here.is_empty() {
         return Ok(());
     }
     let _ = writeln!(
         md,
-        "### Memory over training ({task})\n\nPer layer, from the first evaluation to the best checkpoint's evaluation \
-         (paired by seed; Y_p's effective rank divided by m, so 1 = every slot carries something \
-         different and 1/m = one direction). Holm-corrected over every (task, arm, layer, metric).\n"
+        "### Memory over training ({task})\n\nPer arm and layer, from the baseline (step 0 where \
+         the run has it, else its first evaluation) to the best checkpoint's evaluation, paired \
+         by run; Y_p's effective rank divided by m. Holm-corrected with every memory test.\n"
     );
     let _ = writeln!(
         md,
-        "| arm | seeds | layer | metric | first eval | best checkpoint | change (95 % CI) | p (Holm) |\n|---|---|---|---|---|---|---|---|"
+        "| arm | runs (step 0) | layer | metric | baseline | best checkpoint | change (95 % CI) | p (Holm) |\n|---|---|---|---|---|---|---|---|"
     );
     for c in &here {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {:.3} | {:.3} | {} | {} |",
+            "| {} | {} ({}) | {} | {} | {:.3} | {:.3} | {} | {} |",
             c.arm,
             c.n,
+            c.from_step0,
             c.layer,
             c.metric,
             c.start,
@@ -696,27 +1492,31 @@ fn memory_section(
     }
     let _ = writeln!(md);
     // curves: each memory arm, per layer, per metric
-    let mem_arms: Vec<(usize, &str)> = manifest
+    let mem_arms: Vec<(usize, &str)> = ctx
+        .manifest
         .arms
         .iter()
         .enumerate()
-        .filter(|(ai, _)| groups.contains_key(&(ti, *ai)))
+        .filter(|(ai, _)| ctx.groups.contains_key(&(ti, *ai)))
         .filter(|(_, a)| here.iter().any(|c| c.arm == a.name))
         .map(|(ai, a)| (ai, a.name.as_str()))
         .collect();
     let layers = here.iter().map(|c| c.layer).max().unwrap_or(0) + 1;
     let mut panels = Vec::new();
-    for name in METRICS {
+    for (name, _) in METRICS {
         for layer in 0..layers {
             let series = mem_arms
                 .iter()
                 .map(|(ai, a)| {
-                    let runs = &groups[&(ti, *ai)];
-                    let m = runs[0].options.memory.unwrap_or(1) as f64;
-                    let scale = if name.starts_with("Y_p") { m } else { 1.0 };
+                    let runs: Vec<&RunResult> = ctx.groups[&(ti, *ai)]
+                        .iter()
+                        .copied()
+                        .filter(|r| has_memory(r))
+                        .collect();
+                    let m = runs.first().map_or(1, |r| slots(r)) as f64;
                     Series::new(
                         a.to_string(),
-                        mean_curve(runs, |p| metric(p, name, layer).map(|v| v / scale)),
+                        mean_curve(&runs, |p| metric(p, name, layer, m)),
                     )
                 })
                 .collect();
@@ -736,272 +1536,35 @@ fn memory_section(
     // heatmaps: pack-row divergences of the last layer, first evaluation and best checkpoint
     let mut maps = String::new();
     for (ai, a) in &mem_arms {
-        let r = groups[&(ti, *ai)][0];
-        for (when, m) in [
-            ("first evaluation", &r.first_pack_rows),
-            ("best checkpoint, test", &r.final_pack_rows),
+        let r = ctx.groups[&(ti, *ai)][0];
+        for (when, file, m) in [
+            ("first evaluation", "first", &r.first_pack_rows),
+            ("best checkpoint, test", "best", &r.final_pack_rows),
         ] {
-            if let Some(layers) = m {
-                if let Some(last) = layers.last() {
-                    let f = paths.plots.join(format!(
-                        "{task}-{a}-pack-rows-{}.svg",
-                        if when.starts_with("first") {
-                            "first"
-                        } else {
-                            "best"
-                        }
-                    ));
-                    let svg = heatmap_unit_svg(
-                        &format!(
-                            "{a}, seed {}, last layer: pack-row JS divergence ({when})",
-                            r.seed
-                        ),
-                        last,
-                    )?;
-                    write_atomic(&f, svg.as_bytes())?;
-                    let _ = write!(maps, "![{a} {when}]({}) ", rel(&paths.markdown, &f));
-                    written.push(f);
-                }
-            }
+            let Some(last) = m.as_ref().and_then(|l| l.last()) else {
+                continue;
+            };
+            let f = paths.plots.join(format!("{task}-{a}-pack-rows-{file}.svg"));
+            let svg = heatmap_unit_svg(
+                &format!(
+                    "{a}, seed {}, last layer: pack-row JS divergence ({when})",
+                    r.seed
+                ),
+                last,
+            )?;
+            write_atomic(&f, svg.as_bytes())?;
+            let _ = write!(maps, "![{a} {when}]({}) ", rel(&paths.markdown, &f));
+            written.push(f);
         }
     }
     if !maps.is_empty() {
         let _ = writeln!(
             md,
             "Pack-attention row similarity of the first test example (Jensen–Shannon divergence \
-             between the memory slots' attention rows, averaged over heads; white = two slots read \
-             the same positions, red = disjoint positions):\n\n{maps}\n"
+             between the memory slots' attention rows, averaged over heads; white = two slots \
+             read the same positions, red = disjoint positions; the first recorded evaluation, \
+             not step 0):\n\n{maps}\n"
         );
     }
     Ok(())
-}
-
-/// The one-line verdict of each claim.
-fn verdicts(
-    manifest: &Manifest,
-    tests: &[Tested],
-    changes: &[Change],
-    groups: &BTreeMap<(usize, usize), Vec<&RunResult>>,
-) -> Vec<String> {
-    let name = |ti: usize| manifest.tasks[ti].name.as_str();
-    let mut out = Vec::new();
-    // (1) degradation of Luna's memory
-    let luna: Vec<&Change> = changes
-        .iter()
-        .filter(|c| c.arm == "luna" && c.metric == "Y_p effective rank / m")
-        .collect();
-    let degraded: Vec<String> = luna
-        .iter()
-        .filter(|c| c.holm < ALPHA && c.diff.is_some_and(|d| d.0 < 0.0))
-        .map(|c| {
-            format!(
-                "{} layer {} ({:.2} → {:.2})",
-                name(c.task),
-                c.layer,
-                c.start,
-                c.end
-            )
-        })
-        .collect();
-    // what the other metrics of Luna's memory did over the same span (mean over cells)
-    let span = |metric: &str| -> Option<String> {
-        let c: Vec<&Change> = changes
-            .iter()
-            .filter(|c| c.arm == "luna" && c.metric == metric)
-            .collect();
-        (!c.is_empty()).then(|| {
-            let n = c.len() as f64;
-            let (a, b) = (
-                c.iter().map(|c| c.start).sum::<f64>() / n,
-                c.iter().map(|c| c.end).sum::<f64>() / n,
-            );
-            let sig = c
-                .iter()
-                .filter(|c| c.holm < ALPHA)
-                .map(|c| format!("{} layer {}", name(c.task), c.layer))
-                .collect::<Vec<_>>();
-            format!(
-                "{metric} {a:.2} → {b:.2}{}",
-                if sig.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (significant in {})", sig.join(", "))
-                }
-            )
-        })
-    };
-    let others: Vec<String> = ["pack-row divergence (bits)", "pack entropy"]
-        .iter()
-        .filter_map(|m| span(m))
-        .collect();
-    let others = if others.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " Over the same span, mean over tasks and layers: {}.",
-            others.join("; ")
-        )
-    };
-    // cells with fewer than two seeds have no test yet (their Holm p is NaN)
-    let tested = luna.iter().filter(|c| !c.holm.is_nan()).count();
-    let pending = match luna.len() - tested {
-        0 => String::new(),
-        n => format!(" ({n} more not testable yet: fewer than two seeds)"),
-    };
-    out.push(if luna.is_empty() {
-        "1. **Luna's memory degrades during training:** no Luna runs yet.".to_string()
-    } else if tested == 0 {
-        format!(
-            "1. **Luna's memory degrades during training:** not testable yet: {} (task, layer) \
-             cells, each with fewer than two seeds.{others}",
-            luna.len()
-        )
-    } else if degraded.is_empty() {
-        format!(
-            "1. **Luna's memory degrades during training: not reproduced** — Y_p's effective rank \
-             (÷ m) did not fall significantly between the first evaluation and the best checkpoint \
-             in any of {} (task, layer) cells{pending} (table per task below).{others}",
-            tested
-        )
-    } else {
-        format!(
-            "1. **Luna's memory degrades during training: reproduced in {} of {} (task, layer) cells**{pending} \
-             — Y_p's effective rank ÷ m fell significantly from the first evaluation to the best \
-             checkpoint in {}.{others}",
-            degraded.len(),
-            tested,
-            degraded.join("; ")
-        )
-    });
-    // (2), (3): accuracy claims
-    for (claim, text) in [
-        ("2", "ConvLuna beats Luna"),
-        ("3", "ConvLuna with one memory slot beats the Transformer"),
-    ] {
-        let t: Vec<&Tested> = tests.iter().filter(|t| t.claim == claim).collect();
-        let won: Vec<String> = t
-            .iter()
-            .filter(|t| t.holm < ALPHA && t.diff > 0.0)
-            .map(|t| format!("{} (+{:.1} points)", name(t.task), 100.0 * t.diff))
-            .collect();
-        let lost: Vec<String> = t
-            .iter()
-            .filter(|t| t.holm < ALPHA && t.diff < 0.0)
-            .map(|t| format!("{} ({:.1} points)", name(t.task), 100.0 * t.diff))
-            .collect();
-        let rest: Vec<String> = t
-            .iter()
-            .filter(|t| t.holm >= ALPHA)
-            .map(|t| format!("{} {:+.1}", name(t.task), 100.0 * t.diff))
-            .collect();
-        // no test yet: fewer than two seeds in an arm (or no variance at all)
-        let untested: Vec<String> = t
-            .iter()
-            .filter(|t| t.holm.is_nan())
-            .map(|t| {
-                format!(
-                    "{} {:+.1} (n = {}, {})",
-                    name(t.task),
-                    100.0 * t.diff,
-                    t.n.0,
-                    t.n.1
-                )
-            })
-            .collect();
-        let of = format!(
-            "{} of {} tasks with results, {} in the study",
-            won.len(),
-            t.len(),
-            manifest.tasks.len()
-        );
-        let verdict = if t.is_empty() {
-            "no runs yet".to_string()
-        } else if !won.is_empty() && lost.is_empty() && won.len() * 2 > t.len() {
-            format!("**reproduced** ({of}) on {}", won.join(", "))
-        } else if !won.is_empty() {
-            format!("**partly reproduced** ({of}): better on {}", won.join(", "))
-        } else {
-            format!("**not reproduced** (0 of {} tasks with results)", t.len())
-        };
-        let mut line = format!(
-            "{}. **{text}:** {verdict}",
-            claim.parse::<usize>().unwrap_or(0)
-        );
-        if !lost.is_empty() {
-            let _ = write!(line, "; significantly worse on {}", lost.join(", "));
-        }
-        if !rest.is_empty() {
-            let _ = write!(
-                line,
-                "; no significant difference on {} (points)",
-                rest.join(", ")
-            );
-        }
-        if !untested.is_empty() {
-            let _ = write!(
-                line,
-                "; not testable yet on {} (points; an arm has fewer than two seeds or no \
-                 variance)",
-                untested.join(", ")
-            );
-        }
-        out.push(line + ".");
-    }
-    // (4) locality: ConvLuna's gain over Luna next to the controls' gains
-    let arm = |n: &str| manifest.arms.iter().position(|a| a.name == n);
-    let m = |ti: usize, a: Option<usize>| {
-        a.and_then(|a| groups.get(&(ti, a)))
-            .map(|v| mean(&v.iter().map(|r| r.test_acc).collect::<Vec<_>>()))
-    };
-    let mut parts = Vec::new();
-    for ti in 0..manifest.tasks.len() {
-        let (cl, lu, tr, ft, cm) = (
-            m(ti, arm("convluna")),
-            m(ti, arm("luna")),
-            m(ti, arm("transformer")),
-            m(ti, arm("transformer+conv")),
-            m(ti, arm("conv-only")),
-        );
-        if let (Some(cl), Some(lu)) = (cl, lu) {
-            let mut s = format!("{}: ConvLuna − Luna {:+.1}", name(ti), 100.0 * (cl - lu));
-            if let (Some(ft), Some(tr)) = (ft, tr) {
-                let _ = write!(
-                    s,
-                    ", Transformer+conv − Transformer {:+.1}",
-                    100.0 * (ft - tr)
-                );
-            }
-            if let Some(cm) = cm {
-                let _ = write!(s, ", conv-only − Luna {:+.1}", 100.0 * (cm - lu));
-            }
-            parts.push(s);
-        }
-    }
-    let sig4: Vec<String> = tests
-        .iter()
-        .filter(|t| t.claim == "4" && t.holm < ALPHA)
-        .map(|t| {
-            format!(
-                "{} − {} on {} {:+.1}",
-                t.better,
-                t.than,
-                name(t.task),
-                100.0 * t.diff
-            )
-        })
-        .collect();
-    out.push(format!(
-        "4. **How much of (2) locality explains:** {} (points). Significant after correction: {}.",
-        if parts.is_empty() {
-            "no runs yet".to_string()
-        } else {
-            parts.join("; ")
-        },
-        if sig4.is_empty() {
-            "none".to_string()
-        } else {
-            sig4.join("; ")
-        }
-    ));
-    out
 }

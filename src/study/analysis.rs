@@ -102,6 +102,9 @@ pub(super) fn estimate(
     })
 }
 
+/// A contrast's terms: (coefficient, arm name).
+pub(super) type Terms = Vec<(f64, String)>;
+
 /// Which part of the report a test belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Kind {
@@ -120,8 +123,7 @@ pub(super) struct AccTest {
     pub claim: String,
     /// `better − than`, or the contrast written out.
     pub label: String,
-    /// (coefficient, arm name).
-    pub terms: Vec<(f64, String)>,
+    pub terms: Terms,
     pub est: Option<Estimate>,
     pub g: Option<f64>,
     pub holm: f64,
@@ -243,7 +245,7 @@ fn same_terms(a: &[(f64, String)], b: &[(f64, String)]) -> bool {
 pub(super) fn accuracy_tests(manifest: &Manifest, groups: &Groups) -> Vec<AccTest> {
     let arm = |n: &str| manifest.arms.iter().position(|a| a.name == n);
     let mut out: Vec<AccTest> = Vec::new();
-    let factorial: Vec<(String, Vec<(f64, String)>)> = factorial_contrasts()
+    let factorial: Vec<(String, Terms)> = factorial_contrasts()
         .into_iter()
         .filter(|(_, t)| t.iter().all(|(_, a)| arm(a).is_some()))
         .map(|(n, t)| {
@@ -255,7 +257,7 @@ pub(super) fn accuracy_tests(manifest: &Manifest, groups: &Groups) -> Vec<AccTes
         .collect();
     for (ti, task) in manifest.tasks.iter().enumerate() {
         let paired = shares_data_per_seed(task);
-        let mut here: Vec<(Kind, String, Vec<(f64, String)>)> = manifest
+        let mut here: Vec<(Kind, String, Terms)> = manifest
             .comparisons
             .iter()
             .map(|c| {

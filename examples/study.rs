@@ -44,9 +44,11 @@ struct Args {
     /// Only write the report.
     #[arg(long)]
     report: bool,
-    /// Step-0 evaluations of the runs that did not record one (read by the report).
-    #[arg(long, default_value = "docs/reproduction/step0.jsonl")]
-    step0_file: PathBuf,
+    /// Step-0 evaluations of the runs that did not record one (read by the report); by
+    /// default beside `--results`, named after it with `step0` for `results`
+    /// (`results.jsonl` → `step0.jsonl`, `results-gpu.jsonl` → `step0-gpu.jsonl`).
+    #[arg(long)]
+    step0_file: Option<PathBuf>,
     /// Only evaluate, for every result without a step-0 point, the run's untrained model on
     /// its validation split and append it to `--step0-file` (resumable), then write the
     /// report.
@@ -81,10 +83,16 @@ fn main() -> Result<()> {
     convluna::kernels::tune_glibc_malloc();
     let a = Args::parse();
     let manifest = Manifest::read(&a.manifest)?;
+    let step0_file = a.step0_file.clone().unwrap_or_else(|| {
+        let name = a.results.file_name().map_or("step0.jsonl".into(), |n| {
+            n.to_string_lossy().replace("results", "step0")
+        });
+        a.results.with_file_name(name)
+    });
     let paths = ReportPaths {
         markdown: a.markdown.clone(),
         plots: a.plots.clone(),
-        step0: Some(a.step0_file.clone()),
+        step0: Some(step0_file.clone()),
     };
     let shard = match &a.shard {
         None => (0, 1),
@@ -98,13 +106,13 @@ fn main() -> Result<()> {
         let n = backfill_step0(
             &manifest,
             &read_results(&a.results)?,
-            &a.step0_file,
+            &step0_file,
             &dev,
             &mut |k| eprintln!("step 0: {} / {} / seed {}", k.task, k.arm, k.seed),
         )?;
         eprintln!(
             "{n} step-0 evaluations appended to {}",
-            a.step0_file.display()
+            step0_file.display()
         );
     } else if !a.report {
         let done: Vec<_> = read_results(&a.results)?.iter().map(|r| r.key()).collect();

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor, Var};
 use convluna::{
-    BlockDims, BlockPreset, ConvFilter, Encoder, EncoderConfig, Filter, InputConfig, LunaBlock,
-    MaxPoolFilter, ParamStore, Positions, TransformerBlock,
+    BlockDims, BlockPreset, ConvFilter, Encoder, EncoderConfig, Filter, LunaBlock, MaxPoolFilter,
+    ParamStore, StackConfig, TransformerBlock,
 };
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
@@ -127,7 +127,7 @@ fn bench(
 /// A Luna-family block of `preset` with memory length `m`.
 fn luna_block(preset: BlockPreset, m: usize, dev: &Device) -> LunaBlock {
     let store = ParamStore::new(1);
-    let cfg = preset.block(m, D);
+    let cfg = preset.block(m);
     LunaBlock::new(
         cfg.luna().unwrap(),
         &dims(),
@@ -282,27 +282,23 @@ fn bench_encoder(c: &mut Criterion) {
             for m in memories() {
                 cases.push((
                     format!("convluna-m{m}"),
-                    BlockPreset::ConvlunaMasked.block(m, D),
+                    BlockPreset::ConvlunaMasked.block(m),
                 ));
-                cases.push((format!("luna-m{m}"), BlockPreset::Luna.block(m, D)));
+                cases.push((format!("luna-m{m}"), BlockPreset::Luna.block(m)));
             }
             if l <= 1024 || full() && l <= 4096 {
-                cases.push(("transformer".into(), BlockPreset::Transformer.block(1, D)));
+                cases.push(("transformer".into(), BlockPreset::Transformer.block(1)));
             }
             for (name, block) in cases {
-                let cfg = EncoderConfig {
-                    input: InputConfig::Tokens { vocab_size: 256 },
-                    max_len: l,
-                    d_model: D,
-                    num_heads: H,
-                    ffn_dim: FFN,
-                    num_layers: 4,
-                    dropout: 0.0,
-                    attention_dropout: 0.0,
-                    positions: Positions::Learned,
-                    cls: false,
-                    block,
-                };
+                let cfg = EncoderConfig::tokens(256, l).with_cls(false).with_stack(
+                    StackConfig::default()
+                        .with_block(block)
+                        .with_d_model(D)
+                        .with_heads(H)
+                        .with_ffn_dim(FFN)
+                        .with_layers(4)
+                        .with_dropout(0.0),
+                );
                 let store = ParamStore::new(1);
                 let enc = Encoder::new(&cfg, store.var_builder(DType::F32, &dev)).unwrap();
                 bench(&mut g, name, l, train, &dev, || {

@@ -17,8 +17,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use clap::Parser;
 use convluna::{
-    BlockConfig, BlockPreset, Encoder, EncoderConfig, FilterConfig, InputConfig, LunaConfig,
-    ParamStore, Positions,
+    BlockConfig, BlockPreset, Encoder, EncoderConfig, FilterConfig, LunaConfig, ParamStore,
+    StackConfig,
 };
 
 #[derive(Parser, Debug)]
@@ -135,10 +135,10 @@ fn main() -> anyhow::Result<()> {
     }
     let b = (a.tokens / a.len).max(1);
     let block = match a.family.as_str() {
-        "convluna" => BlockPreset::ConvlunaMasked.block(a.memory, a.d),
-        "convluna-unmasked" => BlockPreset::Convluna.block(a.memory, a.d),
-        "luna" => BlockPreset::Luna.block(a.memory, a.d),
-        "transformer" => BlockPreset::Transformer.block(a.memory, a.d),
+        "convluna" => BlockPreset::ConvlunaMasked.block(a.memory),
+        "convluna-unmasked" => BlockPreset::Convluna.block(a.memory),
+        "luna" => BlockPreset::Luna.block(a.memory),
+        "transformer" => BlockPreset::Transformer.block(a.memory),
         "convluna-pool" | "convluna-pool-unmasked" => {
             let masked = a.family == "convluna-pool";
             let preset = if masked {
@@ -146,7 +146,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 BlockPreset::Convluna
             };
-            match preset.block(a.memory, a.d) {
+            match preset.block(a.memory) {
                 BlockConfig::Luna(l) => BlockConfig::Luna(LunaConfig {
                     filter: FilterConfig::MaxPool {
                         kernel: 4,
@@ -159,19 +159,17 @@ fn main() -> anyhow::Result<()> {
         }
         f => anyhow::bail!("unknown family {f}"),
     };
-    let cfg = EncoderConfig {
-        input: InputConfig::Tokens { vocab_size: 256 },
-        max_len: a.len,
-        d_model: a.d,
-        num_heads: a.heads,
-        ffn_dim: a.ffn,
-        num_layers: a.layers,
-        dropout: 0.0,
-        attention_dropout: 0.0,
-        positions: Positions::Learned,
-        cls: false,
-        block,
-    };
+    let cfg = EncoderConfig::tokens(256, a.len)
+        .with_cls(false)
+        .with_stack(
+            StackConfig::default()
+                .with_block(block)
+                .with_d_model(a.d)
+                .with_heads(a.heads)
+                .with_ffn_dim(a.ffn)
+                .with_layers(a.layers)
+                .with_dropout(0.0),
+        );
     let store = ParamStore::new(7);
     let mut enc = Encoder::new(&cfg, store.var_builder(DType::F32, &dev))?;
     let vars: Vec<Var> = store.varmap().all_vars();

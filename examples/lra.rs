@@ -76,21 +76,26 @@ fn main() -> Result<()> {
     eprintln!(
         "model: {} ({} layers, d = {}, heads = {}, memory = {}{}), device {:?}\nout: {}",
         plan.model.name(),
-        mc.encoder.num_layers,
-        mc.encoder.d_model,
-        mc.encoder.num_heads,
+        mc.encoder.stack.num_layers,
+        mc.encoder.stack.d_model,
+        mc.encoder.stack.num_heads,
         mc.encoder
+            .stack
             .block
             .luna()
             .map_or("-".to_string(), |l| l.memory_len.to_string()),
-        mc.encoder.block.luna().map_or(String::new(), |l| format!(
-            ", padding {}",
-            if l.mask_padding {
-                "masked"
-            } else {
-                "not masked"
-            }
-        )),
+        mc.encoder
+            .stack
+            .block
+            .luna()
+            .map_or(String::new(), |l| format!(
+                ", padding {}",
+                if l.mask_padding {
+                    "masked"
+                } else {
+                    "not masked"
+                }
+            )),
         a.device,
         out.display()
     );
@@ -142,7 +147,7 @@ fn main() -> Result<()> {
                 format!(
                     "effective rank {:.2} of {}, mean cosine {}",
                     p.effective_rank,
-                    mc.encoder.block.luna().map_or(0, |l| l.memory_len),
+                    mc.encoder.stack.block.luna().map_or(0, |l| l.memory_len),
                     p.mean_cosine.map_or("-".into(), |c| format!("{c:.3}"))
                 ),
             );

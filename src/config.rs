@@ -98,9 +98,72 @@ pub struct LunaConfig {
     #[serde(default)]
     pub residual_dropout: bool,
     /// Standard deviation of the learned initial memory; `None` means 1 (authors),
-    /// Ma et al. use d^−½.
+    /// Ma et al. use d^−½ (see `memory_init_inv_sqrt_d`).
     #[serde(default)]
     pub memory_init_std: Option<f64>,
+    /// Initialise the memory with standard deviation d^−½ of the model width (Ma et al.),
+    /// in place of `memory_init_std`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub memory_init_inv_sqrt_d: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl LunaConfig {
+    /// ConvLuna as the authors built it (shared q/k/o without value projection, per-head
+    /// conv k = 4 s = 1, learned τ from 0 in packing, no unpack scale), memory length m,
+    /// padding masked (`mask_padding = false` is the authors' code).
+    pub fn convluna(memory_len: usize) -> Self {
+        LunaConfig {
+            memory_len,
+            projections: Projections::SharedNoValue,
+            pack_scale: ScaleConfig::LearnedTemperature { init: 0.0 },
+            unpack_scale: ScaleConfig::None,
+            filter: FilterConfig::authors_conv(),
+            mask_padding: true,
+            residual_dropout: false,
+            memory_init_std: None,
+            memory_init_inv_sqrt_d: false,
+        }
+    }
+
+    /// Luna as the ConvLuna authors ran it (one shared q/k/v/o attention, 1/√d_h in pack and
+    /// unpack, no filter), memory length m, padding masked.
+    pub fn luna(memory_len: usize) -> Self {
+        LunaConfig {
+            memory_len,
+            projections: Projections::Shared,
+            pack_scale: ScaleConfig::InvSqrtHeadDim,
+            unpack_scale: ScaleConfig::InvSqrtHeadDim,
+            filter: FilterConfig::Identity,
+            mask_padding: true,
+            residual_dropout: false,
+            memory_init_std: None,
+            memory_init_inv_sqrt_d: false,
+        }
+    }
+
+    /// Luna as Ma et al. (2021) define it: separate projections, residual dropout, masked
+    /// packing, memory init N(0, d^−½).
+    pub fn luna_ma(memory_len: usize) -> Self {
+        LunaConfig {
+            projections: Projections::Separate,
+            residual_dropout: true,
+            memory_init_inv_sqrt_d: true,
+            ..Self::luna(memory_len)
+        }
+    }
+
+    /// Standard deviation of the initial memory for model width `d_model`.
+    pub fn memory_std(&self, d_model: usize) -> f64 {
+        if self.memory_init_inv_sqrt_d {
+            1.0 / (d_model as f64).sqrt()
+        } else {
+            self.memory_init_std.unwrap_or(1.0)
+        }
+    }
 }
 
 /// Which block family the encoder stacks.
@@ -172,13 +235,22 @@ pub enum Positions {
     None,
 }
 
-/// Encoder configuration (guide §4).
+/// The stack's configuration: width, heads, FFN, depth, dropout and the block family.
+///
+/// `Default` is the authors' ConvLuna (d = 128, 4 heads, FFN 512, 4 layers, dropout 0.1,
+/// m = 256, per-head conv k = 4, learned τ) with padding masked out of packing (the crate's
+/// correct default; the authors' code does not mask). Change any field with a `with_*`
+/// builder:
+///
+/// ```
+/// use convluna::{FilterConfig, StackConfig};
+/// let luna = StackConfig::luna().with_d_model(64).with_memory(16);
+/// let pool = StackConfig::default().with_filter(FilterConfig::MaxPool { kernel: 4, stride: 4 });
+/// let tf = StackConfig::transformer().with_layers(2);
+/// assert_eq!(tf.memory_len(), None);
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EncoderConfig {
-    /// Input kind.
-    pub input: InputConfig,
-    /// Longest input (without CLS) the encoder accepts.
-    pub max_len: usize,
+pub struct StackConfig {
     /// Model width d.
     pub d_model: usize,
     /// Number of heads h; must divide d.
@@ -191,12 +263,260 @@ pub struct EncoderConfig {
     pub dropout: f64,
     /// Dropout on attention weights.
     pub attention_dropout: f64,
+    /// Block family and its options.
+    pub block: BlockConfig,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        Self::convluna()
+    }
+}
+
+impl StackConfig {
+    fn with_block_family(block: BlockConfig) -> Self {
+        Self {
+            d_model: 128,
+            num_heads: 4,
+            ffn_dim: 512,
+            num_layers: 4,
+            dropout: 0.1,
+            attention_dropout: 0.1,
+            block,
+        }
+    }
+
+    /// The authors' ConvLuna (m = 256) with padding masked (= `Default`).
+    pub fn convluna() -> Self {
+        Self::with_block_family(BlockConfig::Luna(LunaConfig::convluna(256)))
+    }
+
+    /// Luna as the ConvLuna authors ran it (m = 256), padding masked.
+    pub fn luna() -> Self {
+        Self::with_block_family(BlockConfig::Luna(LunaConfig::luna(256)))
+    }
+
+    /// Luna as Ma et al. (2021) define it (m = 256).
+    pub fn luna_ma() -> Self {
+        Self::with_block_family(BlockConfig::Luna(LunaConfig::luna_ma(256)))
+    }
+
+    /// The pre-LN softmax Transformer (no memory).
+    pub fn transformer() -> Self {
+        Self::with_block_family(BlockConfig::Transformer)
+    }
+
+    /// Sets the model width d.
+    pub fn with_d_model(mut self, d_model: usize) -> Self {
+        self.d_model = d_model;
+        self
+    }
+
+    /// Sets the number of heads.
+    pub fn with_heads(mut self, num_heads: usize) -> Self {
+        self.num_heads = num_heads;
+        self
+    }
+
+    /// Sets the FFN width.
+    pub fn with_ffn_dim(mut self, ffn_dim: usize) -> Self {
+        self.ffn_dim = ffn_dim;
+        self
+    }
+
+    /// Sets the number of blocks.
+    pub fn with_layers(mut self, num_layers: usize) -> Self {
+        self.num_layers = num_layers;
+        self
+    }
+
+    /// Sets both the FFN and the attention dropout.
+    pub fn with_dropout(mut self, p: f64) -> Self {
+        self.dropout = p;
+        self.attention_dropout = p;
+        self
+    }
+
+    /// Sets the attention dropout alone.
+    pub fn with_attention_dropout(mut self, p: f64) -> Self {
+        self.attention_dropout = p;
+        self
+    }
+
+    /// Replaces the block family and its options.
+    pub fn with_block(mut self, block: BlockConfig) -> Self {
+        self.block = block;
+        self
+    }
+
+    /// Sets the memory length m (Luna family; a family without memory ignores it).
+    pub fn with_memory(mut self, memory_len: usize) -> Self {
+        if let BlockConfig::Luna(l) = &mut self.block {
+            l.memory_len = memory_len;
+        }
+        self
+    }
+
+    /// Sets the filter of the packing keys and values (Luna family) or of a locality control;
+    /// the plain Transformer ignores it.
+    pub fn with_filter(mut self, filter: FilterConfig) -> Self {
+        match &mut self.block {
+            BlockConfig::Luna(l) => l.filter = filter,
+            BlockConfig::FilteredTransformer { filter: f }
+            | BlockConfig::ConvMixer { filter: f } => *f = filter,
+            BlockConfig::Transformer => {}
+        }
+        self
+    }
+
+    /// Sets the scale of the packing logits (Luna family).
+    pub fn with_pack_scale(mut self, scale: ScaleConfig) -> Self {
+        if let BlockConfig::Luna(l) = &mut self.block {
+            l.pack_scale = scale;
+        }
+        self
+    }
+
+    /// Masks padding out of packing (`true`, the default) or not (the authors' code).
+    pub fn with_mask_padding(mut self, mask: bool) -> Self {
+        if let BlockConfig::Luna(l) = &mut self.block {
+            l.mask_padding = mask;
+        }
+        self
+    }
+
+    /// The memory length m, for the families that have a memory.
+    pub fn memory_len(&self) -> Option<usize> {
+        self.block.luna().map(|l| l.memory_len)
+    }
+
+    /// Head width d / h.
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.num_heads.max(1)
+    }
+
+    /// Checks every field; the error names the field (`stack.d_model`, …).
+    pub fn validate(&self) -> Result<()> {
+        self.validate_as("stack", None)
+    }
+
+    /// Checks every field, naming fields `{prefix}.{field}`; `seq_len` is the longest
+    /// sequence the blocks will see, when known (filters must fit it).
+    pub(crate) fn validate_as(&self, prefix: &str, seq_len: Option<usize>) -> Result<()> {
+        let field = |f: &str| format!("{prefix}.{f}");
+        if self.d_model == 0 {
+            return Err(Error::config(field("d_model"), "must be at least 1"));
+        }
+        if self.num_heads == 0 {
+            return Err(Error::config(field("num_heads"), "must be at least 1"));
+        }
+        if !self.d_model.is_multiple_of(self.num_heads) {
+            return Err(Error::config(
+                field("d_model"),
+                format!(
+                    "{} is not divisible by num_heads = {}",
+                    self.d_model, self.num_heads
+                ),
+            ));
+        }
+        if self.ffn_dim == 0 {
+            return Err(Error::config(field("ffn_dim"), "must be at least 1"));
+        }
+        if self.num_layers == 0 {
+            return Err(Error::config(field("num_layers"), "must be at least 1"));
+        }
+        check_prob(&field("dropout"), self.dropout)?;
+        check_prob(&field("attention_dropout"), self.attention_dropout)?;
+        let len = seq_len.unwrap_or(usize::MAX);
+        match &self.block {
+            BlockConfig::Luna(l) => l.validate(len).map_err(|e| match e {
+                Error::Config { field: f, reason } => Error::Config {
+                    field: format!("{prefix}.{f}"),
+                    reason,
+                },
+                e => e,
+            })?,
+            BlockConfig::FilteredTransformer { filter } | BlockConfig::ConvMixer { filter } => {
+                filter.validate(&field("block.filter"), len)?;
+                let keeps = matches!(
+                    filter,
+                    FilterConfig::Identity | FilterConfig::Conv { stride: 1, .. }
+                );
+                if !keeps {
+                    return Err(Error::config(
+                        field("block.filter"),
+                        "must keep the length here (a stride-1 conv or the identity)",
+                    ));
+                }
+            }
+            BlockConfig::Transformer => {}
+        }
+        Ok(())
+    }
+}
+
+/// Encoder configuration (guide §4): what it reads (tokens or pixels), positions, CLS, and
+/// the block stack (flattened into the same JSON object).
+///
+/// ```
+/// use convluna::{EncoderConfig, StackConfig};
+/// let cfg = EncoderConfig::tokens(16, 2000).with_stack(StackConfig::luna().with_d_model(64));
+/// assert_eq!(cfg.stack.d_model, 64);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EncoderConfig {
+    /// Input kind.
+    pub input: InputConfig,
+    /// Longest input (without CLS) the encoder accepts.
+    pub max_len: usize,
     /// Positions.
     pub positions: Positions,
     /// Prepend a learned CLS vector (after positions are added).
     pub cls: bool,
-    /// Block family and its options.
-    pub block: BlockConfig,
+    /// The blocks: width, heads, FFN, depth, dropout, family (run by [`crate::Stack`]).
+    #[serde(flatten)]
+    pub stack: StackConfig,
+}
+
+impl EncoderConfig {
+    /// Token input (`vocab_size` ids, 0 = padding) up to `max_len`, learned positions, CLS,
+    /// and the default stack (the authors' ConvLuna, padding masked).
+    pub fn tokens(vocab_size: usize, max_len: usize) -> Self {
+        EncoderConfig {
+            input: InputConfig::Tokens { vocab_size },
+            max_len,
+            positions: Positions::Learned,
+            cls: true,
+            stack: Default::default(),
+        }
+    }
+
+    /// Grey pixel input (values 0..255, normalised with `mean`, `std` of x/255) up to
+    /// `max_len` pixels, learned positions, CLS, the default stack.
+    pub fn pixels(mean: f64, std: f64, max_len: usize) -> Self {
+        EncoderConfig {
+            input: InputConfig::Pixels { mean, std },
+            ..Self::tokens(2, max_len)
+        }
+    }
+
+    /// Replaces the stack.
+    pub fn with_stack(mut self, stack: StackConfig) -> Self {
+        self.stack = stack;
+        self
+    }
+
+    /// Sets the positions.
+    pub fn with_positions(mut self, positions: Positions) -> Self {
+        self.positions = positions;
+        self
+    }
+
+    /// With or without a CLS vector.
+    pub fn with_cls(mut self, cls: bool) -> Self {
+        self.cls = cls;
+        self
+    }
 }
 
 /// How the classifier pools the encoder output into one vector.
@@ -247,7 +567,7 @@ pub struct ModelConfig {
     pub head: HeadConfig,
 }
 
-fn check_prob(field: &str, p: f64) -> Result<()> {
+pub(crate) fn check_prob(field: &str, p: f64) -> Result<()> {
     if !(0.0..1.0).contains(&p) || !p.is_finite() {
         return Err(Error::config(field, format!("must be in [0, 1), got {p}")));
     }
@@ -347,7 +667,7 @@ impl LunaConfig {
 impl EncoderConfig {
     /// Head dimension d / h.
     pub fn head_dim(&self) -> usize {
-        self.d_model / self.num_heads.max(1)
+        self.stack.head_dim()
     }
 
     /// Sequence length seen by the blocks (CLS included).
@@ -357,32 +677,9 @@ impl EncoderConfig {
 
     /// Checks every field; the error names the field and the reason.
     pub fn validate(&self) -> Result<()> {
-        if self.d_model == 0 {
-            return Err(Error::config("encoder.d_model", "must be at least 1"));
-        }
-        if self.num_heads == 0 {
-            return Err(Error::config("encoder.num_heads", "must be at least 1"));
-        }
-        if !self.d_model.is_multiple_of(self.num_heads) {
-            return Err(Error::config(
-                "encoder.d_model",
-                format!(
-                    "{} is not divisible by num_heads = {}",
-                    self.d_model, self.num_heads
-                ),
-            ));
-        }
-        if self.ffn_dim == 0 {
-            return Err(Error::config("encoder.ffn_dim", "must be at least 1"));
-        }
-        if self.num_layers == 0 {
-            return Err(Error::config("encoder.num_layers", "must be at least 1"));
-        }
         if self.max_len == 0 {
             return Err(Error::config("encoder.max_len", "must be at least 1"));
         }
-        check_prob("encoder.dropout", self.dropout)?;
-        check_prob("encoder.attention_dropout", self.attention_dropout)?;
         match self.input {
             InputConfig::Tokens { vocab_size } if vocab_size < 2 => {
                 return Err(Error::config(
@@ -403,40 +700,48 @@ impl EncoderConfig {
             }
             _ => {}
         }
-        if self.positions == Positions::Sinusoidal && !self.d_model.is_multiple_of(2) {
+        self.stack.validate_as("encoder", Some(self.seq_len()))?;
+        if self.positions == Positions::Sinusoidal && !self.stack.d_model.is_multiple_of(2) {
             return Err(Error::config(
                 "encoder.positions",
                 "sinusoidal positions need an even d_model",
             ));
-        }
-        match &self.block {
-            BlockConfig::Luna(l) => l.validate(self.seq_len()).map_err(|e| match e {
-                Error::Config { field, reason } => Error::Config {
-                    field: format!("encoder.{field}"),
-                    reason,
-                },
-                e => e,
-            })?,
-            BlockConfig::FilteredTransformer { filter } | BlockConfig::ConvMixer { filter } => {
-                filter.validate("encoder.block.filter", self.seq_len())?;
-                let keeps = matches!(
-                    filter,
-                    FilterConfig::Identity | FilterConfig::Conv { stride: 1, .. }
-                );
-                if !keeps {
-                    return Err(Error::config(
-                        "encoder.block.filter",
-                        "must keep the length here (a stride-1 conv or the identity)",
-                    ));
-                }
-            }
-            BlockConfig::Transformer => {}
         }
         Ok(())
     }
 }
 
 impl HeadConfig {
+    /// A classifier of `num_classes` classes: an MLP of width 512 (the paper's FFN width) on
+    /// the CLS position, no extra layer, one document.
+    pub fn classes(num_classes: usize) -> Self {
+        HeadConfig {
+            num_classes,
+            hidden_dim: 512,
+            pooling: Pooling::Cls,
+            extra_layer: false,
+            pair: None,
+        }
+    }
+
+    /// Sets the MLP width.
+    pub fn with_hidden_dim(mut self, hidden_dim: usize) -> Self {
+        self.hidden_dim = hidden_dim;
+        self
+    }
+
+    /// Sets the pooling.
+    pub fn with_pooling(mut self, pooling: Pooling) -> Self {
+        self.pooling = pooling;
+        self
+    }
+
+    /// A two-document (retrieval) head combining the documents by `pair`.
+    pub fn with_pair(mut self, pair: PairFeatures) -> Self {
+        self.pair = Some(pair);
+        self
+    }
+
     /// Checks the head against its encoder.
     pub fn validate(&self, enc: &EncoderConfig) -> Result<()> {
         if self.num_classes < 2 {
@@ -453,7 +758,7 @@ impl HeadConfig {
                 "head.pooling",
                 "`cls` pooling needs `encoder.cls = true`",
             )),
-            Pooling::Memory if enc.block.luna().is_none() => Err(Error::config(
+            Pooling::Memory if enc.stack.block.luna().is_none() => Err(Error::config(
                 "head.pooling",
                 "`memory` pooling needs a Luna-family block",
             )),

@@ -1,35 +1,19 @@
-//! The encoder (guide §4): embeddings, positions, CLS, the learned initial memory and the block
-//! stack.
+//! The encoder (guide §4): embeddings, positions and CLS, then the block [`Stack`] (which owns
+//! the learned initial memory).
 //!
 //! Parameter names: `embed.weight` (`[vocab, d]` for tokens; `[d, 1]` with `embed.bias [d]` for
 //! pixels), `pos.weight [max_len, d]` (learned positions), `cls [d]`, `memory [m, d]`
 //! (Luna family), `layers.{i}.…` (see [`crate::block`]).
 
-use std::sync::Arc;
-
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::block::{BlockDims, ConvMixerBlock, EncoderBlock, LunaBlock, TransformerBlock};
-use crate::config::{BlockConfig, EncoderConfig, InputConfig, Positions};
+use crate::block::EncoderBlock;
+use crate::config::{EncoderConfig, InputConfig, Positions};
 use crate::error::{Error, Result};
-use crate::filter::Filter;
 use crate::layers::DropoutRng;
-
-/// What one Luna-family layer did, for memory diagnostics.
-#[derive(Clone, Debug)]
-pub struct LayerTrace {
-    /// Memory entering the layer `[B, m, d]`.
-    pub memory_in: Tensor,
-    /// Memory leaving the layer `[B, m, d]`.
-    pub memory_out: Tensor,
-    /// The packed output `Y_p` `[B, m, d]` (what unpacking reads).
-    pub packed: Tensor,
-    /// Pack-attention weights `[B, h, m, L']`.
-    pub pack_attention: Tensor,
-    /// The filtered key mask `[B, L']` matching `pack_attention` (all ones when unmasked).
-    pub pack_mask: Tensor,
-}
+use crate::stack::Stack;
+pub use crate::stack::{LayerTrace, MakeFilter};
 
 /// Encoder output.
 #[derive(Clone, Debug)]
@@ -52,9 +36,7 @@ pub struct Encoder {
     embed_b: Option<Tensor>,
     pos: Option<Tensor>,
     cls: Option<Tensor>,
-    memory: Option<Tensor>,
-    blocks: Vec<EncoderBlock>,
-    rng: DropoutRng,
+    stack: Stack,
 }
 
 /// Sinusoidal table `[len, d]`: `pe[p, 2i] = sin(p / 10000^(2i/d))`, `pe[p, 2i+1] = cos(…)`.
@@ -70,10 +52,6 @@ pub fn sinusoidal_positions(len: usize, d: usize, dtype: DType, device: &Device)
     Ok(Tensor::from_vec(v, (len, d), device)?.to_dtype(dtype)?)
 }
 
-/// Builds layer `i`'s filter with its parameters under the given `VarBuilder`
-/// ([`Encoder::with_filter`]).
-pub type MakeFilter = dyn Fn(usize, VarBuilder) -> Result<Arc<dyn Filter>>;
-
 impl Encoder {
     /// Builds the encoder under `vb` (validates `cfg`). Every dropout of its blocks draws from
     /// one generator, [`Encoder::dropout_rng`] (seed 0 until reseeded).
@@ -88,14 +66,10 @@ impl Encoder {
     /// ```
     /// # use std::sync::Arc;
     /// # use candle_core::{DType, Device, Tensor};
-    /// # use convluna::{BlockPreset, Encoder, EncoderConfig, Filter, IdentityFilter, InputConfig,
-    /// #                ParamStore, Positions};
+    /// # use convluna::{Encoder, EncoderConfig, Filter, IdentityFilter, ParamStore, StackConfig};
     /// # fn main() -> convluna::Result<()> {
-    /// let cfg = EncoderConfig {
-    ///     input: InputConfig::Tokens { vocab_size: 16 }, max_len: 20, d_model: 16,
-    ///     num_heads: 2, ffn_dim: 32, num_layers: 2, dropout: 0.0, attention_dropout: 0.0,
-    ///     positions: Positions::Learned, cls: true, block: BlockPreset::Convluna.block(4, 16),
-    /// };
+    /// let stack = StackConfig::convluna().with_d_model(16).with_heads(2).with_layers(2).with_memory(4);
+    /// let cfg = EncoderConfig::tokens(16, 20).with_stack(stack.with_dropout(0.0));
     /// let store = ParamStore::new(0);
     /// let enc = Encoder::with_filter(&cfg, store.var_builder(DType::F32, &Device::Cpu),
     ///     &|_layer, _vb| Ok(Arc::new(IdentityFilter) as Arc<dyn Filter>))?;
@@ -118,7 +92,7 @@ impl Encoder {
     ) -> Result<Self> {
         let rng = &DropoutRng::default();
         cfg.validate()?;
-        let d = cfg.d_model;
+        let d = cfg.stack.d_model;
         let (embed_w, embed_b) = match cfg.input {
             InputConfig::Tokens { vocab_size } => (
                 vb.pp("embed").get_with_hints(
@@ -184,59 +158,14 @@ impl Encoder {
         } else {
             None
         };
-        let dims = BlockDims {
-            d_model: d,
-            num_heads: cfg.num_heads,
-            ffn_dim: cfg.ffn_dim,
-            dropout: cfg.dropout,
-            attention_dropout: cfg.attention_dropout,
-        };
-        let memory = match &cfg.block {
-            BlockConfig::Luna(l) => {
-                let std = l.memory_init_std.unwrap_or(1.0);
-                Some(vb.get_with_hints(
-                    (l.memory_len, d),
-                    "memory",
-                    Init::Randn {
-                        mean: 0.0,
-                        stdev: std,
-                    },
-                )?)
-            }
-            _ => None,
-        };
-        let mut blocks = Vec::with_capacity(cfg.num_layers);
-        for i in 0..cfg.num_layers {
-            let lvb = vb.pp(format!("layers.{i}"));
-            let filter = |f: &crate::config::FilterConfig| match make_filter {
-                Some(make) => make(i, lvb.pp("filter")),
-                None => crate::filter::build(f, cfg.num_heads, dims.head_dim(), lvb.pp("filter")),
-            };
-            blocks.push(match &cfg.block {
-                BlockConfig::Luna(l) => {
-                    let f = make_filter.map(|_| filter(&l.filter)).transpose()?;
-                    EncoderBlock::Luna(LunaBlock::build(l, &dims, f, rng, lvb)?)
-                }
-                BlockConfig::Transformer => {
-                    EncoderBlock::Transformer(TransformerBlock::build(&dims, None, rng, lvb)?)
-                }
-                BlockConfig::FilteredTransformer { filter: f } => EncoderBlock::Transformer(
-                    TransformerBlock::build(&dims, Some(filter(f)?), rng, lvb)?,
-                ),
-                BlockConfig::ConvMixer { filter: f } => {
-                    EncoderBlock::ConvMixer(ConvMixerBlock::build(&dims, filter(f)?, rng, lvb)?)
-                }
-            });
-        }
+        let stack = Stack::build(&cfg.stack, make_filter, rng, vb)?;
         Ok(Self {
             cfg: cfg.clone(),
             embed_w,
             embed_b,
             pos,
             cls,
-            memory,
-            blocks,
-            rng: rng.clone(),
+            stack,
         })
     }
 
@@ -245,14 +174,19 @@ impl Encoder {
         &self.cfg
     }
 
+    /// The block stack.
+    pub fn stack(&self) -> &Stack {
+        &self.stack
+    }
+
     /// The blocks.
     pub fn blocks(&self) -> &[EncoderBlock] {
-        &self.blocks
+        self.stack.blocks()
     }
 
     /// The dropout generator shared by the blocks.
     pub fn dropout_rng(&self) -> &DropoutRng {
-        &self.rng
+        self.stack.dropout_rng()
     }
 
     /// Checks `input` and `mask` and returns `(B, L)` and the float mask `[B, L]`.
@@ -319,7 +253,7 @@ impl Encoder {
         let dtype = self.embed_w.dtype();
         let mask = self.prepare_mask(input, mask, dtype)?;
         let (b, l) = mask.dims2()?;
-        let d = self.cfg.d_model;
+        let d = self.cfg.stack.d_model;
         let x = match self.cfg.input {
             InputConfig::Tokens { vocab_size } => {
                 let ids = input.to_dtype(DType::I64)?;
@@ -372,13 +306,7 @@ impl Encoder {
 
     /// The learned initial memory broadcast to `[B, m, d]` (Luna family).
     pub fn initial_memory(&self, batch: usize) -> Result<Option<Tensor>> {
-        self.memory
-            .as_ref()
-            .map(|m| -> Result<Tensor> {
-                let (mm, d) = m.dims2()?;
-                Ok(m.unsqueeze(0)?.broadcast_as((batch, mm, d))?.contiguous()?)
-            })
-            .transpose()
+        self.stack.initial_memory(batch)
     }
 
     /// Runs the encoder. `input`: token ids `[B, L]` (integer) or raw pixels `[B, L]` (float);
@@ -409,45 +337,13 @@ impl Encoder {
         train: bool,
         trace: bool,
     ) -> Result<EncoderOutput> {
-        let (mut x, mask) = self.embed(input, mask)?;
-        let b = x.dim(0)?;
-        let mut memory = self.initial_memory(b)?;
-        let mut traces = trace.then(Vec::new);
-        for block in &self.blocks {
-            match block {
-                EncoderBlock::Luna(blk) => {
-                    let p = memory.as_ref().ok_or_else(|| {
-                        Error::config("encoder.block", "Luna block without memory")
-                    })?;
-                    let out = blk.forward_t(&x, p, Some(&mask), train)?;
-                    if let Some(t) = traces.as_mut() {
-                        let pm = match &out.pack_mask {
-                            Some(m) => m.clone(),
-                            None => {
-                                let (b, _, _, l) = out.pack_attention.dims4()?;
-                                Tensor::ones((b, l), x.dtype(), x.device())?
-                            }
-                        };
-                        t.push(LayerTrace {
-                            memory_in: p.clone(),
-                            memory_out: out.memory.clone(),
-                            packed: out.packed.clone(),
-                            pack_attention: out.pack_attention.clone(),
-                            pack_mask: pm,
-                        });
-                    }
-                    x = out.x;
-                    memory = Some(out.memory);
-                }
-                EncoderBlock::Transformer(blk) => x = blk.forward_t(&x, Some(&mask), train)?,
-                EncoderBlock::ConvMixer(blk) => x = blk.forward_t(&x, Some(&mask), train)?,
-            }
-        }
+        let (x, mask) = self.embed(input, mask)?;
+        let out = self.stack.run_checked(x, &mask, train, trace)?;
         Ok(EncoderOutput {
-            hidden: x,
+            hidden: out.hidden,
             mask,
-            memory,
-            trace: traces,
+            memory: out.memory,
+            trace: out.trace,
         })
     }
 }

@@ -251,6 +251,12 @@ pub struct RunOptions {
     pub pooling: Option<Pooling>,
     /// Optimisation steps.
     pub steps: Option<usize>,
+    /// Steps the learning-rate schedule spans (default: `steps`). A finished run continued
+    /// with more `steps` keeps the span it started with, so the extra steps continue its
+    /// schedule: `cosine` stays at its final rate (5 % of the peak; the decay is not
+    /// stretched), `constant` and `rsqrt` go on as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_steps: Option<usize>,
     /// Batch size.
     pub batch_size: Option<usize>,
     /// Peak learning rate.
@@ -461,7 +467,8 @@ impl RunOptions {
     /// Combines the options given for a resume with those recorded when the run started
     /// (`recorded`, resolved, read from `file`): an option given with another value than the
     /// recorded one is [`Error::ResumeMismatch`]; an option not given takes the recorded
-    /// value.
+    /// value. Two options may change: `steps`, to a larger number (a finished run continues
+    /// for more steps; `schedule_steps` keeps the schedule's original span), and `patience`.
     pub fn merge_recorded(&self, recorded: &RunOptions, file: &Path) -> Result<RunOptions> {
         let given = serde_json::to_value(self).map_err(|e| Error::format(file, e.to_string()))?;
         let mut merged =
@@ -474,6 +481,14 @@ impl RunOptions {
                 continue;
             }
             let old = m.get(key).cloned().unwrap_or(serde_json::Value::Null);
+            let more_steps = key == "steps" && value.as_u64() > old.as_u64();
+            if key == "patience" || (more_steps && old.is_u64()) {
+                if more_steps && m.get("schedule_steps").is_none_or(|v| v.is_null()) {
+                    m.insert("schedule_steps".into(), old.clone());
+                }
+                m.insert(key.clone(), value.clone());
+                continue;
+            }
             if &old != value {
                 let show = |v: &serde_json::Value| match v {
                     serde_json::Value::Null => "not set".to_string(),
@@ -574,7 +589,7 @@ fn build_model_config(o: &RunOptions) -> Result<ModelConfig> {
                 ModelKind::Luna => BlockPreset::Luna,
                 _ => BlockPreset::LunaMa,
             };
-            let mut block = preset.block(m, d);
+            let mut block = preset.block(m);
             if let BlockConfig::Luna(l) = &mut block {
                 l.filter = filter_config(o);
                 l.mask_padding = o.masked.unwrap_or(true);
@@ -589,14 +604,14 @@ fn build_model_config(o: &RunOptions) -> Result<ModelConfig> {
     };
     let mut mc = task.paper_model(block);
     mc.encoder.max_len = o.max_len.unwrap_or(task.seq_len());
-    mc.encoder.d_model = d;
-    mc.encoder.num_layers = o.layers.unwrap_or(2);
-    mc.encoder.num_heads = o.heads.unwrap_or(4);
-    mc.encoder.ffn_dim = o.ffn.unwrap_or(128);
-    mc.head.hidden_dim = mc.encoder.ffn_dim;
+    mc.encoder.stack.d_model = d;
+    mc.encoder.stack.num_layers = o.layers.unwrap_or(2);
+    mc.encoder.stack.num_heads = o.heads.unwrap_or(4);
+    mc.encoder.stack.ffn_dim = o.ffn.unwrap_or(128);
+    mc.head.hidden_dim = mc.encoder.stack.ffn_dim;
     let dropout = o.dropout.unwrap_or(0.1);
-    mc.encoder.dropout = dropout;
-    mc.encoder.attention_dropout = dropout;
+    mc.encoder.stack.dropout = dropout;
+    mc.encoder.stack.attention_dropout = dropout;
     mc.head.pooling = o.pooling.unwrap_or(Pooling::Cls);
     if task == LraTask::Retrieval {
         mc.head.pair = o.pair_head;
@@ -616,14 +631,14 @@ fn build_train_config(o: &RunOptions) -> Result<TrainConfig> {
         schedule: match o.schedule {
             Some(ScheduleKind::Cosine) => Schedule::Cosine {
                 warmup,
-                total: steps,
+                total: o.schedule_steps.unwrap_or(steps),
                 min_ratio: 0.05,
             },
             Some(ScheduleKind::Constant) => Schedule::WarmupConstant { warmup },
             Some(ScheduleKind::Rsqrt) => Schedule::Rsqrt { warmup },
             None if quick => Schedule::Cosine {
                 warmup,
-                total: steps,
+                total: o.schedule_steps.unwrap_or(steps),
                 min_ratio: 0.05,
             },
             None => Schedule::Rsqrt { warmup },
@@ -873,6 +888,7 @@ impl Plan {
             masked: self
                 .model_config
                 .encoder
+                .stack
                 .block
                 .luna()
                 .map(|l| l.mask_padding),

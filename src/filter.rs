@@ -270,7 +270,7 @@ impl Filter for ConvFilter {
         let w = self.weight.to_dtype(x.dtype())?;
         if self.window.stride == 1 {
             // Fused CPU kernel with its own backward (f32 / f64); the composite ops elsewhere.
-            if let Some(y) = crate::kernels::conv_time(x, &w, self.window.left, self.per_channel)? {
+            if let Some(y) = crate::ops::conv_time(x, &w, self.window.left, self.per_channel)? {
                 return Ok(y);
             }
         }
@@ -299,7 +299,7 @@ impl Filter for ConvFilter {
     ) -> Result<Option<Tensor>> {
         let out = self.window.merged_output_len(x.dim(1)?, mask.is_some())?;
         let w = self.weight.to_dtype(x.dtype())?;
-        Ok(crate::kernels::conv_window_merged(
+        Ok(crate::ops::conv_window_merged(
             x,
             &w,
             self.window.stride,
@@ -371,7 +371,7 @@ impl Filter for MaxPoolFilter {
         mask: Option<&Tensor>,
     ) -> Result<Option<Tensor>> {
         let out = self.window.merged_output_len(x.dim(1)?, mask.is_some())?;
-        Ok(crate::kernels::max_pool_merged(
+        Ok(crate::ops::max_pool_merged(
             x,
             self.window.kernel,
             self.window.stride,
@@ -385,13 +385,13 @@ impl Filter for MaxPoolFilter {
     fn masked_right_pad(&self, len: usize) -> usize {
         self.window.coverage_pad(len)
     }
-    /// Pads count as −∞ inside the max (a large negative, [`crate::attention::mask_value`]),
+    /// Pads count as −∞ inside the max (a large negative, [`crate::ops::mask_value`]),
     /// so a pad never wins over a real key, however negative; a window that holds only
     /// padding gives 0 (it is masked out of the attention by [`Filter::filter_mask`]).
     fn forward_masked(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (b, l) = mask.dims2()?;
         let m = mask.to_dtype(x.dtype())?;
-        let neg = ((&m - 1.0)? * crate::attention::mask_value(x.dtype()))?.reshape((b, 1, l, 1))?;
+        let neg = ((&m - 1.0)? * crate::ops::mask_value(x.dtype()))?.reshape((b, 1, l, 1))?;
         let y = self.forward(&x.broadcast_add(&neg)?)?;
         let fm = self.filter_mask(&m)?;
         let lo = fm.dim(1)?;
@@ -418,12 +418,12 @@ pub fn filter_merged(
     if let Some(y) = filter.forward_merged(x, heads, mask)? {
         return Ok(y);
     }
-    let xs = crate::attention::split_heads(x, heads)?;
+    let xs = crate::ops::split_heads(x, heads)?;
     let y = match mask {
         Some(m) => filter.forward_masked(&xs, m)?,
         None => filter.forward(&xs)?,
     };
-    crate::attention::merge_heads(&y)
+    crate::ops::merge_heads(&y)
 }
 
 /// Builds the filter named by `cfg`; conv kernels are created under `vb` (`weight`).

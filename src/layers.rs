@@ -6,13 +6,11 @@
 //! `candle_nn::LayerNorm` on contiguous input with a bias) record no gradient; the versions
 //! here are composite and do. `tests/candle_pitfalls.rs` keeps a regression test of that bug.
 
-use std::sync::{Arc, Mutex};
-
-use candle_core::{DType, Module, ModuleT, Tensor, D};
+use candle_core::{Module, ModuleT, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+pub use crate::dropout::{Dropout, DropoutRng};
 use crate::error::Result;
-use crate::rng::Rng;
 
 /// `y = x·Wᵀ + b`, weight `[out, in]` and bias `[out]`, both initialised U(−1/√in, 1/√in)
 /// as PyTorch's `nn.Linear`.
@@ -57,36 +55,11 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if let Some(y) = crate::kernels::linear(x, &self.weight, self.bias.as_ref())? {
-            return Ok(y);
-        }
-        candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(x)
+        crate::ops::linear(x, &self.weight, self.bias.as_ref())
     }
 }
 
-/// Computes `f` in f32 for half-precision inputs and casts back.
-fn in_f32(
-    x: &Tensor,
-    f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
-) -> candle_core::Result<Tensor> {
-    match x.dtype() {
-        DType::F16 | DType::BF16 => f(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype()),
-        _ => f(x),
-    }
-}
-
-/// Softmax over the last dimension, `exp(x − max) / Σ exp(x − max)`, differentiable
-/// (the max is a constant shift and is detached). Half precision is computed in f32.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if let Some(y) = crate::kernels::softmax_scaled(x, Ok(1.0), None)? {
-        return Ok(y);
-    }
-    Ok(in_f32(x, |x| {
-        let max = x.max_keepdim(D::Minus1)?.detach();
-        let e = x.broadcast_sub(&max)?.exp()?;
-        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
-    })?)
-}
+pub use crate::ops::softmax_last_dim;
 
 /// Affine LayerNorm over the last dimension with eps 1e-6:
 /// `y = (x − μ) / √(σ² + ε) · γ + β`. Parameters `weight` (γ, init 1) and `bias` (β, init 0).
@@ -116,96 +89,13 @@ impl LayerNorm {
     /// CPU f32/f64 one fused op that never stores `x + r`
     /// ([`crate::kernels::add_layer_norm`]); elsewhere the sum, then [`Module::forward`].
     pub fn forward_residual(&self, x: &Tensor, r: &Tensor) -> candle_core::Result<Tensor> {
-        if let Some(y) = crate::kernels::add_layer_norm(x, r, &self.weight, &self.bias, self.eps)? {
-            return Ok(y);
-        }
-        self.forward(&(x + r)?)
+        crate::ops::add_layer_norm(x, r, &self.weight, &self.bias, self.eps)
     }
 }
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // Fused CPU kernel with its own backward (f32 / f64); the composite ops elsewhere.
-        if let Some(y) = crate::kernels::layer_norm(x, &self.weight, &self.bias, self.eps)? {
-            return Ok(y);
-        }
-        let y = in_f32(x, |x| {
-            let mu = x.mean_keepdim(D::Minus1)?;
-            let xc = x.broadcast_sub(&mu)?;
-            let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-            xc.broadcast_div(&(var + self.eps)?.sqrt()?)
-        })?;
-        y.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
-    }
-}
-
-/// A dropout whose masks come from a seeded generator shared by the whole model, so that a
-/// training run is reproducible on every device and can be resumed: the trainer calls
-/// [`DropoutRng::reseed`] with the step number before each step.
-#[derive(Clone, Debug)]
-pub struct DropoutRng {
-    inner: Arc<Mutex<Rng>>,
-}
-
-impl Default for DropoutRng {
-    fn default() -> Self {
-        Self::new(0)
-    }
-}
-
-impl DropoutRng {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self {
-            inner: Arc::new(Mutex::new(Rng::new(seed))),
-        }
-    }
-
-    /// Restarts the generator from `seed` (e.g. `run_seed ^ step`).
-    pub fn reseed(&self, seed: u64) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        *g = Rng::new(seed);
-    }
-
-    fn keep_mask(&self, n: usize, p: f64) -> Vec<f32> {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let scale = (1.0 / (1.0 - p)) as f32;
-        (0..n)
-            .map(|_| if g.f64() < p { 0.0 } else { scale })
-            .collect()
-    }
-}
-
-/// Inverted dropout with probability `p`, active only when `train` is true.
-#[derive(Clone, Debug)]
-pub struct Dropout {
-    p: f64,
-    rng: DropoutRng,
-}
-
-impl Dropout {
-    /// Dropout with drop probability `p` drawing from `rng`.
-    pub fn new(p: f64, rng: DropoutRng) -> Self {
-        Self { p, rng }
-    }
-}
-
-impl Dropout {
-    /// The keep-mask (`0` or `1/(1−p)`) over `n` elements that `forward_t` would multiply by,
-    /// drawn from the same stream; `None` where dropout is inactive (`!train` or `p = 0`).
-    pub(crate) fn keep_mask(&self, n: usize, train: bool) -> Option<Vec<f32>> {
-        (train && self.p != 0.0).then(|| self.rng.keep_mask(n, self.p))
-    }
-}
-
-impl ModuleT for Dropout {
-    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        if !train || self.p == 0.0 {
-            return Ok(x.clone());
-        }
-        let mask = self.rng.keep_mask(x.elem_count(), self.p);
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x * mask
+        crate::ops::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -231,50 +121,14 @@ impl FeedForward {
 
 impl ModuleT for FeedForward {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        // CPU f32 / f64: the whole FFN (both layers, the GELU and the hidden dropout) as one
-        // fused op, the biases riding along as an extra weight column.
-        if let (Some(b1), Some(b2)) = (self.fc1.bias(), self.fc2.bias()) {
-            // (only where the kernel will accept the shapes, so that the dropout stream is
-            // drawn once either way)
-            let d = x.dims().last().copied().unwrap_or(0);
-            let (f, d_in) = self.fc1.weight().dims2()?;
-            let shapes_fit = d > 0 && d == d_in && self.fc2.weight().dims() == [d, f];
-            if crate::kernels::enabled("ffn", x) && shapes_fit {
-                let with_bias = |w: &Tensor, b: &Tensor| -> candle_core::Result<Tensor> {
-                    Tensor::cat(&[w, &b.to_dtype(w.dtype())?.unsqueeze(1)?], 1)
-                };
-                let w1b = with_bias(self.fc1.weight(), b1)?;
-                let w2b = with_bias(self.fc2.weight(), b2)?;
-                let keep = self.drop.keep_mask(x.elem_count() / d * f, train);
-                if let Some(y) = crate::kernels::ffn(x, &w1b, &w2b, keep)? {
-                    return self.drop.forward_t(&y, train);
-                }
-            }
-        }
-        // CPU f32 / f64: fc1's bias add and the GELU as one fused kernel with its own backward.
-        if let Some(b1) = self
-            .fc1
-            .bias()
-            .filter(|_| crate::kernels::enabled("gelu", x))
-        {
-            let dims = x.dims();
-            let rows = x.elem_count() / dims[dims.len() - 1];
-            let x2 = x.contiguous()?.reshape((rows, dims[dims.len() - 1]))?;
-            let h = match crate::kernels::linear(&x2, self.fc1.weight(), None)? {
-                Some(h) => h,
-                None => x2.matmul(&self.fc1.weight().t()?)?,
-            };
-            if let Some(h) = crate::kernels::bias_gelu(&h, b1)? {
-                let mut shape = dims.to_vec();
-                *shape.last_mut().expect("rank ≥ 1") = h.dim(1)?;
-                let h = self.drop.forward_t(&h.reshape(shape)?, train)?;
-                let y = self.fc2.forward(&h)?;
-                return self.drop.forward_t(&y, train);
-            }
-        }
-        let h = self.fc1.forward(x)?.gelu_erf()?;
-        let h = self.drop.forward_t(&h, train)?;
-        let y = self.fc2.forward(&h)?;
-        self.drop.forward_t(&y, train)
+        crate::ops::feed_forward(
+            x,
+            self.fc1.weight(),
+            self.fc1.bias(),
+            self.fc2.weight(),
+            self.fc2.bias(),
+            &self.drop,
+            train,
+        )
     }
 }

@@ -7,20 +7,15 @@
 //! ```
 //! use candle_core::{DType, Device, ModuleT, Tensor};
 //! use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-//! use convluna::{BlockPreset, Classifier, EncoderConfig, HeadConfig, InputConfig, ModelConfig,
-//!                ParamStore, Pooling, Positions};
+//! use convluna::{Classifier, EncoderConfig, HeadConfig, ModelConfig, ParamStore, StackConfig};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let device = Device::Cpu;
+//! // ConvLuna (the authors' block, padding masked) over 16 token ids, up to 32 tokens
+//! let stack = StackConfig::convluna().with_d_model(32).with_ffn_dim(64).with_layers(2).with_memory(8);
 //! let cfg = ModelConfig {
-//!     encoder: EncoderConfig {
-//!         input: InputConfig::Tokens { vocab_size: 16 },
-//!         max_len: 32, d_model: 32, num_heads: 4, ffn_dim: 64, num_layers: 2,
-//!         dropout: 0.1, attention_dropout: 0.1, positions: Positions::Learned, cls: true,
-//!         block: BlockPreset::ConvlunaMasked.block(8, 32),   // m = 8 memory slots
-//!     },
-//!     head: HeadConfig { num_classes: 10, hidden_dim: 64, pooling: Pooling::Cls,
-//!                        extra_layer: false, pair: None },
+//!     encoder: EncoderConfig::tokens(16, 32).with_stack(stack),
+//!     head: HeadConfig::classes(10).with_hidden_dim(64),
 //! };
 //! let store = ParamStore::new(42);                         // seeded, device independent
 //! let model = Classifier::new(&cfg, store.var_builder(DType::F32, &device))?;
@@ -38,9 +33,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! On your own embeddings, [`Stack`] is the layer to use: hidden states `[B, L, d]` and an
+//! optional padding mask in, `[B, L, d]` and the final memory out (see [`stack`]).
+//!
 //! ## Features
 //! - default features off (`default-features = false`): the model alone — [`config`],
-//!   [`preset`], [`filter`], [`pack`], [`unpack`], [`temperature`], [`block`], [`encoder`],
+//!   [`preset`], [`filter`], [`pack`], [`unpack`], [`temperature`], [`block`], [`stack`], [`encoder`],
 //!   [`head`], [`model`], [`params`], [`kernels`], [`rng`] — on candle-core, candle-nn,
 //!   serde, thiserror, safetensors and the kernel crates (gemm, rayon, half, num-traits).
 //! - `lra` (on by default): the Long Range Arena toolkit — `data` (readers, generators,
@@ -94,6 +92,7 @@ pub mod block;
 #[doc = include_str!("../docs/model.md")]
 pub mod guide {}
 pub mod config;
+pub mod dropout;
 pub mod encoder;
 pub mod error;
 pub mod filter;
@@ -101,10 +100,12 @@ pub mod head;
 pub mod kernels;
 pub mod layers;
 pub mod model;
+pub mod ops;
 pub mod pack;
 pub mod params;
 pub mod preset;
 pub mod rng;
+pub mod stack;
 pub mod temperature;
 pub mod unpack;
 
@@ -143,5 +144,6 @@ pub use model::{load_model, save_model, Classifier, PairClassifier, TaskInputs, 
 pub use pack::{PackAttention, Packed};
 pub use params::ParamStore;
 pub use preset::{BlockPreset, LraTask, PaperSettings};
+pub use stack::{Stack, StackConfig, StackOutput};
 pub use temperature::LogitScale;
 pub use unpack::UnpackAttention;

@@ -17,6 +17,7 @@ use crate::params::{load_metadata, write_atomic, ParamStore};
 /// Encoder + single-document classifier head.
 #[derive(Clone, Debug)]
 pub struct Classifier {
+    cfg: ModelConfig,
     encoder: Encoder,
     head: ClassifierHead,
 }
@@ -24,6 +25,7 @@ pub struct Classifier {
 /// Encoder (shared by both documents) + two-document head.
 #[derive(Clone, Debug)]
 pub struct PairClassifier {
+    cfg: ModelConfig,
     encoder: Encoder,
     head: PairHead,
 }
@@ -67,11 +69,20 @@ impl Classifier {
         let encoder = Encoder::new(&cfg.encoder, vb.clone())?;
         let head = ClassifierHead::new(
             &cfg.head,
-            cfg.encoder.d_model,
+            cfg.encoder.stack.d_model,
             cfg.encoder.cls,
             vb.pp("head"),
         )?;
-        Ok(Self { encoder, head })
+        Ok(Self {
+            cfg: cfg.clone(),
+            encoder,
+            head,
+        })
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
     }
 
     /// The encoder.
@@ -127,12 +138,21 @@ impl PairClassifier {
         let head = PairHead::new(
             &cfg.head,
             features,
-            cfg.encoder.d_model,
+            cfg.encoder.stack.d_model,
             cfg.encoder.cls,
-            cfg.encoder.block.pre_ln(),
+            cfg.encoder.stack.block.pre_ln(),
             vb.pp("head"),
         )?;
-        Ok(Self { encoder, head })
+        Ok(Self {
+            cfg: cfg.clone(),
+            encoder,
+            head,
+        })
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
     }
 
     /// The encoder.
@@ -168,6 +188,14 @@ impl TaskModel {
     /// The generator of every dropout mask of the model.
     pub fn dropout_rng(&self) -> &DropoutRng {
         self.encoder().dropout_rng()
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            TaskModel::Single(m) => m.config(),
+            TaskModel::Pair(m) => m.config(),
+        }
     }
 
     /// The (shared) encoder.

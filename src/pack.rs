@@ -18,10 +18,10 @@ use std::sync::Arc;
 
 use candle_core::{Module, Tensor};
 
-use crate::attention::{attend_merged, attend_scaled, key_bias, merge_heads, split_heads};
 use crate::error::Result;
 use crate::filter::Filter;
 use crate::layers::{Dropout, Linear};
+use crate::ops::{attend_merged, attend_scaled, key_bias, merge_heads, split_heads};
 use crate::temperature::LogitScale;
 
 /// The result of packing.
@@ -124,7 +124,7 @@ impl PackAttention {
         };
         // CPU f32/f64 with a filter that has a merged-layout kernel: mask, filter and
         // attention read the heads in place (no split, no merge, the mask inside the filter).
-        if crate::kernels::enabled("attention", x) {
+        if crate::ops::merged_packing(x) {
             if let Some(kf) = self.filter.forward_merged(&k, self.heads, m.as_ref())? {
                 if let Some(vf) = self.filter.forward_merged(&v, self.heads, m.as_ref())? {
                     let fmask = match &m {

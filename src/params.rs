@@ -15,7 +15,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
 
 use crate::error::{Error, Result};
-use crate::rng::Rng;
+use crate::rng::{Rng, RngExt};
 
 /// 64-bit FNV-1a, used to derive a stable per-parameter seed.
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {

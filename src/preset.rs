@@ -61,40 +61,16 @@ impl BlockPreset {
         name_of(&Self::ALL, self)
     }
 
-    /// The block config with memory length `memory_len` (ignored by the Transformer) for
-    /// model width `d_model` (used by Ma et al.'s memory init).
-    pub fn block(&self, memory_len: usize, d_model: usize) -> BlockConfig {
+    /// The block config with memory length `memory_len` (ignored by the Transformer).
+    pub fn block(&self, memory_len: usize) -> BlockConfig {
         match self {
-            BlockPreset::Convluna | BlockPreset::ConvlunaMasked => BlockConfig::Luna(LunaConfig {
-                memory_len,
-                projections: Projections::SharedNoValue,
-                pack_scale: ScaleConfig::LearnedTemperature { init: 0.0 },
-                unpack_scale: ScaleConfig::None,
-                filter: FilterConfig::authors_conv(),
-                mask_padding: *self == BlockPreset::ConvlunaMasked,
-                residual_dropout: false,
-                memory_init_std: None,
+            BlockPreset::Convluna => BlockConfig::Luna(LunaConfig {
+                mask_padding: false,
+                ..LunaConfig::convluna(memory_len)
             }),
-            BlockPreset::Luna => BlockConfig::Luna(LunaConfig {
-                memory_len,
-                projections: Projections::Shared,
-                pack_scale: ScaleConfig::InvSqrtHeadDim,
-                unpack_scale: ScaleConfig::InvSqrtHeadDim,
-                filter: FilterConfig::Identity,
-                mask_padding: true,
-                residual_dropout: false,
-                memory_init_std: None,
-            }),
-            BlockPreset::LunaMa => BlockConfig::Luna(LunaConfig {
-                memory_len,
-                projections: Projections::Separate,
-                pack_scale: ScaleConfig::InvSqrtHeadDim,
-                unpack_scale: ScaleConfig::InvSqrtHeadDim,
-                filter: FilterConfig::Identity,
-                mask_padding: true,
-                residual_dropout: true,
-                memory_init_std: Some(1.0 / (d_model as f64).sqrt()),
-            }),
+            BlockPreset::ConvlunaMasked => BlockConfig::Luna(LunaConfig::convluna(memory_len)),
+            BlockPreset::Luna => BlockConfig::Luna(LunaConfig::luna(memory_len)),
+            BlockPreset::LunaMa => BlockConfig::Luna(LunaConfig::luna_ma(memory_len)),
             BlockPreset::Transformer => BlockConfig::Transformer,
         }
     }
@@ -228,7 +204,7 @@ impl LraTask {
     }
 
     /// The paper's model for this task: d = 128, 4 heads, FFN 512, CLS pooling, the task's
-    /// layers and dropout, with `block` (e.g. `BlockPreset::Convluna.block(256, 128)`).
+    /// layers and dropout, with `block` (e.g. `BlockPreset::Convluna.block(256)`).
     pub fn paper_model(&self, block: BlockConfig) -> ModelConfig {
         let s = self.paper_settings();
         let image = matches!(self, LraTask::Image | LraTask::Pathfinder | LraTask::PathX);
@@ -236,15 +212,12 @@ impl LraTask {
             encoder: EncoderConfig {
                 input: self.input(),
                 max_len: self.seq_len(),
-                d_model: 128,
-                num_heads: 4,
-                ffn_dim: 512,
-                num_layers: self.paper_layers(),
-                dropout: s.dropout,
-                attention_dropout: s.dropout,
                 positions: Positions::Learned,
                 cls: true,
-                block,
+                stack: crate::StackConfig::default()
+                    .with_block(block)
+                    .with_layers(self.paper_layers())
+                    .with_dropout(s.dropout),
             },
             head: HeadConfig {
                 num_classes: self.num_classes(),

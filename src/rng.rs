@@ -1,11 +1,14 @@
 //! The crate's one seeded generator: xoshiro256** (Blackman and Vigna) seeded through
-//! SplitMix64, in plain integer arithmetic (plus `f64` values built from 53 random bits).
+//! SplitMix64, plus samplers in plain integer arithmetic (and `f64` values built from 53
+//! random bits) that work on any `rand` generator.
 //!
 //! # The seeding scheme
-//! Everything random in the crate draws from [`Rng`], never from `rand`'s `StdRng` (whose
-//! algorithm may change between `rand` versions) or Candle's CPU generator (which cannot be
-//! seeded), so a seed gives the same numbers on every platform, thread count and dependency
-//! version:
+//! Everything random in the crate draws from [`Rng`] — `rand_xoshiro`'s xoshiro256** behind
+//! `rand`'s [`RngCore`] / [`SeedableRng`] — through the samplers of [`RngExt`] (written on
+//! `next_u64` alone), never from `rand`'s `StdRng` (whose algorithm may change between `rand`
+//! versions) or Candle's CPU generator (which cannot be seeded), so a seed gives the same
+//! numbers on every platform, thread count and dependency version (`tests/golden_rng.rs`
+//! pins the first values of every stream):
 //! - **parameters**: each parameter from its own stream `Rng::stream(seed, fnv1a(name))`
 //!   ([`crate::params::ParamStore`]), so adding a parameter does not move the others;
 //! - **dropout**: one stream per optimisation step, `Rng::new(mix_seed(seed, step))`,
@@ -13,6 +16,9 @@
 //! - **data** (with the `lra` feature): generated examples from `Rng::stream(seed, index)`,
 //!   shuffles and splits from `Rng::new(seed)`, the training order of epoch e from
 //!   `Rng::new(mix_seed(seed, e))`.
+
+pub use rand::{RngCore, SeedableRng};
+use rand_xoshiro::Xoshiro256StarStar;
 
 /// One step of SplitMix64 (Steele, Lea and Flood 2014), used to seed and to mix seeds.
 pub fn splitmix64(state: &mut u64) -> u64 {
@@ -31,51 +37,62 @@ pub fn mix_seed(seed: u64, stream: u64) -> u64 {
     splitmix64(&mut t) ^ a
 }
 
-/// xoshiro256** (Blackman and Vigna), seeded from one `u64` with SplitMix64.
-#[derive(Clone, Debug)]
-pub struct Rng {
-    s: [u64; 4],
-}
+/// The crate's generator: xoshiro256** (Blackman and Vigna, `rand_xoshiro`), seeded from one
+/// `u64` through SplitMix64 ([`SeedableRng::seed_from_u64`]). A `rand` [`RngCore`]: its
+/// values are fixed by the algorithm, not by a `rand` version (`tests/golden_rng.rs` pins
+/// them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rng(Xoshiro256StarStar);
 
 impl Rng {
-    /// A generator whose stream depends only on `seed`.
+    /// A generator whose stream depends only on `seed` (= `seed_from_u64(seed)`).
     pub fn new(seed: u64) -> Self {
-        let mut sm = seed;
-        let mut s = [0u64; 4];
-        for v in &mut s {
-            *v = splitmix64(&mut sm);
-        }
-        if s == [0; 4] {
-            s[0] = 1;
-        }
-        Rng { s }
+        Self::seed_from_u64(seed)
     }
 
     /// An independent generator for sub-stream `stream` of `seed` (e.g. one per example).
     pub fn stream(seed: u64, stream: u64) -> Self {
         Rng::new(mix_seed(seed, stream))
     }
+}
 
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = self.s[1] << 17;
-        self.s[2] ^= self.s[0];
-        self.s[3] ^= self.s[1];
-        self.s[1] ^= self.s[2];
-        self.s[0] ^= self.s[3];
-        self.s[2] ^= t;
-        self.s[3] = self.s[3].rotate_left(45);
-        result
+impl RngCore for Rng {
+    fn next_u32(&mut self) -> u32 {
+        self.0.next_u32()
     }
 
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        self.0.fill_bytes(dst)
+    }
+}
+
+impl SeedableRng for Rng {
+    type Seed = <Xoshiro256StarStar as SeedableRng>::Seed;
+
+    fn from_seed(seed: Self::Seed) -> Self {
+        Rng(Xoshiro256StarStar::from_seed(seed))
+    }
+
+    fn seed_from_u64(state: u64) -> Self {
+        Rng(Xoshiro256StarStar::seed_from_u64(state))
+    }
+}
+
+/// The crate's samplers, on any `rand` [`RngCore`] (yours too). They are written here on
+/// `next_u64` alone, so their values do not depend on `rand`'s distributions (which may
+/// change between versions).
+pub trait RngExt: RngCore {
     /// Uniform in `[0, 1)` with 53 bits of precision.
-    pub fn f64(&mut self) -> f64 {
+    fn f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
     /// Uniform in `0..n` (unbiased; `n` must be positive, 0 gives 0).
-    pub fn below(&mut self, n: u64) -> u64 {
+    fn below(&mut self, n: u64) -> u64 {
         if n <= 1 {
             return 0;
         }
@@ -91,12 +108,12 @@ impl Rng {
     }
 
     /// Uniform index in `0..n`.
-    pub fn index(&mut self, n: usize) -> usize {
+    fn index(&mut self, n: usize) -> usize {
         self.below(n as u64) as usize
     }
 
     /// Uniform in `lo..=hi` (returns `lo` when `hi < lo`).
-    pub fn range_inclusive(&mut self, lo: u64, hi: u64) -> u64 {
+    fn range_inclusive(&mut self, lo: u64, hi: u64) -> u64 {
         if hi <= lo {
             return lo;
         }
@@ -104,18 +121,20 @@ impl Rng {
     }
 
     /// `true` with probability `p`.
-    pub fn bernoulli(&mut self, p: f64) -> bool {
+    fn bernoulli(&mut self, p: f64) -> bool {
         self.f64() < p
     }
 
     /// Fisher–Yates shuffle.
-    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+    fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {
             let j = self.index(i + 1);
             v.swap(i, j);
         }
     }
 }
+
+impl<R: RngCore + ?Sized> RngExt for R {}
 
 /// A seeded permutation of `0..n`.
 pub fn permutation(n: usize, seed: u64) -> Vec<usize> {

@@ -10,9 +10,9 @@
 
 use candle_core::{Module, Tensor};
 
-use crate::attention::attend_merged;
 use crate::error::Result;
 use crate::layers::{Dropout, Linear};
+use crate::ops::attend_merged;
 use crate::temperature::LogitScale;
 
 /// Unpack attention. Projections are passed in so that they can be shared with packing.

@@ -5,17 +5,17 @@ use candle_core::{DType, Device, Tensor};
 use convluna::*;
 
 fn base() -> ModelConfig {
-    let mut c = LraTask::Listops.paper_model(BlockPreset::Convluna.block(16, 32));
-    c.encoder.d_model = 32;
-    c.encoder.ffn_dim = 64;
-    c.encoder.num_layers = 1;
+    let mut c = LraTask::Listops.paper_model(BlockPreset::Convluna.block(16));
+    c.encoder.stack.d_model = 32;
+    c.encoder.stack.ffn_dim = 64;
+    c.encoder.stack.num_layers = 1;
     c.encoder.max_len = 64;
     c.head.hidden_dim = 64;
     c
 }
 
 fn luna(c: &mut ModelConfig) -> &mut LunaConfig {
-    match &mut c.encoder.block {
+    match &mut c.encoder.stack.block {
         BlockConfig::Luna(l) => l,
         _ => unreachable!(),
     }
@@ -38,31 +38,31 @@ fn valid_base() {
 #[test]
 fn d_not_divisible_by_heads() {
     let mut c = base();
-    c.encoder.num_heads = 3;
+    c.encoder.stack.num_heads = 3;
     expect_field(&c, "encoder.d_model");
 }
 #[test]
 fn zero_heads() {
     let mut c = base();
-    c.encoder.num_heads = 0;
+    c.encoder.stack.num_heads = 0;
     expect_field(&c, "encoder.num_heads");
 }
 #[test]
 fn zero_width() {
     let mut c = base();
-    c.encoder.d_model = 0;
+    c.encoder.stack.d_model = 0;
     expect_field(&c, "encoder.d_model");
 }
 #[test]
 fn zero_ffn() {
     let mut c = base();
-    c.encoder.ffn_dim = 0;
+    c.encoder.stack.ffn_dim = 0;
     expect_field(&c, "encoder.ffn_dim");
 }
 #[test]
 fn zero_layers() {
     let mut c = base();
-    c.encoder.num_layers = 0;
+    c.encoder.stack.num_layers = 0;
     expect_field(&c, "encoder.num_layers");
 }
 #[test]
@@ -74,10 +74,10 @@ fn zero_max_len() {
 #[test]
 fn dropout_out_of_range() {
     let mut c = base();
-    c.encoder.dropout = 1.0;
+    c.encoder.stack.dropout = 1.0;
     expect_field(&c, "encoder.dropout");
     let mut c = base();
-    c.encoder.attention_dropout = -0.1;
+    c.encoder.stack.attention_dropout = -0.1;
     expect_field(&c, "encoder.attention_dropout");
 }
 #[test]
@@ -155,8 +155,8 @@ fn pixel_std_zero() {
 fn odd_width_with_sinusoids() {
     let mut c = base();
     c.encoder.positions = Positions::Sinusoidal;
-    c.encoder.d_model = 27;
-    c.encoder.num_heads = 3;
+    c.encoder.stack.d_model = 27;
+    c.encoder.stack.num_heads = 3;
     expect_field(&c, "encoder.positions");
 }
 #[test]
@@ -168,7 +168,7 @@ fn cls_pooling_without_cls() {
 #[test]
 fn memory_pooling_on_transformer() {
     let mut c = base();
-    c.encoder.block = BlockConfig::Transformer;
+    c.encoder.stack.block = BlockConfig::Transformer;
     c.head.pooling = Pooling::Memory;
     expect_field(&c, "head.pooling");
 }
@@ -251,7 +251,7 @@ fn shape_errors_name_the_input() {
 fn every_preset_and_task_is_valid_and_round_trips_json() {
     for (_, t) in LraTask::ALL {
         for (_, p) in BlockPreset::ALL {
-            let c = t.paper_model(p.block(256, 128));
+            let c = t.paper_model(p.block(256));
             c.validate().unwrap();
             let back = ModelConfig::from_json(&c.to_json().unwrap()).unwrap();
             assert_eq!(back, c);

@@ -15,21 +15,15 @@ use convluna::*;
 
 fn model(block: BlockConfig) -> ModelConfig {
     ModelConfig {
-        encoder: EncoderConfig {
-            input: InputConfig::Tokens {
-                vocab_size: preset::LISTOPS_VOCAB,
-            },
-            max_len: 1100,
-            d_model: 32,
-            num_heads: 4,
-            ffn_dim: 48,
-            num_layers: 2,
-            dropout: 0.1,
-            attention_dropout: 0.1,
-            positions: Positions::Learned,
-            cls: true,
-            block,
-        },
+        encoder: EncoderConfig::tokens(preset::LISTOPS_VOCAB, 1100).with_stack(
+            StackConfig::default()
+                .with_block(block)
+                .with_d_model(32)
+                .with_heads(4)
+                .with_ffn_dim(48)
+                .with_layers(2)
+                .with_dropout(0.1),
+        ),
         head: HeadConfig {
             num_classes: 10,
             hidden_dim: 24,
@@ -142,10 +136,10 @@ fn pooled_and_depthwise_convluna_gradients_do_not_depend_on_the_thread_count() {
 
 #[test]
 fn luna_gradients_do_not_depend_on_the_thread_count() {
-    check("luna", BlockPreset::Luna.block(16, 32));
+    check("luna", BlockPreset::Luna.block(16));
 }
 
 #[test]
 fn transformer_gradients_do_not_depend_on_the_thread_count() {
-    check("transformer", BlockPreset::Transformer.block(16, 32));
+    check("transformer", BlockPreset::Transformer.block(16));
 }

@@ -90,7 +90,13 @@ fn the_paper_preset_runs_the_authors_model_unmasked() {
     }
     .plan()
     .unwrap();
-    let l = plan.model_config.encoder.block.luna().expect("ConvLuna");
+    let l = plan
+        .model_config
+        .encoder
+        .stack
+        .block
+        .luna()
+        .expect("ConvLuna");
     assert!(
         !l.mask_padding,
         "the authors' ConvLuna does not mask padding"
@@ -104,7 +110,16 @@ fn the_paper_preset_runs_the_authors_model_unmasked() {
     }
     .plan()
     .unwrap();
-    assert!(!luna.model_config.encoder.block.luna().unwrap().mask_padding);
+    assert!(
+        !luna
+            .model_config
+            .encoder
+            .stack
+            .block
+            .luna()
+            .unwrap()
+            .mask_padding
+    );
     // masking stays available, and the quick preset masks by default
     let masked = RunOptions {
         preset: Some(Preset::Paper),
@@ -117,6 +132,7 @@ fn the_paper_preset_runs_the_authors_model_unmasked() {
         masked
             .model_config
             .encoder
+            .stack
             .block
             .luna()
             .unwrap()
@@ -127,6 +143,7 @@ fn the_paper_preset_runs_the_authors_model_unmasked() {
         quick
             .model_config
             .encoder
+            .stack
             .block
             .luna()
             .unwrap()
@@ -378,4 +395,49 @@ fn aan_pairs_keep_their_whole_training_split_unless_asked() {
     assert_eq!(read.train.len(), all.train.len());
     let cut = opts(Some(1)).plan().unwrap().load_data().unwrap().splits;
     assert_eq!(cut.train.len(), 1);
+}
+
+/// A finished run continues for more steps: `--steps` may grow (never shrink), and the
+/// schedule keeps the span it was started with.
+#[test]
+fn resume_may_continue_a_run_for_more_steps() {
+    let recorded = RunOptions {
+        steps: Some(50),
+        ..Default::default()
+    }
+    .resolved()
+    .unwrap();
+    let file = Path::new("runs/x/run.json");
+    let more = RunOptions {
+        steps: Some(80),
+        patience: Some(3),
+        ..Default::default()
+    };
+    let merged = more.merge_recorded(&recorded, file).unwrap();
+    assert_eq!(merged.steps, Some(80));
+    assert_eq!(merged.schedule_steps, Some(50));
+    assert_eq!(merged.patience, Some(3));
+    let tc = merged.plan().unwrap().train_config;
+    assert_eq!(tc.steps, 80);
+    match tc.schedule {
+        convluna::optim::Schedule::Cosine { total, .. } => assert_eq!(total, 50),
+        s => panic!("{s:?}"),
+    }
+    // continuing twice keeps the first span
+    let again = RunOptions {
+        steps: Some(100),
+        ..Default::default()
+    };
+    assert_eq!(
+        again.merge_recorded(&merged, file).unwrap().schedule_steps,
+        Some(50)
+    );
+    let fewer = RunOptions {
+        steps: Some(40),
+        ..Default::default()
+    };
+    assert!(matches!(
+        fewer.merge_recorded(&recorded, file),
+        Err(Error::ResumeMismatch { option, .. }) if option == "steps"
+    ));
 }

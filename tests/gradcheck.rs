@@ -154,15 +154,15 @@ fn small_model(
         encoder: EncoderConfig {
             input,
             max_len: 8,
-            d_model: D,
-            num_heads: H,
-            ffn_dim: F,
-            num_layers: 2,
-            dropout: 0.0,
-            attention_dropout: 0.0,
             positions: Positions::Learned,
             cls: true,
-            block,
+            stack: StackConfig::default()
+                .with_block(block)
+                .with_d_model(D)
+                .with_heads(H)
+                .with_ffn_dim(F)
+                .with_layers(2)
+                .with_dropout(0.0),
         },
         head: HeadConfig {
             num_classes: 3,
@@ -193,28 +193,28 @@ fn encoders_and_heads() {
     let r = randn(&[2, 3], 5, DType::F64, &dev);
     let cases = [
         small_model(
-            BlockPreset::ConvlunaMasked.block(M, D),
+            BlockPreset::ConvlunaMasked.block(M),
             InputConfig::Tokens { vocab_size: 10 },
             Pooling::Cls,
             None,
             false,
         ),
         small_model(
-            BlockPreset::Luna.block(M, D),
+            BlockPreset::Luna.block(M),
             InputConfig::Tokens { vocab_size: 10 },
             Pooling::Mean,
             None,
             false,
         ),
         small_model(
-            BlockPreset::LunaMa.block(M, D),
+            BlockPreset::LunaMa.block(M),
             InputConfig::Tokens { vocab_size: 10 },
             Pooling::Memory,
             Some(PairFeatures::Interaction),
             false,
         ),
         small_model(
-            BlockPreset::Transformer.block(M, D),
+            BlockPreset::Transformer.block(M),
             InputConfig::Pixels {
                 mean: 0.5,
                 std: 0.5,
@@ -224,7 +224,7 @@ fn encoders_and_heads() {
             true,
         ),
         small_model(
-            BlockPreset::Convluna.block(M, D),
+            BlockPreset::Convluna.block(M),
             InputConfig::Tokens { vocab_size: 10 },
             Pooling::Cls,
             Some(PairFeatures::Concat),

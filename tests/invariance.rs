@@ -79,19 +79,15 @@ fn encoder_padding_invariance_with_cls() {
         BlockPreset::LunaMa,
         BlockPreset::Transformer,
     ] {
-        let cfg = EncoderConfig {
-            input: InputConfig::Tokens { vocab_size: 12 },
-            max_len: 16,
-            d_model: D,
-            num_heads: H,
-            ffn_dim: F,
-            num_layers: 2,
-            dropout: 0.1,
-            attention_dropout: 0.1,
-            positions: Positions::Learned,
-            cls: true,
-            block: preset.block(3, D),
-        };
+        let cfg = EncoderConfig::tokens(12, 16).with_stack(
+            StackConfig::default()
+                .with_block(preset.block(3))
+                .with_d_model(D)
+                .with_heads(H)
+                .with_ffn_dim(F)
+                .with_layers(2)
+                .with_dropout(0.1),
+        );
         let enc = Encoder::new(&cfg, ParamStore::new(3).var_builder(DType::F32, &dev)).unwrap();
         let ids = Tensor::new(&[[3u32, 5, 7, 1, 11, 2]], &dev).unwrap();
         let ids_p = Tensor::new(&[[3u32, 5, 7, 1, 11, 2, 0, 0, 0, 0]], &dev).unwrap();
@@ -364,15 +360,15 @@ fn cls_initialisation_follows_the_authors() {
         let cfg = EncoderConfig {
             input,
             max_len: 8,
-            d_model: d,
-            num_heads: 4,
-            ffn_dim: 16,
-            num_layers: 1,
-            dropout: 0.0,
-            attention_dropout: 0.0,
             positions: Positions::Learned,
             cls: true,
-            block: BlockPreset::Transformer.block(4, d),
+            stack: StackConfig::default()
+                .with_block(BlockPreset::Transformer.block(4))
+                .with_d_model(d)
+                .with_heads(4)
+                .with_ffn_dim(16)
+                .with_layers(1)
+                .with_dropout(0.0),
         };
         let store = ParamStore::new(11);
         Encoder::new(&cfg, store.var_builder(DType::F64, &dev)).unwrap();

@@ -319,15 +319,15 @@ fn encoder_cfg(case: &str, masked: bool) -> ModelConfig {
         encoder: EncoderConfig {
             input,
             max_len: 10,
-            d_model: 16,
-            num_heads: 4,
-            ffn_dim: 32,
-            num_layers: 2,
-            dropout: 0.0,
-            attention_dropout: 0.0,
             positions,
             cls,
-            block,
+            stack: StackConfig::default()
+                .with_block(block)
+                .with_d_model(16)
+                .with_heads(4)
+                .with_ffn_dim(32)
+                .with_layers(2)
+                .with_dropout(0.0),
         },
         head: HeadConfig {
             num_classes: classes,

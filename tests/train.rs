@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use convluna::data::{ListOpsConfig, ListOpsDataset, Splits};
+use convluna::layers::DropoutRng;
 use convluna::optim::{AdamWConfig, Schedule};
-use convluna::train::{Event, NonFinitePolicy, TrainConfig, Trainer};
+use convluna::train::{Event, NonFinitePolicy, TrainConfig, TrainModel, Trainer};
 use convluna::*;
 
 fn tmp(name: &str) -> PathBuf {
@@ -28,21 +29,15 @@ fn splits() -> Splits {
 
 fn model(block: BlockConfig) -> ModelConfig {
     ModelConfig {
-        encoder: EncoderConfig {
-            input: InputConfig::Tokens {
-                vocab_size: preset::LISTOPS_VOCAB,
-            },
-            max_len: 40,
-            d_model: 16,
-            num_heads: 2,
-            ffn_dim: 24,
-            num_layers: 2,
-            dropout: 0.1,
-            attention_dropout: 0.1,
-            positions: Positions::Learned,
-            cls: true,
-            block,
-        },
+        encoder: EncoderConfig::tokens(preset::LISTOPS_VOCAB, 40).with_stack(
+            StackConfig::default()
+                .with_block(block)
+                .with_d_model(16)
+                .with_heads(2)
+                .with_ffn_dim(24)
+                .with_layers(2)
+                .with_dropout(0.1),
+        ),
         head: HeadConfig {
             num_classes: 10,
             hidden_dim: 24,
@@ -87,7 +82,7 @@ fn train_cfg(steps: usize) -> TrainConfig {
 #[test]
 fn killed_and_resumed_run_ends_with_the_same_weights() {
     let data = splits();
-    let mc = model(BlockPreset::ConvlunaMasked.block(4, 16));
+    let mc = model(BlockPreset::ConvlunaMasked.block(4));
     let tc = train_cfg(13);
     let dev = Device::Cpu;
     // uninterrupted
@@ -146,7 +141,7 @@ fn killed_and_resumed_run_ends_with_the_same_weights() {
 #[test]
 fn wall_time_is_summed_over_resumes() {
     let data = splits();
-    let mc = model(BlockPreset::ConvlunaMasked.block(4, 16));
+    let mc = model(BlockPreset::ConvlunaMasked.block(4));
     let tc = train_cfg(13);
     let dev = Device::Cpu;
     let dir = tmp("wall-time");
@@ -192,8 +187,8 @@ fn transformer_and_luna_train_too() {
     let data = splits();
     for block in [
         BlockConfig::Transformer,
-        BlockPreset::Luna.block(4, 16),
-        BlockPreset::LunaMa.block(4, 16),
+        BlockPreset::Luna.block(4),
+        BlockPreset::LunaMa.block(4),
     ] {
         let dir = tmp("families");
         let mut t = Trainer::new(&model(block), &train_cfg(4), DType::F32, &Device::Cpu).unwrap();
@@ -206,7 +201,7 @@ fn transformer_and_luna_train_too() {
 #[test]
 fn non_finite_loss_stops_with_the_step_or_is_skipped() {
     let data = splits();
-    let mc = model(BlockPreset::ConvlunaMasked.block(4, 16));
+    let mc = model(BlockPreset::ConvlunaMasked.block(4));
     let dir = tmp("nan");
     let mut t = Trainer::new(&mc, &train_cfg(3), DType::F32, &Device::Cpu).unwrap();
     let cls = t.params().get("cls").unwrap();
@@ -232,7 +227,7 @@ fn non_finite_loss_stops_with_the_step_or_is_skipped() {
 #[test]
 fn corrupted_or_half_written_checkpoints_are_refused() {
     let data = splits();
-    let mc = model(BlockPreset::ConvlunaMasked.block(4, 16));
+    let mc = model(BlockPreset::ConvlunaMasked.block(4));
     let tc = train_cfg(6);
     let dir = tmp("corrupt");
     let mut t = Trainer::new(&mc, &tc, DType::F32, &Device::Cpu).unwrap();
@@ -315,7 +310,7 @@ fn bad_train_config_is_a_typed_error() {
 #[test]
 fn bf16_training_keeps_f32_master_weights() {
     let data = splits();
-    let mc = model(BlockPreset::ConvlunaMasked.block(4, 16));
+    let mc = model(BlockPreset::ConvlunaMasked.block(4));
     let dir = tmp("bf16");
     let mut t = Trainer::new(&mc, &train_cfg(3), DType::BF16, &Device::Cpu).unwrap();
     let s = t.fit(&data, &dir, false, &mut |_| {}).unwrap();
@@ -345,7 +340,7 @@ fn bf16_training_keeps_f32_master_weights() {
 #[test]
 fn resume_refuses_a_different_training_config_and_reads_format_1() {
     let data = splits();
-    let mc = model(BlockPreset::ConvlunaMasked.block(4, 16));
+    let mc = model(BlockPreset::ConvlunaMasked.block(4));
     let tc = train_cfg(13);
     let dev = Device::Cpu;
     let dir = tmp("resume-config");
@@ -391,7 +386,7 @@ fn resume_refuses_a_different_training_config_and_reads_format_1() {
 #[test]
 fn patience_stops_training_early() {
     let data = splits();
-    let mc = model(BlockPreset::ConvlunaMasked.block(4, 16));
+    let mc = model(BlockPreset::ConvlunaMasked.block(4));
     // a learning rate of ~0 after the first steps: validation accuracy stops improving
     let tc = TrainConfig {
         steps: 400,
@@ -429,7 +424,7 @@ fn patience_stops_training_early() {
 #[test]
 fn evaluation_at_start_is_logged_and_changes_nothing_else() {
     let data = splits();
-    let mc = model(BlockPreset::ConvlunaMasked.block(4, 16));
+    let mc = model(BlockPreset::ConvlunaMasked.block(4));
     let mut out = Vec::new();
     for at_start in [false, true] {
         let tc = TrainConfig {
@@ -465,4 +460,143 @@ fn evaluation_at_start_is_logged_and_changes_nothing_else() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     assert_eq!(out[0], out[1]);
+}
+
+/// A model of the user's own ([`TrainModel`]): a token embedding, the crate's `Stack`, a
+/// candle-nn head. The crate's trainer trains it, is "killed" and resumes, and ends
+/// bit-identical to an uninterrupted run — the guarantee the crate's own models have.
+struct UserModel {
+    embed: candle_nn::Embedding,
+    stack: Stack,
+    head: candle_nn::Linear,
+}
+
+impl UserModel {
+    fn new(store: &ParamStore) -> convluna::Result<Self> {
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let cfg = StackConfig::luna()
+            .with_d_model(16)
+            .with_heads(2)
+            .with_ffn_dim(24)
+            .with_layers(1)
+            .with_memory(3);
+        Ok(Self {
+            embed: candle_nn::embedding(preset::LISTOPS_VOCAB, 16, vb.pp("embed"))?,
+            stack: Stack::new(&cfg, vb.pp("stack"))?,
+            head: candle_nn::linear(16, 10, vb.pp("head"))?,
+        })
+    }
+}
+
+impl TrainModel for UserModel {
+    fn logits(&self, inputs: TaskInputs<'_>, train: bool) -> convluna::Result<candle_core::Tensor> {
+        use candle_nn::Module as _;
+        let TaskInputs::Single { input, mask } = inputs else {
+            return Err(Error::shape("inputs", "one document", "a pair"));
+        };
+        let h = self.embed.forward(input)?;
+        let out = self.stack.forward_masked(&h, mask, train)?;
+        let pooled = out.memory.expect("luna has a memory").mean(1)?;
+        Ok(self.head.forward(&pooled)?)
+    }
+    fn dropout_rng(&self) -> Option<&DropoutRng> {
+        Some(self.stack.dropout_rng())
+    }
+    fn config(&self) -> convluna::Result<serde_json::Value> {
+        Ok(serde_json::to_value(self.stack.config()).unwrap())
+    }
+}
+
+#[test]
+fn a_users_own_model_trains_resumes_and_continues_bit_identically() {
+    let data = splits();
+    let dev = Device::Cpu;
+    let tc = TrainConfig {
+        schedule: Schedule::WarmupConstant { warmup: 2 },
+        eval_every: 3,
+        checkpoint_every: 3,
+        ..train_cfg(9)
+    };
+    let trainer = |tc: &TrainConfig| {
+        let store = ParamStore::new(tc.seed);
+        let model = UserModel::new(&store).unwrap();
+        Trainer::with_model(Box::new(model), store, tc, &dev).unwrap()
+    };
+    let bits = |t: &Trainer| -> Vec<(String, Vec<f32>)> {
+        let mut w: Vec<_> = t
+            .weights()
+            .into_iter()
+            .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .collect();
+        w.sort_by(|a, b| a.0.cmp(&b.0));
+        w
+    };
+    // uninterrupted, 9 steps
+    let a_dir = tmp("user-uninterrupted");
+    let mut a = trainer(&tc);
+    let sa = a.fit(&data, &a_dir, false, &mut |_| {}).unwrap();
+    // killed after step 5 (last checkpoint: step 3), resumed
+    let b_dir = tmp("user-killed");
+    let mut b = trainer(&tc);
+    assert!(b
+        .fit_until(&data, &b_dir, false, Some(5), &mut |_| {})
+        .unwrap()
+        .is_none());
+    drop(b);
+    let mut c = trainer(&tc);
+    let sc = c.fit(&data, &b_dir, true, &mut |_| {}).unwrap();
+    assert_eq!(bits(&a), bits(&c));
+    assert_eq!((sa.test.acc, sa.best_step), (sc.test.acc, sc.best_step));
+    // the checkpoint records the user's config, and a resume with another model is refused
+    let state = std::fs::read_to_string(b_dir.join("checkpoints/LATEST")).unwrap();
+    let cfg_json = std::fs::read_to_string(
+        b_dir
+            .join("checkpoints")
+            .join(state.trim())
+            .join("config.json"),
+    )
+    .unwrap();
+    assert!(cfg_json.contains("\"d_model\": 16"), "{cfg_json}");
+    // continued: the finished 9-step run goes on to 12 steps and ends where an uninterrupted
+    // 12-step run with the same (constant) schedule ends
+    let long = TrainConfig {
+        steps: 12,
+        ..tc.clone()
+    };
+    let d_dir = tmp("user-12");
+    let mut d = trainer(&long);
+    d.fit(&data, &d_dir, false, &mut |_| {}).unwrap();
+    let mut e = trainer(&long);
+    e.fit(&data, &b_dir, true, &mut |_| {}).unwrap();
+    let (ld, le) = (bits(&d), bits(&e));
+    // (the fits end by loading their best checkpoint; compare the last ones)
+    let last = |dir: &std::path::Path| {
+        let p = std::fs::read_to_string(dir.join("checkpoints/LATEST")).unwrap();
+        std::fs::read(
+            dir.join("checkpoints")
+                .join(p.trim())
+                .join("model.safetensors"),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        last(&d_dir),
+        last(&b_dir),
+        "continued run differs from the uninterrupted one"
+    );
+    assert_eq!(ld.len(), le.len());
+    // fewer steps than done is refused
+    let short = TrainConfig {
+        steps: 4,
+        ..tc.clone()
+    };
+    let mut f = trainer(&short);
+    let err = f
+        .fit(&data, &b_dir, true, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fewer than"), "{err}");
+    for d in [a_dir, b_dir, d_dir] {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }

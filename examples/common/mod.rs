@@ -180,6 +180,7 @@ impl RunArgs {
             pair_head: self.pair_head,
             pooling: self.pooling,
             steps: self.steps,
+            schedule_steps: None,
             batch_size: self.batch_size,
             lr: self.lr,
             warmup: self.warmup,

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 
 use super::{Dataset, Example, Sequence};
 use crate::error::{Error, Result};
-use crate::rng::{mix_seed, Rng};
+use crate::rng::{mix_seed, Rng, RngExt};
 
 /// How long the rows of a batch are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::error::{DataError, Location};
 use super::io::read_maybe_gz;
 use super::{index_error, Dataset, Example, Sequence, Splits, Subset};
+use crate::error::{DataError, Location};
 use crate::error::{Error, Result};
 
 /// Side of the LRA Image task (32×32 = 1024 pixels).

@@ -17,11 +17,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::error::{clip, DataError, Location};
 use super::io::{for_each_line, write_file};
 use super::{index_error, split_contiguous, Dataset, Example, Sequence, Splits};
+use crate::error::{clip, DataError, Location};
 use crate::error::{Error, Result};
-use crate::rng::Rng;
+use crate::rng::{Rng, RngExt};
 
 /// Id of `[MIN`.
 pub const MIN: u32 = 11;

@@ -35,7 +35,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-mod error;
 mod io;
 
 pub mod batch;
@@ -48,9 +47,9 @@ pub mod pathfinder;
 pub mod retrieval;
 pub mod text;
 
+pub use crate::error::{DataError, Location};
 pub use crate::rng::{mix_seed, permutation, sin_cos_deg, splitmix64, Rng};
 pub use batch::{bucketed_batches, epoch_order, make_batch, Batch, PadTo};
-pub use error::{DataError, Location};
 pub use image::{
     downsample_splits, grey, read_cifar10_batch, read_cifar10_dir, read_fashion_mnist_dir,
     read_idx, read_idx_pair, Downsampled, IdxArray, ImageDataset,

@@ -6,12 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::error::{clip, DataError, Location};
 use super::io::{for_each_line_offset, read_line_at};
 use super::text::byte_ids;
 use super::{index_error, Dataset, Example, Sequence, Splits};
 use crate::error::Result;
-use crate::rng::Rng;
+use crate::error::{clip, DataError, Location};
+use crate::rng::{Rng, RngExt};
 
 /// One parsed AAN row (fields borrowed from the line).
 #[derive(Clone, Debug, PartialEq, Eq)]

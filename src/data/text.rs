@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::error::DataError;
 use super::io::{read_prefix, sorted_dirs, sorted_files};
 use super::{index_error, split_order, split_shuffled, Dataset, Example, Sequence, Splits, Subset};
+use crate::error::DataError;
 use crate::error::{Error, Result};
 
 /// Seed of the deterministic splits of corpora without official splits.

@@ -574,7 +574,7 @@ pub fn attention(
         HeadLayout::Split => 4,
         HeadLayout::Merged { .. } => 3,
     };
-    if !super::enabled("attention", q) || [q, k, v].iter().any(|t| t.rank() != rank) {
+    if !super::fusable(q) || [q, k, v].iter().any(|t| t.rank() != rank) {
         return Ok(None);
     }
     if [k, v]

@@ -214,7 +214,7 @@ pub fn conv_time(
     left: usize,
     per_channel: bool,
 ) -> candle_core::Result<Option<Tensor>> {
-    if !super::enabled("conv", x)
+    if !super::fusable(x)
         || weight.dtype() != x.dtype()
         || !weight.device().same_device(x.device())
         || x.rank() != 4
@@ -524,7 +524,7 @@ pub fn conv_window_merged(
     per_channel: bool,
     mask: Option<&Tensor>,
 ) -> candle_core::Result<Option<Tensor>> {
-    if !super::enabled("conv", x)
+    if !super::fusable(x)
         || weight.dtype() != x.dtype()
         || !weight.device().same_device(x.device())
         || x.rank() != 3

@@ -283,7 +283,7 @@ pub fn ffn(
     w2b: &Tensor,
     keep: Option<Vec<f32>>,
 ) -> candle_core::Result<Option<Tensor>> {
-    if !super::enabled("ffn", x)
+    if !super::fusable(x)
         || [w1b, w2b]
             .iter()
             .any(|t| t.dtype() != x.dtype() || !t.device().same_device(x.device()))

@@ -12,20 +12,6 @@ use super::{rows_per_task, slice, with_data, Real};
 #[derive(Clone, Copy, Debug)]
 struct BiasGelu;
 
-#[inline(always)]
-pub(crate) fn gelu<T: Real>(z: T) -> T {
-    let half = T::from_f64(0.5);
-    (T::one() + (z * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf()) * half * z
-}
-
-#[inline(always)]
-pub(crate) fn gelu_grad<T: Real>(z: T) -> T {
-    let half = T::from_f64(0.5);
-    let cdf = (T::one() + (z * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf()) * half;
-    let pdf = (-(z * z) * half).exp_fast() * T::from_f64(0.398_942_280_401_432_7);
-    cdf + z * pdf
-}
-
 fn forward<T: Real>(h: &[T], b: &[T]) -> Vec<T> {
     let f = b.len();
     let mut y = super::zeros(h.len());
@@ -120,7 +106,7 @@ impl CustomOp2 for BiasGelu {
 /// not apply.
 pub fn bias_gelu(h: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
     let f = h.dims().last().copied().unwrap_or(0);
-    if !super::enabled("gelu", h)
+    if !super::fusable(h)
         || b.dtype() != h.dtype()
         || b.dims() != [f]
         || !b.device().same_device(h.device())

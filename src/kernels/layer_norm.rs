@@ -284,7 +284,7 @@ impl CustomOp3 for LayerNormOp {
 fn covers(x: &Tensor, r: Option<&Tensor>, weight: &Tensor, bias: &Tensor) -> bool {
     let d = x.dims().last().copied().unwrap_or(0);
     let mut others = r.into_iter().chain([weight, bias]);
-    super::enabled("layer_norm", x)
+    super::fusable(x)
         && r.is_none_or(|r| r.dims() == x.dims())
         && weight.dims() == [d]
         && bias.dims() == [d]
@@ -319,7 +319,7 @@ pub fn add_layer_norm(
     bias: &Tensor,
     eps: f64,
 ) -> candle_core::Result<Option<Tensor>> {
-    if !super::enabled("residual", x) || !covers(x, Some(r), weight, bias) {
+    if !super::fusable(x) || !covers(x, Some(r), weight, bias) {
         return Ok(None);
     }
     let wb = Tensor::cat(&[weight, bias], 0)?;

@@ -283,7 +283,7 @@ pub fn linear(
     weight: &Tensor,
     bias: Option<&Tensor>,
 ) -> candle_core::Result<Option<Tensor>> {
-    if !super::enabled("linear", x) || x.rank() == 0 {
+    if !super::fusable(x) || x.rank() == 0 {
         return Ok(None);
     }
     let same = |t: &Tensor| t.dtype() == x.dtype() && t.device().same_device(x.device());

@@ -130,6 +130,22 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     y * f32::from_bits(e)
 }
 
+/// The exact (erf) GELU, `z·Φ(z)`.
+#[inline(always)]
+pub(crate) fn gelu<T: Real>(z: T) -> T {
+    let half = T::from_f64(0.5);
+    (T::one() + (z * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf()) * half * z
+}
+
+/// d GELU / dz = `Φ(z) + z·φ(z)`.
+#[inline(always)]
+pub(crate) fn gelu_grad<T: Real>(z: T) -> T {
+    let half = T::from_f64(0.5);
+    let cdf = (T::one() + (z * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf()) * half;
+    let pdf = (-(z * z) * half).exp_fast() * T::from_f64(0.398_942_280_401_432_7);
+    cdf + z * pdf
+}
+
 /// `Σ a_i b_i` with eight independent accumulators (so that it vectorises).
 #[inline]
 pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
@@ -447,36 +463,10 @@ pub(crate) fn par_rows<V: Send>(
         });
 }
 
-/// True where the fused kernels apply: a CPU tensor of f32 or f64.
-///
-/// `CONVLUNA_NO_FUSED=1` (or `all`) forces the composite ops everywhere, and a comma-separated
-/// list of `attention`, `linear`, `ffn`, `softmax`, `layer_norm`, `residual` (the residual sum
-/// fused into the LayerNorm after it), `gelu`, `conv`, `pool` switches off single kernels; this
-/// exists to measure what each kernel buys (BENCHMARKS.md).
+/// True where the fused kernels can run: a CPU tensor of f32 or f64. Whether they do is
+/// [`crate::ops::fused`]'s decision (device, dtype, features and `CONVLUNA_NO_FUSED`).
 pub fn fusable(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
-}
-
-pub(crate) fn enabled(kernel: &str, t: &Tensor) -> bool {
-    use std::sync::OnceLock;
-    static OFF: OnceLock<Vec<String>> = OnceLock::new();
-    let off = OFF.get_or_init(|| {
-        std::env::var("CONVLUNA_NO_FUSED")
-            .map(|v| {
-                v.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty() && s != "0")
-                    .collect()
-            })
-            .unwrap_or_default()
-    });
-    // With MKL or Accelerate, Candle's matmul is the vendor BLAS; keep it for the kernels
-    // that are mostly gemm.
-    let blas = cfg!(any(feature = "mkl", feature = "accelerate"));
-    if blas && matches!(kernel, "attention" | "linear" | "ffn") {
-        return false;
-    }
-    fusable(t) && !off.iter().any(|o| o == kernel || o == "all" || o == "1")
 }
 
 /// The contiguous slice of a CPU storage under `layout`.

@@ -238,7 +238,7 @@ pub fn max_pool_merged(
     out_len: usize,
     mask: Option<&Tensor>,
 ) -> candle_core::Result<Option<Tensor>> {
-    if !super::enabled("pool", x) || x.rank() != 3 || kernel == 0 || stride == 0 || out_len == 0 {
+    if !super::fusable(x) || x.rank() != 3 || kernel == 0 || stride == 0 || out_len == 0 {
         return Ok(None);
     }
     let (b, l, _) = x.dims3()?;

@@ -228,7 +228,7 @@ pub fn softmax_scaled(
     scale: std::result::Result<f64, &Tensor>,
     bias: Option<&Tensor>,
 ) -> candle_core::Result<Option<Tensor>> {
-    if !super::enabled("softmax", x) || x.rank() < 2 {
+    if !super::fusable(x) || x.rank() < 2 {
         return Ok(None);
     }
     let dims = x.dims();

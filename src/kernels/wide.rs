@@ -16,8 +16,7 @@
 //! Each loop is a [`Loop`] whose `run` is `#[inline(always)]`, so that it is compiled into the
 //! wrapper that carries the target feature (a closure would be inlined only when small).
 
-use super::gelu::{gelu, gelu_grad};
-use super::Real;
+use super::{gelu, gelu_grad, Real};
 
 /// A vector width the loops here are compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,7 +11,6 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::TrainConfig;
-use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::params::{fnv1a, save_tensors, write_atomic, ParamStore};
 
@@ -69,7 +68,8 @@ pub(super) struct CheckpointState {
     #[serde(flatten)]
     pub(super) progress: Progress,
     pub(super) train: TrainConfig,
-    pub(super) model: ModelConfig,
+    /// The model's configuration ([`super::TrainModel::config`]).
+    pub(super) model: serde_json::Value,
     pub(super) files: HashMap<String, (u64, u64)>,
 }
 
@@ -127,7 +127,8 @@ fn file_sig(path: &Path) -> Result<(u64, u64)> {
 pub(super) struct Contents<'a> {
     pub(super) store: &'a ParamStore,
     pub(super) optimizer: HashMap<String, Tensor>,
-    pub(super) model: &'a ModelConfig,
+    pub(super) model: &'a serde_json::Value,
+    pub(super) model_json: &'a str,
     pub(super) train: &'a TrainConfig,
     pub(super) progress: Progress,
 }
@@ -143,7 +144,7 @@ pub(super) fn write(out_dir: &Path, c: &Contents<'_>, best: bool) -> Result<Path
         let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let json = c.model.to_json()?;
+        let json = c.model_json.to_string();
         c.store.save(
             &tmp.join("model.safetensors"),
             Some(HashMap::from([("config".to_string(), json.clone())])),

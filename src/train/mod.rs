@@ -30,7 +30,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::ModelConfig;
 use crate::data::{epoch_order, make_batch, Batch, Dataset, PadTo, Splits};
 use crate::diagnostics::{diagnose, pack_row_divergences, LayerDiagnostics, DISTINCT_THRESHOLD};
+use crate::encoder::EncoderOutput;
 use crate::error::{Error, Result};
+use crate::layers::DropoutRng;
 use crate::model::{TaskInputs, TaskModel};
 use crate::optim::{accumulate, grad_norm, scale_grads, AdamW, AdamWConfig, Schedule};
 use crate::params::{load_tensors, write_atomic, ParamStore};
@@ -38,6 +40,123 @@ use crate::params::{load_tensors, write_atomic, ParamStore};
 mod checkpoint;
 pub use checkpoint::{differing_fields, CHECKPOINT_FORMAT};
 use checkpoint::{LogWindow, Progress};
+
+/// A model the [`Trainer`] can train: the crate's [`TaskModel`], or yours.
+///
+/// Build its parameters from a [`ParamStore`]'s `VarBuilder` (seeded per parameter name, so
+/// the same seed gives the same model on every device) and hand both to
+/// [`Trainer::with_model`]: the trainer then checkpoints, resumes, early-stops and stays
+/// bit-reproducible for it exactly as for the crate's models. Only [`TrainModel::logits`] is
+/// required.
+///
+/// ```
+/// use candle_core::{DType, Device, Module, Tensor};
+/// use convluna::train::{TrainConfig, TrainModel, Trainer};
+/// use convluna::{ParamStore, TaskInputs};
+///
+/// /// Mean of the token embeddings, then a linear classifier.
+/// struct BagOfTokens { embed: candle_nn::Embedding, out: candle_nn::Linear }
+///
+/// impl TrainModel for BagOfTokens {
+///     fn logits(&self, inputs: TaskInputs<'_>, _train: bool) -> convluna::Result<Tensor> {
+///         let TaskInputs::Single { input, .. } = inputs else {
+///             return Err(convluna::Error::shape("inputs", "one document", "a pair"));
+///         };
+///         let h = self.embed.forward(input)?.mean(1)?;
+///         Ok(self.out.forward(&h)?)
+///     }
+/// }
+///
+/// # fn main() -> convluna::Result<()> {
+/// let store = ParamStore::new(0);
+/// let vb = store.var_builder(DType::F32, &Device::Cpu);
+/// let model = BagOfTokens {
+///     embed: candle_nn::embedding(16, 8, vb.pp("embed"))?,
+///     out: candle_nn::linear(8, 10, vb.pp("out"))?,
+/// };
+/// let trainer = Trainer::with_model(Box::new(model), store, &TrainConfig::default(), &Device::Cpu)?;
+/// # Ok(()) }
+/// ```
+pub trait TrainModel {
+    /// Logits `[B, classes]` of a batch (`train`: dropout on).
+    fn logits(&self, inputs: TaskInputs<'_>, train: bool) -> Result<Tensor>;
+
+    /// The generator every dropout of the model draws from; the trainer reseeds it before
+    /// each step from the run's seed and the step, so that a resumed run draws the same
+    /// masks. `None` (the default): the model has no dropout, or draws nothing random.
+    fn dropout_rng(&self) -> Option<&DropoutRng> {
+        None
+    }
+
+    /// The model's configuration, recorded in every checkpoint (`config.json` and the
+    /// weights' header) and compared on resume: a resume never continues a different model.
+    /// Default: `null` (nothing recorded or compared).
+    fn config(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
+    }
+
+    /// Logits and the encoder's per-layer trace of a batch, for the memory diagnostics of
+    /// Luna-family models. Default: `None` (no diagnostics).
+    fn traced(&self, _inputs: TaskInputs<'_>) -> Result<Option<(Tensor, EncoderOutput)>> {
+        Ok(None)
+    }
+
+    /// The learned pack temperatures τ of every layer (logged at evaluations). Default: none.
+    fn taus(&self) -> Result<Vec<f64>> {
+        Ok(Vec::new())
+    }
+}
+
+impl TrainModel for TaskModel {
+    fn logits(&self, inputs: TaskInputs<'_>, train: bool) -> Result<Tensor> {
+        self.forward_t(inputs, train)
+    }
+
+    fn dropout_rng(&self) -> Option<&DropoutRng> {
+        Some(TaskModel::dropout_rng(self))
+    }
+
+    fn config(&self) -> Result<serde_json::Value> {
+        serde_json::to_value(TaskModel::config(self))
+            .map_err(|e| Error::format("<config>", e.to_string()))
+    }
+
+    fn traced(&self, inputs: TaskInputs<'_>) -> Result<Option<(Tensor, EncoderOutput)>> {
+        if self.encoder().config().stack.block.luna().is_none() {
+            return Ok(None);
+        }
+        Ok(Some(match (self, inputs) {
+            (TaskModel::Single(m), TaskInputs::Single { input, mask }) => {
+                m.forward_traced(input, mask, false)?
+            }
+            (TaskModel::Pair(m), inputs @ TaskInputs::Pair { input1, mask1, .. }) => (
+                self.forward_t(inputs, false)?,
+                m.encoder().forward_traced(input1, mask1, false)?,
+            ),
+            // mismatched inputs: forward_t names the mismatch
+            (_, inputs) => {
+                self.forward_t(inputs, false)?;
+                return Err(Error::shape(
+                    "inputs",
+                    "as many documents as the model reads",
+                    "other",
+                ));
+            }
+        }))
+    }
+
+    fn taus(&self) -> Result<Vec<f64>> {
+        let mut v = Vec::new();
+        for b in self.encoder().blocks() {
+            if let crate::block::EncoderBlock::Luna(l) = b {
+                if let Some(t) = l.pack().scale().tau()? {
+                    v.push(t);
+                }
+            }
+        }
+        Ok(v)
+    }
+}
 
 /// What to do when the loss or the gradient norm is not finite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,11 +421,14 @@ struct Traced {
 
 /// The trainer: a model, its parameters, an optimiser, and the run's state.
 pub struct Trainer {
-    model_cfg: ModelConfig,
+    /// The model's configuration as recorded in checkpoints ([`TrainModel::config`]).
+    model_cfg: serde_json::Value,
+    /// The same, as the JSON text written to `config.json` and the weights' header.
+    model_json: String,
     cfg: TrainConfig,
     store: ParamStore,
     vars: Vec<(String, Var)>,
-    model: TaskModel,
+    model: Box<dyn TrainModel>,
     opt: AdamW,
     device: Device,
     progress: Progress,
@@ -339,7 +461,8 @@ fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
 }
 
 impl Trainer {
-    /// Builds the model (parameters seeded by `cfg.seed`) in `dtype` on `device`.
+    /// Builds the crate's model for `model_cfg` (parameters seeded by `cfg.seed`) in `dtype`
+    /// on `device`.
     pub fn new(
         model_cfg: &ModelConfig,
         cfg: &TrainConfig,
@@ -350,10 +473,43 @@ impl Trainer {
         cfg.validate()?;
         let store = ParamStore::new(cfg.seed);
         let model = TaskModel::new(model_cfg, store.var_builder(dtype, device))?;
+        Self::with_json(Box::new(model), store, cfg, device, model_cfg.to_json()?)
+    }
+
+    /// Trains a model of your own ([`TrainModel`]) whose parameters live in `store` (build
+    /// them from `store.var_builder(..)`; `ParamStore::new(cfg.seed)` for a seeded run).
+    pub fn with_model(
+        model: Box<dyn TrainModel>,
+        store: ParamStore,
+        cfg: &TrainConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let json = serde_json::to_string_pretty(&model.config()?)
+            .map_err(|e| Error::format("<config>", e.to_string()))?;
+        Self::with_json(model, store, cfg, device, json)
+    }
+
+    fn with_json(
+        model: Box<dyn TrainModel>,
+        store: ParamStore,
+        cfg: &TrainConfig,
+        device: &Device,
+        model_json: String,
+    ) -> Result<Self> {
         let vars = store.vars();
+        if vars.is_empty() {
+            return Err(Error::config(
+                "model",
+                "the parameter store holds no parameter: build the model from its var_builder",
+            ));
+        }
         let opt = AdamW::new(vars.clone(), cfg.optimizer.clone())?;
+        let model_cfg = serde_json::from_str(&model_json)
+            .map_err(|e| Error::format("<config>", e.to_string()))?;
         Ok(Self {
-            model_cfg: model_cfg.clone(),
+            model_cfg,
+            model_json,
             cfg: cfg.clone(),
             store,
             vars,
@@ -376,8 +532,8 @@ impl Trainer {
     }
 
     /// The model.
-    pub fn model(&self) -> &TaskModel {
-        &self.model
+    pub fn model(&self) -> &dyn TrainModel {
+        self.model.as_ref()
     }
 
     /// The parameters.
@@ -458,7 +614,7 @@ impl Trainer {
                 traced = t;
                 logits
             } else {
-                self.model.forward_t(inputs(&batch), false)?
+                self.model.logits(inputs(&batch), false)?
             };
             let loss = candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, &batch.labels)?
                 .to_scalar::<f32>()? as f64;
@@ -481,19 +637,8 @@ impl Trainer {
 
     /// Logits of `batch` and, for Luna-family models, the memory diagnostics of its layers.
     fn traced(&self, batch: &Batch) -> Result<(Tensor, Traced)> {
-        if self.model_cfg.encoder.block.luna().is_none() {
-            return Ok((
-                self.model.forward_t(inputs(batch), false)?,
-                Traced::default(),
-            ));
-        }
-        let (logits, out) = match &self.model {
-            TaskModel::Single(m) => m.forward_traced(&batch.input, Some(&batch.mask), false)?,
-            TaskModel::Pair(m) => (
-                self.model.forward_t(inputs(batch), false)?,
-                m.encoder()
-                    .forward_traced(&batch.input, Some(&batch.mask), false)?,
-            ),
+        let Some((logits, out)) = self.model.traced(inputs(batch))? else {
+            return Ok((self.model.logits(inputs(batch), false)?, Traced::default()));
         };
         let trace = out.trace.unwrap_or_default();
         let layers = diagnose(&trace, DISTINCT_THRESHOLD, self.cfg.diagnostic_examples)?;
@@ -524,24 +669,16 @@ impl Trainer {
 
     /// τ of every layer's pack attention (learned temperatures only).
     pub fn taus(&self) -> Result<Vec<f64>> {
-        let mut v = Vec::new();
-        for b in self.model.encoder().blocks() {
-            if let crate::block::EncoderBlock::Luna(l) = b {
-                if let Some(t) = l.pack().scale().tau()? {
-                    v.push(t);
-                }
-            }
-        }
-        Ok(v)
+        self.model.taus()
     }
 
     /// One optimisation step (with accumulation), or `None` when the step was skipped for a
     /// non-finite value.
     fn train_step(&mut self, train: &dyn Dataset) -> Result<Option<StepOutcome>> {
         let step = self.progress.step + 1;
-        self.model
-            .dropout_rng()
-            .reseed(crate::rng::mix_seed(self.cfg.seed, step as u64));
+        if let Some(rng) = self.model.dropout_rng() {
+            rng.reseed(crate::rng::mix_seed(self.cfg.seed, step as u64));
+        }
         let vars: Vec<Var> = self.vars.iter().map(|(_, v)| v.clone()).collect();
         let mut grads: Option<GradStore> = None;
         let (mut loss_sum, mut right, mut seen, mut tokens) = (0f64, 0usize, 0usize, 0usize);
@@ -549,7 +686,7 @@ impl Trainer {
         for _ in 0..k {
             let idx = self.next_indices(train)?;
             let batch = make_batch(train, &idx, self.pad(train), &self.device)?;
-            let logits = self.model.forward_t(inputs(&batch), true)?;
+            let logits = self.model.logits(inputs(&batch), true)?;
             let loss =
                 candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, &batch.labels)?;
             let lv = loss.to_scalar::<f32>()? as f64;
@@ -613,6 +750,7 @@ impl Trainer {
                 store: &self.store,
                 optimizer: self.opt.state_tensors(),
                 model: &self.model_cfg,
+                model_json: &self.model_json,
                 train: &self.cfg,
                 progress: self.progress,
             },
@@ -622,12 +760,30 @@ impl Trainer {
 
     /// Restores the state of `out_dir`'s latest checkpoint. The model and training configs
     /// must be the ones the checkpoint recorded: a resume never silently continues a
-    /// different run (the error names the fields that differ).
+    /// different run (the error names the fields that differ). Two training settings may
+    /// differ: `steps`, to continue a finished run for more steps (never fewer than the
+    /// checkpoint has done), and `patience`.
     pub fn resume(&mut self, out_dir: &Path) -> Result<usize> {
         let (dir, st) = checkpoint::read(out_dir, "LATEST")?;
+        if self.cfg.steps < st.progress.step {
+            return Err(Error::config(
+                "train.steps",
+                format!(
+                    "{} is fewer than the {} steps the checkpoint in {} has done",
+                    self.cfg.steps,
+                    st.progress.step,
+                    dir.display()
+                ),
+            ));
+        }
+        let recorded = TrainConfig {
+            steps: self.cfg.steps,
+            patience: self.cfg.patience,
+            ..st.train.clone()
+        };
         for (what, diff) in [
             ("model", differing_fields(&st.model, &self.model_cfg)),
-            ("training", differing_fields(&st.train, &self.cfg)),
+            ("training", differing_fields(&recorded, &self.cfg)),
         ] {
             if !diff.is_empty() {
                 return Err(Error::format(
@@ -693,8 +849,11 @@ impl Trainer {
             let kept: Vec<&str> = old
                 .lines()
                 .filter(|l| {
+                    // up to the checkpoint, less a finished run's test line (a continued run
+                    // writes its own at its new end)
                     serde_json::from_str::<serde_json::Value>(l)
                         .ok()
+                        .filter(|v| v.get("kind").and_then(|k| k.as_str()) != Some("test"))
                         .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
                         .is_some_and(|st| st as usize <= s)
                 })

@@ -31,6 +31,7 @@ pub fn luna_cfg(
         mask_padding: masked,
         residual_dropout: false,
         memory_init_std: None,
+        memory_init_inv_sqrt_d: false,
     }
 }
 

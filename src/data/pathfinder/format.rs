@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::super::error::{DataError, Location};
 use super::super::io::{for_each_line, write_file};
 use super::super::{ensure_nonempty, index_error, split_order, Dataset, Example, Sequence, Splits};
 use super::{pathfinder_samples, PathfinderConfig};
+use crate::error::{DataError, Location};
 use crate::error::{Error, Result};
 
 /// Encodes grey pixels as an 8-bit greyscale PNG.
@@ -173,7 +173,7 @@ pub fn parse_metadata_row(
         return Err(DataError::LabelOutOfRange {
             path: path.into(),
             at,
-            label: super::super::error::clip(&String::from_utf8_lossy(fields[3])),
+            label: crate::error::clip(&String::from_utf8_lossy(fields[3])),
             num_classes: 2,
         }
         .into());

@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use super::{index_error, split_contiguous, Dataset, Example, Sequence, Splits};
 use crate::error::{Error, Result};
-use crate::rng::{sin_cos_deg, Rng};
+use crate::rng::{sin_cos_deg, Rng, RngExt};
 
 pub mod format;
 pub use format::{

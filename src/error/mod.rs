@@ -1,5 +1,12 @@
 //! Typed errors of the crate.
 
+#[cfg(feature = "lra")]
+mod data;
+#[cfg(feature = "lra")]
+pub(crate) use data::clip;
+#[cfg(feature = "lra")]
+pub use data::{DataError, Location};
+
 use std::path::PathBuf;
 
 /// Every fallible function of the crate returns this error.
@@ -104,20 +111,22 @@ pub enum Error {
     /// A malformed data file (see `data::DataError`: file and line or record).
     #[cfg(feature = "lra")]
     #[error(transparent)]
-    Data(#[from] crate::data::DataError),
+    Data(#[from] DataError),
 }
 
 /// Result with the crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// [`Error::Config`]: `field` (as the config spells it) is invalid for `reason`.
+    pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Config {
             field: field.into(),
             reason: reason.into(),
         }
     }
-    pub(crate) fn shape(
+    /// [`Error::Shape`]: `what` should be `expected` but is `got` (e.g. a tensor's dims).
+    pub fn shape(
         input: impl Into<String>,
         expected: impl Into<String>,
         got: impl std::fmt::Debug,

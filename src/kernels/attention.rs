@@ -28,7 +28,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{dot, gemm, slice, with_data, Real};
@@ -509,24 +509,12 @@ impl CustomOp3 for Attention {
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = dims(self.layout, ql.shape(), kl.shape(), vl.shape())?;
-        match qs.dtype() {
-            DType::F32 => self.fwd(
-                slice::<f32>(qs, ql)?,
-                slice::<f32>(ks, kl)?,
-                slice::<f32>(vs, vl)?,
-                d,
-            ),
-            DType::F64 => self.fwd(
-                slice::<f64>(qs, ql)?,
-                slice::<f64>(ks, kl)?,
-                slice::<f64>(vs, vl)?,
-                d,
-            ),
-            dt => Err(candle_core::Error::UnsupportedDTypeForOp(
-                dt,
-                "fused-attention",
-            )),
-        }
+        real_dtype!(qs.dtype(), "fused-attention", |T| self.fwd(
+            slice::<T>(qs, ql)?,
+            slice::<T>(ks, kl)?,
+            slice::<T>(vs, vl)?,
+            d,
+        ))
     }
 
     fn bwd(
@@ -537,16 +525,8 @@ impl CustomOp3 for Attention {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dq, dk, dv) = match q.dtype() {
-            DType::F32 => self.bwd_t::<f32>(q, k, v, res, grad)?,
-            DType::F64 => self.bwd_t::<f64>(q, k, v, res, grad)?,
-            dt => {
-                return Err(candle_core::Error::UnsupportedDTypeForOp(
-                    dt,
-                    "fused-attention",
-                ))
-            }
-        };
+        let (dq, dk, dv) = real_dtype!(q.dtype(), "fused-attention", |T| self
+            .bwd_t::<T>(q, k, v, res, grad))?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }

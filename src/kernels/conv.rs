@@ -3,7 +3,7 @@
 //! or per channel (`[h·d_h, k]`), with its backward.
 
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType,
+    backend::BackendStorage, CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType,
 };
 use rayon::prelude::*;
 
@@ -158,30 +158,9 @@ impl CustomOp2 for ConvTime {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (_, _, len, dh) = l1.shape().dims4()?;
         let k = l2.shape().dims2()?.1;
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(self.apply(
-                slice(s1, l1)?,
-                slice(s2, l2)?,
-                k,
-                len,
-                dh,
-                false,
-            )),
-            DType::F64 => f64::to_cpu_storage_owned(self.apply(
-                slice(s1, l1)?,
-                slice(s2, l2)?,
-                k,
-                len,
-                dh,
-                false,
-            )),
-            dt => {
-                return Err(candle_core::Error::UnsupportedDTypeForOp(
-                    dt,
-                    "fused-conv-time",
-                ))
-            }
-        };
+        let out = real_dtype!(s1.dtype(), "fused-conv-time", |T| Ok(
+            T::to_cpu_storage_owned(self.apply(slice(s1, l1)?, slice(s2, l2)?, k, len, dh, false,))
+        ))?;
         Ok((out, l1.shape().clone()))
     }
     fn bwd(
@@ -191,16 +170,7 @@ impl CustomOp2 for ConvTime {
         _res: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = match x.dtype() {
-            DType::F32 => self.bwd_t::<f32>(x, w, g)?,
-            DType::F64 => self.bwd_t::<f64>(x, w, g)?,
-            dt => {
-                return Err(candle_core::Error::UnsupportedDTypeForOp(
-                    dt,
-                    "fused-conv-time",
-                ))
-            }
-        };
+        let (dx, dw) = real_dtype!(x.dtype(), "fused-conv-time", |T| self.bwd_t::<T>(x, w, g))?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -456,14 +426,12 @@ impl CustomOp2 for ConvMerged {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let k = l2.shape().dims2()?.1;
-        match s1.dtype() {
-            DType::F32 => self.fwd(slice::<f32>(s1, l1)?, l1, slice::<f32>(s2, l2)?, k),
-            DType::F64 => self.fwd(slice::<f64>(s1, l1)?, l1, slice::<f64>(s2, l2)?, k),
-            dt => Err(candle_core::Error::UnsupportedDTypeForOp(
-                dt,
-                "fused-conv-time-merged",
-            )),
-        }
+        real_dtype!(s1.dtype(), "fused-conv-time-merged", |T| self.fwd(
+            slice::<T>(s1, l1)?,
+            l1,
+            slice::<T>(s2, l2)?,
+            k
+        ))
     }
     fn bwd(
         &self,
@@ -472,16 +440,8 @@ impl CustomOp2 for ConvMerged {
         _res: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = match x.dtype() {
-            DType::F32 => self.bwd_t::<f32>(x, w, g)?,
-            DType::F64 => self.bwd_t::<f64>(x, w, g)?,
-            dt => {
-                return Err(candle_core::Error::UnsupportedDTypeForOp(
-                    dt,
-                    "fused-conv-time-merged",
-                ))
-            }
-        };
+        let (dx, dw) = real_dtype!(x.dtype(), "fused-conv-time-merged", |T| self
+            .bwd_t::<T>(x, w, g))?;
         Ok((Some(dx), Some(dw)))
     }
 }

@@ -18,7 +18,7 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType,
+    backend::BackendStorage, CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType,
 };
 use rayon::prelude::*;
 
@@ -238,21 +238,14 @@ impl CustomOp3 for Ffn {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dm = dims(xl.shape(), l1.shape(), l2.shape())?;
-        let out = match xs.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(self.fwd(
-                slice::<f32>(xs, xl)?,
-                slice::<f32>(s1, l1)?,
-                slice::<f32>(s2, l2)?,
+        let out = real_dtype!(xs.dtype(), "fused-ffn", |T| Ok(T::to_cpu_storage_owned(
+            self.fwd(
+                slice::<T>(xs, xl)?,
+                slice::<T>(s1, l1)?,
+                slice::<T>(s2, l2)?,
                 dm,
-            )?),
-            DType::F64 => f64::to_cpu_storage_owned(self.fwd(
-                slice::<f64>(xs, xl)?,
-                slice::<f64>(s1, l1)?,
-                slice::<f64>(s2, l2)?,
-                dm,
-            )?),
-            dt => return Err(candle_core::Error::UnsupportedDTypeForOp(dt, "fused-ffn")),
-        };
+            )?
+        )))?;
         Ok((out, xl.shape().clone()))
     }
 
@@ -264,11 +257,8 @@ impl CustomOp3 for Ffn {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw1, dw2) = match x.dtype() {
-            DType::F32 => self.bwd_t::<f32>(x, w1, w2, grad)?,
-            DType::F64 => self.bwd_t::<f64>(x, w1, w2, grad)?,
-            dt => return Err(candle_core::Error::UnsupportedDTypeForOp(dt, "fused-ffn")),
-        };
+        let (dx, dw1, dw2) =
+            real_dtype!(x.dtype(), "fused-ffn", |T| self.bwd_t::<T>(x, w1, w2, grad))?;
         Ok((Some(dx), Some(dw1), Some(dw2)))
     }
 }

@@ -2,7 +2,7 @@
 //! backward: `dh = g · (Φ(z) + z·φ(z))`, `db = Σ_rows dh`, `z = h + b`.
 
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType,
+    backend::BackendStorage, CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType,
 };
 use rayon::prelude::*;
 
@@ -56,16 +56,9 @@ impl CustomOp2 for BiasGelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(forward(slice(s1, l1)?, slice(s2, l2)?)),
-            DType::F64 => f64::to_cpu_storage_owned(forward(slice(s1, l1)?, slice(s2, l2)?)),
-            dt => {
-                return Err(candle_core::Error::UnsupportedDTypeForOp(
-                    dt,
-                    "fused-bias-gelu",
-                ))
-            }
-        };
+        let out = real_dtype!(s1.dtype(), "fused-bias-gelu", |T| Ok(
+            T::to_cpu_storage_owned(forward(slice(s1, l1)?, slice(s2, l2)?))
+        ))?;
         Ok((out, l1.shape().clone()))
     }
     fn bwd(
@@ -88,16 +81,7 @@ impl CustomOp2 for BiasGelu {
                 Tensor::from_vec(db, b.shape(), b.device())?,
             ))
         }
-        let (dh, db) = match h.dtype() {
-            DType::F32 => run::<f32>(h, b, g)?,
-            DType::F64 => run::<f64>(h, b, g)?,
-            dt => {
-                return Err(candle_core::Error::UnsupportedDTypeForOp(
-                    dt,
-                    "fused-bias-gelu",
-                ))
-            }
-        };
+        let (dh, db) = real_dtype!(h.dtype(), "fused-bias-gelu", |T| run::<T>(h, b, g))?;
         Ok((Some(dh), Some(db)))
     }
 }

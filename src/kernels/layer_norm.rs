@@ -3,7 +3,7 @@
 //! residual sum, `y = LN(x + r)`, without storing `x + r`.
 
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor,
+    backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor,
 };
 use rayon::prelude::*;
 
@@ -168,16 +168,9 @@ impl LayerNormOp {
             let y = forward(slice(x.0, x.1)?, r, &wb[..d], &wb[d..], eps);
             Ok(T::to_cpu_storage_owned(y))
         }
-        let out = match x.0.dtype() {
-            DType::F32 => run::<f32>(x, r, wb, self.eps)?,
-            DType::F64 => run::<f64>(x, r, wb, self.eps)?,
-            dt => {
-                return Err(candle_core::Error::UnsupportedDTypeForOp(
-                    dt,
-                    "fused-layer-norm",
-                ))
-            }
-        };
+        let out = real_dtype!(x.0.dtype(), "fused-layer-norm", |T| run::<T>(
+            x, r, wb, self.eps
+        ))?;
         Ok((out, x.1.shape().clone()))
     }
 
@@ -213,14 +206,9 @@ impl LayerNormOp {
                 Tensor::from_vec(dwb, 2 * d, x.device())?,
             ))
         }
-        match x.dtype() {
-            DType::F32 => run::<f32>(x, r, wb, g, self.eps),
-            DType::F64 => run::<f64>(x, r, wb, g, self.eps),
-            dt => Err(candle_core::Error::UnsupportedDTypeForOp(
-                dt,
-                "fused-layer-norm",
-            )),
-        }
+        real_dtype!(x.dtype(), "fused-layer-norm", |T| run::<T>(
+            x, r, wb, g, self.eps
+        ))
     }
 }
 

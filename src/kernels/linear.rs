@@ -11,7 +11,7 @@
 //! pass instead of Candle's strided reduction over the broadcast dimensions.
 
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor,
+    backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor,
 };
 use rayon::prelude::*;
 
@@ -113,20 +113,10 @@ impl Linear {
         wl: &Layout,
         b: Option<(&CpuStorage, &Layout)>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        match xs.dtype() {
-            DType::F32 => {
-                let b = b.map(|(s, l)| slice::<f32>(s, l)).transpose()?;
-                self.fwd(slice::<f32>(xs, xl)?, xl, slice::<f32>(ws, wl)?, wl, b)
-            }
-            DType::F64 => {
-                let b = b.map(|(s, l)| slice::<f64>(s, l)).transpose()?;
-                self.fwd(slice::<f64>(xs, xl)?, xl, slice::<f64>(ws, wl)?, wl, b)
-            }
-            dt => Err(candle_core::Error::UnsupportedDTypeForOp(
-                dt,
-                "fused-linear",
-            )),
-        }
+        real_dtype!(xs.dtype(), "fused-linear", |T| {
+            let b = b.map(|(s, l)| slice::<T>(s, l)).transpose()?;
+            self.fwd(slice::<T>(xs, xl)?, xl, slice::<T>(ws, wl)?, wl, b)
+        })
     }
 
     /// (dx, dW, db) for the arguments that track a gradient.
@@ -211,14 +201,7 @@ impl Linear {
         b: Option<&Tensor>,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        match x.dtype() {
-            DType::F32 => self.bwd_t::<f32>(x, w, b, g),
-            DType::F64 => self.bwd_t::<f64>(x, w, b, g),
-            dt => Err(candle_core::Error::UnsupportedDTypeForOp(
-                dt,
-                "fused-linear",
-            )),
-        }
+        real_dtype!(x.dtype(), "fused-linear", |T| self.bwd_t::<T>(x, w, b, g))
     }
 }
 

@@ -32,6 +32,25 @@
 //! [`tune_glibc_malloc`] asks glibc to keep freed memory instead of returning it to the
 //! kernel, which removes most page faults of a training step (see BENCHMARKS.md).
 
+/// The kernels' one dtype dispatch: runs `$body` with `$T` the Rust type of a CPU float
+/// dtype (f32 or f64); any other dtype is Candle's `UnsupportedDTypeForOp` for op `$op`.
+/// Evaluates to `$body`'s `candle_core::Result`.
+macro_rules! real_dtype {
+    ($dtype:expr, $op:expr, |$T:ident| $body:expr) => {
+        match $dtype {
+            candle_core::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            candle_core::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+            dt => Err(candle_core::Error::UnsupportedDTypeForOp(dt, $op)),
+        }
+    };
+}
+
 mod attention;
 mod conv;
 mod ffn;

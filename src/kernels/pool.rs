@@ -4,7 +4,7 @@
 //! a max. The gradient of `y[t, c]` goes to the position that won, the first one on a tie
 //! (as PyTorch's `max_pool1d`).
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 use super::{slice, with_data, Real};
 
@@ -202,26 +202,15 @@ impl CustomOp1 for MaxPoolMerged {
         "fused-max-pool-merged"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        match s.dtype() {
-            DType::F32 => self.fwd(slice::<f32>(s, l)?, l),
-            DType::F64 => self.fwd(slice::<f64>(s, l)?, l),
-            dt => Err(candle_core::Error::UnsupportedDTypeForOp(
-                dt,
-                "fused-max-pool-merged",
-            )),
-        }
+        real_dtype!(s.dtype(), "fused-max-pool-merged", |T| self
+            .fwd(slice::<T>(s, l)?, l))
     }
     fn bwd(&self, x: &Tensor, res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(match x.dtype() {
-            DType::F32 => self.bwd_t::<f32>(x, res, g)?,
-            DType::F64 => self.bwd_t::<f64>(x, res, g)?,
-            dt => {
-                return Err(candle_core::Error::UnsupportedDTypeForOp(
-                    dt,
-                    "fused-max-pool-merged",
-                ))
-            }
-        }))
+        Ok(Some(real_dtype!(
+            x.dtype(),
+            "fused-max-pool-merged",
+            |T| self.bwd_t::<T>(x, res, g)
+        )?))
     }
 }
 

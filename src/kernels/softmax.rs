@@ -133,14 +133,8 @@ impl Softmax {
         g: &Tensor,
         scale: f64,
     ) -> candle_core::Result<(Tensor, f64)> {
-        match y.dtype() {
-            DType::F32 => self.bwd_t::<f32>(x, y, g, scale),
-            DType::F64 => self.bwd_t::<f64>(x, y, g, scale),
-            dt => Err(candle_core::Error::UnsupportedDTypeForOp(
-                dt,
-                "fused-softmax",
-            )),
-        }
+        real_dtype!(y.dtype(), "fused-softmax", |T| self
+            .bwd_t::<T>(x, y, g, scale))
     }
 }
 
@@ -149,14 +143,11 @@ impl CustomOp1 for Softmax {
         "fused-softmax"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        match s.dtype() {
-            DType::F32 => self.fwd(slice::<f32>(s, l)?, l.shape(), self.scale),
-            DType::F64 => self.fwd(slice::<f64>(s, l)?, l.shape(), self.scale),
-            dt => Err(candle_core::Error::UnsupportedDTypeForOp(
-                dt,
-                "fused-softmax",
-            )),
-        }
+        real_dtype!(s.dtype(), "fused-softmax", |T| self.fwd(
+            slice::<T>(s, l)?,
+            l.shape(),
+            self.scale
+        ))
     }
     fn bwd(
         &self,

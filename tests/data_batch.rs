@@ -8,6 +8,7 @@ struct Toy {
     lens: Vec<usize>,
     pixels: bool,
     pair: bool,
+    info: DatasetInfo,
 }
 
 impl Dataset for Toy {
@@ -28,21 +29,12 @@ impl Dataset for Toy {
             label: (index % 3) as u32,
         })
     }
-    fn num_classes(&self) -> usize {
-        3
-    }
-    fn max_len(&self) -> usize {
-        64
-    }
-    fn name(&self) -> String {
-        "toy".into()
-    }
-    fn is_pair(&self) -> bool {
-        self.pair
+    fn info(&self) -> &DatasetInfo {
+        &self.info
     }
 }
 
-struct MixedKinds;
+struct MixedKinds(DatasetInfo);
 
 impl Dataset for MixedKinds {
     fn len(&self) -> usize {
@@ -60,22 +52,21 @@ impl Dataset for MixedKinds {
             label: 0,
         })
     }
-    fn num_classes(&self) -> usize {
-        2
-    }
-    fn max_len(&self) -> usize {
-        2
-    }
-    fn name(&self) -> String {
-        "mixed".into()
+    fn info(&self) -> &DatasetInfo {
+        &self.0
     }
 }
 
 fn toy(lens: &[usize]) -> Toy {
+    toy_kind(lens, false, false)
+}
+
+fn toy_kind(lens: &[usize], pixels: bool, pair: bool) -> Toy {
     Toy {
         lens: lens.to_vec(),
-        pixels: false,
-        pair: false,
+        pixels,
+        pair,
+        info: DatasetInfo::new("toy", 3, 64).with_pair(pair),
     }
 }
 
@@ -115,11 +106,7 @@ fn token_batch_pads_and_masks() {
 
 #[test]
 fn pixel_and_pair_batches() {
-    let ds = Toy {
-        lens: vec![4, 4, 4],
-        pixels: true,
-        pair: false,
-    };
+    let ds = toy_kind(&[4, 4, 4], true, false);
     let b = make_batch(&ds, &[2, 0], PadTo::Longest, &Device::Cpu).unwrap();
     assert_eq!(b.input.dtype(), DType::F32);
     assert_eq!(
@@ -127,11 +114,7 @@ fn pixel_and_pair_batches() {
         vec![vec![2.0, 12.0, 22.0, 32.0], vec![0.0, 10.0, 20.0, 30.0]]
     );
     assert_eq!(b.mask.to_vec2::<f32>().unwrap(), vec![vec![1.0; 4]; 2]);
-    let ds = Toy {
-        lens: vec![2, 3],
-        pixels: false,
-        pair: true,
-    };
+    let ds = toy_kind(&[2, 3], false, true);
     let b = make_batch(&ds, &[0, 1], PadTo::Longest, &Device::Cpu).unwrap();
     assert_eq!(b.input.dims(), &[2, 3]);
     assert_eq!(b.input2.as_ref().unwrap().dims(), &[2, 5]);
@@ -152,7 +135,7 @@ fn batch_errors() {
         make_batch(&lo, &[0, 9], PadTo::Longest, &Device::Cpu).is_err(),
         "index out of range is an error"
     );
-    let mixed = MixedKinds;
+    let mixed = MixedKinds(DatasetInfo::new("mixed", 2, 2));
     assert!(make_batch(&mixed, &[0, 1], PadTo::Longest, &Device::Cpu).is_err());
     assert!(bucketed_batches(&ds, &[0, 1], 0, 4).is_err());
 }

@@ -106,7 +106,11 @@ fn aan_errors() {
 }
 
 /// A labelled corpus of short token documents: document i has class `classes[i]`.
-struct Corpus(Vec<u32>);
+struct Corpus(Vec<u32>, DatasetInfo);
+
+fn toy_corpus(classes: Vec<u32>) -> Corpus {
+    Corpus(classes, DatasetInfo::new("toy corpus", 5, 16))
+}
 
 impl Dataset for Corpus {
     fn len(&self) -> usize {
@@ -119,21 +123,15 @@ impl Dataset for Corpus {
             label: self.0[index],
         })
     }
-    fn num_classes(&self) -> usize {
-        5
-    }
-    fn max_len(&self) -> usize {
-        16
-    }
-    fn name(&self) -> String {
-        "toy corpus".into()
+    fn info(&self) -> &DatasetInfo {
+        &self.1
     }
 }
 
 #[test]
 fn pair_substitute_is_balanced_and_same_class() {
     let classes: Vec<u32> = (0..60).map(|i| [0, 0, 0, 1, 2, 2, 3][i % 7]).collect();
-    let corpus: Arc<dyn Dataset> = Arc::new(Corpus(classes.clone()));
+    let corpus: Arc<dyn Dataset> = Arc::new(toy_corpus(classes.clone()));
     let pairs = pair_substitute(corpus.clone(), 501, 3);
     assert_eq!(pairs.len(), 501);
     assert!(pairs.is_pair());
@@ -157,8 +155,8 @@ fn pair_substitute_is_balanced_and_same_class() {
     assert_eq!(pairs_of(&pairs), pairs_of(&again));
     assert_ne!(pairs_of(&pairs), pairs_of(&other));
     // Impossible corpora are errors.
-    assert!(try_pair_substitute(Arc::new(Corpus(vec![1; 10])), 4, 0).is_err());
-    assert!(try_pair_substitute(Arc::new(Corpus(vec![0, 1, 2])), 4, 0).is_err());
+    assert!(try_pair_substitute(Arc::new(toy_corpus(vec![1; 10])), 4, 0).is_err());
+    assert!(try_pair_substitute(Arc::new(toy_corpus(vec![0, 1, 2])), 4, 0).is_err());
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::io::read_maybe_gz;
-use super::{index_error, Dataset, Example, Sequence, Splits, Subset};
+use super::{index_error, Dataset, DatasetInfo, Example, Sequence, Splits, Subset};
 use crate::error::{DataError, Location};
 use crate::error::{Error, Result};
 
@@ -25,8 +25,7 @@ pub struct ImageDataset {
     labels: Vec<u8>,
     side: usize,
     pad: usize,
-    num_classes: usize,
-    name: String,
+    info: DatasetInfo,
 }
 
 impl ImageDataset {
@@ -47,13 +46,13 @@ impl ImageDataset {
                 pixels.len(),
             ));
         }
+        let out_side = side + 2 * pad;
         Ok(ImageDataset {
             pixels,
             labels,
             side,
             pad,
-            num_classes,
-            name: name.into(),
+            info: DatasetInfo::new(name, num_classes, out_side * out_side),
         })
     }
 
@@ -88,14 +87,8 @@ impl Dataset for ImageDataset {
             label,
         })
     }
-    fn num_classes(&self) -> usize {
-        self.num_classes
-    }
-    fn max_len(&self) -> usize {
-        self.side() * self.side()
-    }
-    fn name(&self) -> String {
-        self.name.clone()
+    fn info(&self) -> &DatasetInfo {
+        &self.info
     }
     fn label(&self, index: usize) -> Result<u32> {
         self.labels
@@ -114,6 +107,7 @@ impl Dataset for ImageDataset {
 pub struct Downsampled {
     inner: Arc<dyn Dataset>,
     factor: usize,
+    info: DatasetInfo,
 }
 
 impl Downsampled {
@@ -130,7 +124,17 @@ impl Downsampled {
                 ),
             ));
         }
-        Ok(Self { inner, factor })
+        let o = side / factor;
+        let info = inner
+            .info()
+            .clone()
+            .with_name(format!("{} (downsampled {factor}×)", inner.name()))
+            .with_max_len(o * o);
+        Ok(Self {
+            inner,
+            factor,
+            info,
+        })
     }
 
     fn side(&self) -> usize {
@@ -172,18 +176,8 @@ impl Dataset for Downsampled {
             label: ex.label,
         })
     }
-    fn num_classes(&self) -> usize {
-        self.inner.num_classes()
-    }
-    fn max_len(&self) -> usize {
-        let o = self.side() / self.factor;
-        o * o
-    }
-    fn name(&self) -> String {
-        format!("{} (downsampled {}×)", self.inner.name(), self.factor)
-    }
-    fn skipped(&self) -> usize {
-        self.inner.skipped()
+    fn info(&self) -> &DatasetInfo {
+        &self.info
     }
     fn label(&self, index: usize) -> Result<u32> {
         self.inner.label(index)

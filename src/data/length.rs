@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Dataset, Example, Sequence, Splits};
+use super::{Dataset, DatasetInfo, Example, Sequence, Splits};
 use crate::error::{Error, Result};
 
 /// The lengths of one split against the limit.
@@ -130,6 +130,7 @@ pub fn fit_lengths(
         Arc::new(Limited {
             inner: ds.clone(),
             max_len,
+            info: ds.info().clone().with_max_len(max_len),
         })
     };
     Ok(LengthFit {
@@ -148,6 +149,7 @@ pub fn fit_lengths(
 struct Limited {
     inner: Arc<dyn Dataset>,
     max_len: usize,
+    info: DatasetInfo,
 }
 
 fn cut(doc: Sequence, n: usize) -> Sequence {
@@ -175,20 +177,8 @@ impl Dataset for Limited {
             label: ex.label,
         })
     }
-    fn num_classes(&self) -> usize {
-        self.inner.num_classes()
-    }
-    fn max_len(&self) -> usize {
-        self.max_len
-    }
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-    fn is_pair(&self) -> bool {
-        self.inner.is_pair()
-    }
-    fn skipped(&self) -> usize {
-        self.inner.skipped()
+    fn info(&self) -> &DatasetInfo {
+        &self.info
     }
     fn label(&self, index: usize) -> Result<u32> {
         self.inner.label(index)

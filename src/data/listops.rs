@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::io::{for_each_line, write_file};
-use super::{index_error, split_contiguous, Dataset, Example, Sequence, Splits};
+use super::{index_error, split_contiguous, Dataset, DatasetInfo, Example, Sequence, Splits};
 use crate::error::{clip, DataError, Location};
 use crate::error::{Error, Result};
 use crate::rng::{Rng, RngExt};
@@ -571,9 +571,7 @@ pub fn parse_listops_line(line_bytes: &[u8], path: &Path, line: usize) -> Result
 pub struct ListOpsDataset {
     ids: Vec<Vec<u8>>,
     labels: Vec<u8>,
-    max_len: usize,
-    name: String,
-    skipped: usize,
+    info: DatasetInfo,
 }
 
 impl ListOpsDataset {
@@ -589,9 +587,7 @@ impl ListOpsDataset {
         ListOpsDataset {
             ids,
             labels,
-            max_len,
-            name,
-            skipped: 0,
+            info: DatasetInfo::new(name, NUM_CLASSES, max_len),
         }
     }
 
@@ -684,7 +680,7 @@ impl ListOpsDataset {
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
         let mut ds = Self::from_ids(examples, max_len, format!("listops: {file}"));
-        ds.skipped = skipped;
+        ds.info.skipped = skipped;
         Ok(ds)
     }
 
@@ -709,17 +705,8 @@ impl Dataset for ListOpsDataset {
             label: self.labels[index] as u32,
         })
     }
-    fn num_classes(&self) -> usize {
-        NUM_CLASSES
-    }
-    fn max_len(&self) -> usize {
-        self.max_len
-    }
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-    fn skipped(&self) -> usize {
-        self.skipped
+    fn info(&self) -> &DatasetInfo {
+        &self.info
     }
     fn label(&self, index: usize) -> Result<u32> {
         self.labels

@@ -48,6 +48,7 @@ pub mod retrieval;
 pub mod text;
 
 pub use crate::error::{DataError, Location};
+
 pub use crate::rng::{mix_seed, permutation, sin_cos_deg, splitmix64, Rng};
 pub use batch::{bucketed_batches, epoch_order, make_batch, Batch, PadTo};
 pub use image::{
@@ -128,25 +129,93 @@ pub struct Example {
     pub label: u32,
 }
 
+/// What a data set is, apart from its examples: the metadata every [`Dataset`] reports,
+/// kept in one value so that readers and views (subsets, truncations, downsampling) carry it
+/// instead of repeating five getters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatasetInfo {
+    /// What the data is, e.g. `listops (generated)` or `text: spam-assassin (substitute)`.
+    pub name: String,
+    /// Number of classes; labels are in `0..num_classes`.
+    pub num_classes: usize,
+    /// Task length per document (the truncation length).
+    pub max_len: usize,
+    /// Whether examples are document pairs (the retrieval task).
+    pub is_pair: bool,
+    /// Records skipped on purpose while reading (reported, never silent).
+    pub skipped: usize,
+}
+
+impl DatasetInfo {
+    /// Single-document data called `name` with `num_classes` classes, documents of at most
+    /// `max_len` positions, nothing skipped.
+    pub fn new(name: impl Into<String>, num_classes: usize, max_len: usize) -> Self {
+        Self {
+            name: name.into(),
+            num_classes,
+            max_len,
+            is_pair: false,
+            skipped: 0,
+        }
+    }
+
+    /// The same, called `name`.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The same, with documents of at most `max_len` positions.
+    pub fn with_max_len(mut self, max_len: usize) -> Self {
+        self.max_len = max_len;
+        self
+    }
+
+    /// The same, with examples that are document pairs (`true`) or single documents.
+    pub fn with_pair(mut self, is_pair: bool) -> Self {
+        self.is_pair = is_pair;
+        self
+    }
+
+    /// The same, reporting `skipped` records skipped on purpose while reading.
+    pub fn with_skipped(mut self, skipped: usize) -> Self {
+        self.skipped = skipped;
+        self
+    }
+}
+
 /// A labelled data set, possibly read lazily from disk.
+///
+/// An implementation gives its examples ([`Dataset::len`], [`Dataset::get`]) and its
+/// [`DatasetInfo`]; the metadata getters read the info. Readers that know labels or lengths
+/// more cheaply than by building an example override [`Dataset::label`] and
+/// [`Dataset::length`].
 pub trait Dataset: Send + Sync {
     /// Number of examples.
     fn len(&self) -> usize;
     /// Example `index` (documents already truncated to [`Dataset::max_len`]).
     fn get(&self, index: usize) -> crate::Result<Example>;
+    /// Name, classes, task length, pair flag and skipped records.
+    fn info(&self) -> &DatasetInfo;
     /// Number of classes.
-    fn num_classes(&self) -> usize;
+    fn num_classes(&self) -> usize {
+        self.info().num_classes
+    }
     /// Task length per document (the truncation length).
-    fn max_len(&self) -> usize;
+    fn max_len(&self) -> usize {
+        self.info().max_len
+    }
     /// What the data is, e.g. `listops (generated)` or `text: spam-assassin (substitute)`.
-    fn name(&self) -> String;
+    fn name(&self) -> String {
+        self.info().name.clone()
+    }
     /// Whether examples are document pairs.
     fn is_pair(&self) -> bool {
-        false
+        self.info().is_pair
     }
     /// Records skipped on purpose while reading (reported, never silent).
     fn skipped(&self) -> usize {
-        0
+        self.info().skipped
     }
     /// Whether the data set has no example.
     fn is_empty(&self) -> bool {
@@ -266,25 +335,24 @@ pub fn majority_fraction(ds: &dyn Dataset) -> crate::Result<f64> {
 pub struct Subset {
     inner: Arc<dyn Dataset>,
     indices: Vec<usize>,
-    name: String,
-    skipped: usize,
+    info: DatasetInfo,
 }
 
 impl Subset {
     /// The examples `indices` of `inner` (in that order), called `name`. Indices must be below
     /// `inner.len()`; out-of-range ones give an error on `get`.
     pub fn new(inner: Arc<dyn Dataset>, indices: Vec<usize>, name: impl Into<String>) -> Self {
+        let info = inner.info().clone().with_name(name).with_skipped(0);
         Subset {
             inner,
             indices,
-            name: name.into(),
-            skipped: 0,
+            info,
         }
     }
 
     /// Reports `skipped` records (those skipped while reading the underlying corpus).
     pub fn with_skipped(mut self, skipped: usize) -> Self {
-        self.skipped = skipped;
+        self.info.skipped = skipped;
         self
     }
 
@@ -303,20 +371,8 @@ impl Dataset for Subset {
     fn get(&self, index: usize) -> crate::Result<Example> {
         self.inner.get(self.map(index)?)
     }
-    fn num_classes(&self) -> usize {
-        self.inner.num_classes()
-    }
-    fn max_len(&self) -> usize {
-        self.inner.max_len()
-    }
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-    fn is_pair(&self) -> bool {
-        self.inner.is_pair()
-    }
-    fn skipped(&self) -> usize {
-        self.skipped
+    fn info(&self) -> &DatasetInfo {
+        &self.info
     }
     fn label(&self, index: usize) -> crate::Result<u32> {
         self.inner.label(self.map(index)?)

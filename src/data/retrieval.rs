@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::io::{for_each_line_offset, read_line_at};
 use super::text::byte_ids;
-use super::{index_error, Dataset, Example, Sequence, Splits};
+use super::{index_error, Dataset, DatasetInfo, Example, Sequence, Splits};
 use crate::error::Result;
 use crate::error::{clip, DataError, Location};
 use crate::rng::{Rng, RngExt};
@@ -79,9 +79,7 @@ pub fn parse_aan_line<'a>(bytes: &'a [u8], path: &Path, line: usize) -> Result<O
 pub struct AanDataset {
     path: PathBuf,
     rows: Vec<(u64, usize, u8)>,
-    max_len: usize,
-    name: String,
-    skipped: usize,
+    info: DatasetInfo,
 }
 
 impl AanDataset {
@@ -110,9 +108,9 @@ impl AanDataset {
         Ok(AanDataset {
             path: path.into(),
             rows,
-            max_len,
-            name: format!("retrieval: {file}"),
-            skipped,
+            info: DatasetInfo::new(format!("retrieval: {file}"), 2, max_len)
+                .with_pair(true)
+                .with_skipped(skipped),
         })
     }
 }
@@ -134,25 +132,13 @@ impl Dataset for AanDataset {
                 reason: "line changed since the file was opened".into(),
             })?;
         Ok(Example {
-            doc: Sequence::Tokens(byte_ids(row.text1, self.max_len)),
-            doc2: Some(Sequence::Tokens(byte_ids(row.text2, self.max_len))),
+            doc: Sequence::Tokens(byte_ids(row.text1, self.info.max_len)),
+            doc2: Some(Sequence::Tokens(byte_ids(row.text2, self.info.max_len))),
             label: row.label,
         })
     }
-    fn num_classes(&self) -> usize {
-        2
-    }
-    fn max_len(&self) -> usize {
-        self.max_len
-    }
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-    fn is_pair(&self) -> bool {
-        true
-    }
-    fn skipped(&self) -> usize {
-        self.skipped
+    fn info(&self) -> &DatasetInfo {
+        &self.info
     }
     fn label(&self, index: usize) -> Result<u32> {
         self.rows
@@ -181,7 +167,7 @@ pub fn read_aan_dir(dir: &Path, max_len: usize) -> Result<Splits> {
 pub struct PairDataset {
     corpus: Arc<dyn Dataset>,
     pairs: Vec<(u32, u32, u8)>,
-    name: String,
+    info: DatasetInfo,
 }
 
 impl PairDataset {
@@ -207,17 +193,8 @@ impl Dataset for PairDataset {
             label,
         })
     }
-    fn num_classes(&self) -> usize {
-        2
-    }
-    fn max_len(&self) -> usize {
-        self.corpus.max_len()
-    }
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-    fn is_pair(&self) -> bool {
-        true
+    fn info(&self) -> &DatasetInfo {
+        &self.info
     }
     fn label(&self, index: usize) -> Result<u32> {
         self.pair(index)
@@ -308,10 +285,11 @@ pub fn try_pair_substitute(
     } else {
         format!("retrieval: same-class pairs of {base} (substitute)")
     };
+    let info = DatasetInfo::new(name, 2, corpus.max_len()).with_pair(true);
     Ok(Arc::new(PairDataset {
         corpus,
         pairs,
-        name,
+        info,
     }))
 }
 

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::io::{read_prefix, sorted_dirs, sorted_files};
-use super::{index_error, split_order, split_shuffled, Dataset, Example, Sequence, Splits, Subset};
+use super::{
+    index_error, split_order, split_shuffled, Dataset, DatasetInfo, Example, Sequence, Splits,
+    Subset,
+};
 use crate::error::DataError;
 use crate::error::{Error, Result};
 
@@ -26,9 +29,7 @@ pub fn byte_ids(bytes: &[u8], max_len: usize) -> Vec<u32> {
 pub struct TextFolderDataset {
     entries: Vec<(PathBuf, u32, u64)>,
     classes: Vec<String>,
-    max_len: usize,
-    name: String,
-    skipped: usize,
+    info: DatasetInfo,
 }
 
 impl TextFolderDataset {
@@ -79,10 +80,8 @@ impl TextFolderDataset {
         }
         Ok(TextFolderDataset {
             entries,
+            info: DatasetInfo::new(name, class_names.len(), max_len).with_skipped(skipped),
             classes: class_names,
-            max_len,
-            name: name.to_string(),
-            skipped,
         })
     }
 
@@ -101,24 +100,15 @@ impl Dataset for TextFolderDataset {
             .entries
             .get(index)
             .ok_or_else(|| index_error(index, self.entries.len()))?;
-        let bytes = read_prefix(path, self.max_len)?;
+        let bytes = read_prefix(path, self.info.max_len)?;
         Ok(Example {
-            doc: Sequence::Tokens(byte_ids(&bytes, self.max_len)),
+            doc: Sequence::Tokens(byte_ids(&bytes, self.info.max_len)),
             doc2: None,
             label: *label,
         })
     }
-    fn num_classes(&self) -> usize {
-        self.classes.len()
-    }
-    fn max_len(&self) -> usize {
-        self.max_len
-    }
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-    fn skipped(&self) -> usize {
-        self.skipped
+    fn info(&self) -> &DatasetInfo {
+        &self.info
     }
     fn label(&self, index: usize) -> Result<u32> {
         self.entries
@@ -132,7 +122,7 @@ impl Dataset for TextFolderDataset {
             .get(index)
             .map(|e| e.2)
             .ok_or_else(|| index_error(index, self.entries.len()))?;
-        Ok((size as usize).min(self.max_len))
+        Ok((size as usize).min(self.info.max_len))
     }
 }
 
@@ -141,9 +131,7 @@ pub struct MemoryTextDataset {
     docs: Vec<Vec<u8>>,
     labels: Vec<u32>,
     classes: Vec<String>,
-    max_len: usize,
-    name: String,
-    skipped: usize,
+    info: DatasetInfo,
 }
 
 impl MemoryTextDataset {
@@ -166,10 +154,8 @@ impl MemoryTextDataset {
         MemoryTextDataset {
             docs,
             labels,
+            info: DatasetInfo::new(name, classes.len(), max_len).with_skipped(skipped),
             classes,
-            max_len,
-            name: name.to_string(),
-            skipped,
         }
     }
 
@@ -189,22 +175,13 @@ impl Dataset for MemoryTextDataset {
             .get(index)
             .ok_or_else(|| index_error(index, self.docs.len()))?;
         Ok(Example {
-            doc: Sequence::Tokens(byte_ids(doc, self.max_len)),
+            doc: Sequence::Tokens(byte_ids(doc, self.info.max_len)),
             doc2: None,
             label: self.labels[index],
         })
     }
-    fn num_classes(&self) -> usize {
-        self.classes.len()
-    }
-    fn max_len(&self) -> usize {
-        self.max_len
-    }
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-    fn skipped(&self) -> usize {
-        self.skipped
+    fn info(&self) -> &DatasetInfo {
+        &self.info
     }
     fn label(&self, index: usize) -> Result<u32> {
         self.labels

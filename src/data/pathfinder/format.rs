@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::super::io::{for_each_line, write_file};
-use super::super::{ensure_nonempty, index_error, split_order, Dataset, Example, Sequence, Splits};
+use super::super::{
+    ensure_nonempty, index_error, split_order, Dataset, DatasetInfo, Example, Sequence, Splits,
+};
 use super::{pathfinder_samples, PathfinderConfig};
 use crate::error::{DataError, Location};
 use crate::error::{Error, Result};
@@ -192,8 +194,7 @@ const KNOWN_EMPTY: &[&str] = &["pathfinder32/curv_baseline/imgs/0/sample_172.png
 pub struct PngDataset {
     entries: Vec<(PathBuf, u8)>,
     side: usize,
-    name: String,
-    skipped: usize,
+    info: DatasetInfo,
 }
 
 impl PngDataset {
@@ -259,8 +260,7 @@ impl PngDataset {
         let mut ds = PngDataset {
             entries,
             side: 0,
-            name,
-            skipped,
+            info: DatasetInfo::new(name, 2, 0).with_skipped(skipped),
         };
         ensure_nonempty(&ds, dir, "no image listed in metadata/*.npy")?;
         let first = &ds.entries[0].0;
@@ -279,6 +279,7 @@ impl PngDataset {
             .into());
         }
         ds.side = w;
+        ds.info.max_len = w * w;
         Ok(ds)
     }
 
@@ -317,17 +318,8 @@ impl Dataset for PngDataset {
             label: *label as u32,
         })
     }
-    fn num_classes(&self) -> usize {
-        2
-    }
-    fn max_len(&self) -> usize {
-        self.side * self.side
-    }
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-    fn skipped(&self) -> usize {
-        self.skipped
+    fn info(&self) -> &DatasetInfo {
+        &self.info
     }
     fn label(&self, index: usize) -> Result<u32> {
         self.entries

@@ -30,7 +30,7 @@
 
 use std::sync::Arc;
 
-use super::{index_error, split_contiguous, Dataset, Example, Sequence, Splits};
+use super::{index_error, split_contiguous, Dataset, DatasetInfo, Example, Sequence, Splits};
 use crate::error::{Error, Result};
 use crate::rng::{sin_cos_deg, Rng, RngExt};
 
@@ -727,7 +727,7 @@ pub struct PathfinderDataset {
     pixels: Vec<u8>,
     labels: Vec<u8>,
     side: usize,
-    name: String,
+    info: DatasetInfo,
 }
 
 impl PathfinderDataset {
@@ -745,7 +745,7 @@ impl PathfinderDataset {
             pixels,
             labels,
             side,
-            name: cfg.name(),
+            info: DatasetInfo::new(cfg.name(), 2, side * side),
         })
     }
 
@@ -801,14 +801,8 @@ impl Dataset for PathfinderDataset {
             label,
         })
     }
-    fn num_classes(&self) -> usize {
-        2
-    }
-    fn max_len(&self) -> usize {
-        self.side * self.side
-    }
-    fn name(&self) -> String {
-        self.name.clone()
+    fn info(&self) -> &DatasetInfo {
+        &self.info
     }
     fn label(&self, index: usize) -> Result<u32> {
         self.labels

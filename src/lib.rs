@@ -49,9 +49,9 @@
 //! - `hub`: `data::hub`, the real LRA Text (IMDb) and Image (CIFAR-10) data from the Hugging
 //!   Face Hub through `candle-datasets` (a large dependency tree; see the README).
 //! - `cuda`, `cudnn`, `metal`, `mkl`, `accelerate`: Candle's backends.
-//! - `avx512`: `gemm`'s AVX-512 matmul kernels, picked at run time on CPUs with AVX-512F
-//!   (about 2× the matmul throughput there). Still bit-identical at any thread count, but not
-//!   to a machine that runs the AVX2/FMA kernels, so it is off by default.
+//! - `avx512`: does nothing any more (kept so that builds naming it still work): `gemm`'s
+//!   AVX-512 matmul kernels are always built and picked at run time on CPUs with AVX-512F,
+//!   with the same bits as the AVX2/FMA kernels ([`kernels`]).
 //!
 //! ## Modules
 //! - [`config`]: validated serde configuration; [`preset`]: published combinations and LRA

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{backend::BackendStorage, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{dot, gemm, slice, with_data, Real};
+use super::{dot, slice, with_data, Gemm, Mat, Real};
 
 /// Where the heads of q, k, v and y live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,7 +206,9 @@ fn forward<T: Real>(
             // SAFETY: `wu` holds n·l elements and gemm_ptr writes every one of them (it never
             // reads dst), so the chunk is initialised when the slice is formed.
             let ws: &mut [T] = unsafe {
-                super::gemm_ptr(n, l, dk, wp, l, qs, qv.rs, 1, ks, 1, kv.rs, scale, false);
+                Gemm::new((n, l, dk), Mat::rows(qs, qv.rs), Mat::rows(ks, kv.rs).t())
+                    .scale(scale)
+                    .run_ptr(wp, l);
                 std::slice::from_raw_parts_mut(wp, wu.len())
             };
             super::wide::softmax_rows(ws, l, bias.map(|b| &b[(s / h) * l..(s / h + 1) * l]));
@@ -219,52 +221,24 @@ fn forward<T: Real>(
                 None => ws,
             };
             // SAFETY: slice s writes only its own rows × columns of y (see SharedMut).
-            unsafe { gemm_into(yp, yv, n, dv, l, wd, l, 1, vs, vv.rs, 1, T::one(), false) };
+            let wv = Gemm::new((n, dv, l), Mat::rows(wd, l), Mat::rows(vs, vv.rs));
+            unsafe { gemm_into(yp, yv, wv) };
         });
     // SAFETY: every chunk of the first `total` elements was written above.
     unsafe { w.set_len(total) };
     (y, w)
 }
 
-/// `gemm` into (or, when `accumulate`, onto) the slice `view` of a shared output.
+/// `product` into (or, when it accumulates, onto) the slice `view` of a shared output.
 ///
 /// # Safety
 /// No other task may touch the elements of `view` while this runs.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_into<T: Real>(
-    dst: SharedMut<T>,
-    view: View,
-    m: usize,
-    n: usize,
-    k: usize,
-    lhs: &[T],
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: &[T],
-    rhs_rs: usize,
-    rhs_cs: usize,
-    beta: T,
-    accumulate: bool,
-) {
+unsafe fn gemm_into<T: Real>(dst: SharedMut<T>, view: View, product: Gemm<'_, T>) {
     assert!(
         view.off + view.span <= dst.1,
         "attention: output out of bounds"
     );
-    super::gemm_ptr(
-        m,
-        n,
-        k,
-        dst.0.add(view.off),
-        view.rs,
-        lhs,
-        lhs_rs,
-        lhs_cs,
-        rhs,
-        rhs_rs,
-        rhs_cs,
-        beta,
-        accumulate,
-    )
+    product.run_ptr(dst.0.add(view.off), view.rs)
 }
 
 struct Grads<T> {
@@ -337,22 +311,8 @@ fn backward<T: Real>(
                     // g_w = g_r·v_cᵀ (r × cc, contiguous; the gemm overwrites every element,
                     // so the buffer is only zero-filled when it grows)
                     gw.resize(r * cc, T::zero());
-                    gemm(
-                        r,
-                        cc,
-                        dv,
-                        gw,
-                        cc,
-                        gs,
-                        yv.rs,
-                        1,
-                        vs,
-                        1,
-                        vv.rs,
-                        T::one(),
-                        false,
-                        1,
-                    );
+                    Gemm::new((r, cc, dv), Mat::rows(gs, yv.rs), Mat::rows(vs, vv.rs).t())
+                        .run(gw, cc, 1);
                     // (w ⊙ keep) of the tile, and g_w ⊙ keep
                     let (wdr, wdr_cs): (&[T], usize) = match keep {
                         Some(kp) => {
@@ -378,17 +338,12 @@ fn backward<T: Real>(
                         gemm_into(
                             dvp,
                             dvv,
-                            cc,
-                            dv,
-                            r,
-                            wdr,
-                            1,
-                            wdr_cs,
-                            gs,
-                            yv.rs,
-                            1,
-                            T::one(),
-                            acc_r,
+                            Gemm::new(
+                                (cc, dv, r),
+                                Mat::rows(wdr, wdr_cs).t(),
+                                Mat::rows(gs, yv.rs),
+                            )
+                            .accumulate(acc_r),
                         )
                     };
                     // dz = w ⊙ (g_w − c), in place
@@ -402,10 +357,12 @@ fn backward<T: Real>(
                     // dq_r (+)= s·dz·k_c,  dk_c (+)= s·dzᵀ·q_r
                     let (dqv, dkv) = (sub(qv, r0, r, dk), sub(kv, c0, cc, dk));
                     unsafe {
-                        gemm_into(dqp, dqv, r, dk, cc, gw, cc, 1, ks, kv.rs, 1, scale, acc_c)
+                        let p = Gemm::new((r, dk, cc), Mat::rows(gw, cc), Mat::rows(ks, kv.rs));
+                        gemm_into(dqp, dqv, p.scale(scale).accumulate(acc_c))
                     };
                     unsafe {
-                        gemm_into(dkp, dkv, cc, dk, r, gw, 1, cc, qs, qv.rs, 1, scale, acc_r)
+                        let p = Gemm::new((cc, dk, r), Mat::rows(gw, cc).t(), Mat::rows(qs, qv.rs));
+                        gemm_into(dkp, dkv, p.scale(scale).accumulate(acc_r))
                     };
                 }
             }

@@ -23,7 +23,7 @@ use candle_core::{
 use rayon::prelude::*;
 
 use super::wide::{wide, GeluKeep, GeluKeepGrad};
-use super::{gemm, rows_per_task, slice, with_data, zeros, Real};
+use super::{rows_per_task, slice, with_data, zeros, Gemm, Mat, Real};
 
 #[derive(Debug)]
 struct Ffn {
@@ -128,41 +128,13 @@ impl Ffn {
                             with_data::<T, _>(&a, |ad| {
                                 // [dW₂ | db₂]
                                 let mut dw2 = vec![T::zero(); d * (f + 1)];
-                                gemm(
-                                    d,
-                                    f,
-                                    rows,
-                                    &mut dw2,
-                                    f + 1,
-                                    gd,
-                                    1,
-                                    d,
-                                    ad,
-                                    f,
-                                    1,
-                                    T::one(),
-                                    false,
-                                    threads,
-                                );
+                                Gemm::new((d, f, rows), Mat::rows(gd, d).t(), Mat::rows(ad, f))
+                                    .run(&mut dw2, f + 1, threads);
                                 column_sums_into(gd, d, &mut dw2, f + 1, f);
                                 // g_a = g·W₂, then dz = g_a ⊙ keep ⊙ GELU′(z) in place
                                 let mut dz = zeros(rows * f);
-                                gemm(
-                                    rows,
-                                    f,
-                                    d,
-                                    &mut dz,
-                                    f,
-                                    gd,
-                                    d,
-                                    1,
-                                    w2d,
-                                    f + 1,
-                                    1,
-                                    T::one(),
-                                    false,
-                                    threads,
-                                );
+                                Gemm::new((rows, f, d), Mat::rows(gd, d), Mat::rows(w2d, f + 1))
+                                    .run(&mut dz, f, threads);
                                 let rpt = rows_per_task(f);
                                 dz.par_chunks_mut(f * rpt)
                                     .zip(zd.par_chunks(f * rpt))
@@ -173,41 +145,13 @@ impl Ffn {
                                     });
                                 // [dW₁ | db₁]
                                 let mut dw1 = vec![T::zero(); f * (d + 1)];
-                                gemm(
-                                    f,
-                                    d,
-                                    rows,
-                                    &mut dw1,
-                                    d + 1,
-                                    &dz,
-                                    1,
-                                    f,
-                                    xd,
-                                    d,
-                                    1,
-                                    T::one(),
-                                    false,
-                                    threads,
-                                );
+                                Gemm::new((f, d, rows), Mat::rows(&dz, f).t(), Mat::rows(xd, d))
+                                    .run(&mut dw1, d + 1, threads);
                                 column_sums_into(&dz, f, &mut dw1, d + 1, d);
                                 // dx = dz·W₁
                                 let mut dx = zeros(rows * d);
-                                gemm(
-                                    rows,
-                                    d,
-                                    f,
-                                    &mut dx,
-                                    d,
-                                    &dz,
-                                    f,
-                                    1,
-                                    w1d,
-                                    d + 1,
-                                    1,
-                                    T::one(),
-                                    false,
-                                    threads,
-                                );
+                                Gemm::new((rows, d, f), Mat::rows(&dz, f), Mat::rows(w1d, d + 1))
+                                    .run(&mut dx, d, threads);
                                 Ok((dx, dw1, dw2))
                             })
                         })

@@ -15,7 +15,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use super::{gemm, slice, with_data, Real};
+use super::{slice, with_data, Gemm, Mat, Real};
 
 #[derive(Clone, Copy, Debug)]
 struct Linear {
@@ -52,22 +52,9 @@ pub(crate) fn forward<T: Real>(
         Some(b) => super::tiled(rows * out, b),
         None => super::zeros(rows * out),
     };
-    gemm(
-        rows,
-        out,
-        inp,
-        &mut y,
-        out,
-        x,
-        inp,
-        1,
-        w,
-        1,
-        w_rs,
-        T::one(),
-        b.is_some(),
-        threads,
-    );
+    Gemm::new((rows, out, inp), Mat::rows(x, inp), Mat::rows(w, w_rs).t())
+        .accumulate(b.is_some())
+        .run(&mut y, out, threads);
     y
 }
 
@@ -134,22 +121,8 @@ impl Linear {
             let dx = if x.track_op() {
                 let dx = with_data::<T, _>(w, |wd| {
                     let mut dx = super::zeros(rows * inp);
-                    gemm(
-                        rows,
-                        inp,
-                        out,
-                        &mut dx,
-                        inp,
-                        gd,
-                        out,
-                        1,
-                        wd,
-                        inp,
-                        1,
-                        T::one(),
-                        false,
-                        threads,
-                    );
+                    Gemm::new((rows, inp, out), Mat::rows(gd, out), Mat::rows(wd, inp))
+                        .run(&mut dx, inp, threads);
                     Ok(dx)
                 })?;
                 Some(Tensor::from_vec(dx, x.shape(), x.device())?)
@@ -159,22 +132,8 @@ impl Linear {
             let dw = if w.track_op() {
                 let dw = with_data::<T, _>(x, |xd| {
                     let mut dw = vec![T::zero(); out * inp];
-                    gemm(
-                        out,
-                        inp,
-                        rows,
-                        &mut dw,
-                        inp,
-                        gd,
-                        1,
-                        out,
-                        xd,
-                        inp,
-                        1,
-                        T::one(),
-                        false,
-                        threads,
-                    );
+                    Gemm::new((out, inp, rows), Mat::rows(gd, out).t(), Mat::rows(xd, inp))
+                        .run(&mut dw, inp, threads);
                     Ok(dw)
                 })?;
                 Some(Tensor::from_vec(dw, w.shape(), w.device())?)

@@ -14,9 +14,13 @@
 //!
 //! Fewer, larger ops also matter because Candle's autograd accumulates every gradient into a
 //! fresh zero-filled tensor (a memset and an add per input of every op); one op in place of
-//! several removes those passes over the intermediates. The gemms call the `gemm` crate
-//! (Candle's own CPU matmul) directly; with the `mkl` or `accelerate` features the gemm-based
-//! kernels stand aside so that Candle's vendor-BLAS matmul is used.
+//! several removes those passes over the intermediates. The matrix products go through one
+//! product type on the `gemm` crate (Candle's own CPU matmul) whose summation order is a
+//! constant of the crate — reductions cut into blocks of 512, the shapes on which `gemm`
+//! would follow its vector width taken by a scalar loop with the same order — so a kernel
+//! gives the same bits on any x86-64 CPU with FMA, AVX2 or AVX-512, whatever its caches,
+//! and at any thread count. With the `mkl` or `accelerate` features the gemm-based kernels
+//! stand aside so that Candle's vendor-BLAS matmul is used.
 //!
 //! Each kernel is a Candle custom op whose `cpu_fwd` handles contiguous f32 / f64 tensors and
 //! whose `bwd` is written by hand (checked by `tests/gradcheck.rs` in f64 and by
@@ -57,6 +61,7 @@ mod ffn;
 mod gelu;
 mod layer_norm;
 mod linear;
+mod matmul;
 mod pool;
 mod softmax;
 mod wide;
@@ -67,6 +72,7 @@ pub use ffn::ffn;
 pub use gelu::bias_gelu;
 pub use layer_norm::{add_layer_norm, layer_norm};
 pub use linear::linear;
+pub(crate) use matmul::{Gemm, Mat};
 pub use pool::max_pool_merged;
 pub use softmax::softmax_scaled;
 
@@ -220,169 +226,6 @@ pub(crate) fn max<T: Real>(a: &[T]) -> T {
         m = if v > m { v } else { m };
     }
     m
-}
-
-/// `dst ← beta·lhs·rhs` (or `dst += beta·lhs·rhs` with `accumulate`) for an `m × n` row-major
-/// `dst` (row stride `dst_rs`), an `m × k` lhs and a `k × n` rhs given by row and column
-/// strides, so that transposed operands are read in place. `threads > 1` splits the product
-/// over Candle's rayon pool; the per-slice callers pass 1 and parallelise over slices.
-///
-/// Panics if a stride would read or write outside its slice (a bug in the caller, never a
-/// property of user input: the callers check shapes first).
-#[allow(clippy::too_many_arguments)]
-#[inline]
-pub(crate) fn gemm<T: Real>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [T],
-    dst_rs: usize,
-    lhs: &[T],
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: &[T],
-    rhs_rs: usize,
-    rhs_cs: usize,
-    beta: T,
-    accumulate: bool,
-    threads: usize,
-) {
-    let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(last(m, dst_rs, n, 1) < dst.len(), "gemm: dst out of bounds");
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: dst's extent is checked above (lhs and rhs in `gemm_raw`), and `dst` is borrowed
-    // mutably so it cannot alias `lhs` or `rhs`.
-    unsafe {
-        gemm_raw(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_rs,
-            lhs,
-            lhs_rs,
-            lhs_cs,
-            rhs,
-            rhs_rs,
-            rhs_cs,
-            beta,
-            accumulate,
-            par,
-        )
-    }
-}
-
-/// [`gemm`] (one thread; overwriting dst, or adding to it when `accumulate`) into a destination
-/// given by pointer, for callers whose parallel tasks write disjoint but interleaved parts of
-/// one buffer.
-///
-/// # Safety
-/// `dst` must be valid for writes at `r·dst_rs + c` for `r < m`, `c < n`, not aliased by
-/// `lhs`, `rhs` or any concurrent writer of those elements.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_ptr<T: Real>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut T,
-    dst_rs: usize,
-    lhs: &[T],
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: &[T],
-    rhs_rs: usize,
-    rhs_cs: usize,
-    beta: T,
-    accumulate: bool,
-) {
-    gemm_raw(
-        m,
-        n,
-        k,
-        dst,
-        dst_rs,
-        lhs,
-        lhs_rs,
-        lhs_cs,
-        rhs,
-        rhs_rs,
-        rhs_cs,
-        beta,
-        accumulate,
-        gemm::Parallelism::None,
-    )
-}
-
-/// Checks that lhs and rhs hold every element their strides reach, then runs the gemm crate
-/// (`k = 0` zeroes dst, or leaves it when accumulating).
-///
-/// # Safety
-/// As [`gemm_ptr`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_raw<T: Real>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut T,
-    dst_rs: usize,
-    lhs: &[T],
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: &[T],
-    rhs_rs: usize,
-    rhs_cs: usize,
-    beta: T,
-    accumulate: bool,
-    par: gemm::Parallelism,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for r in 0..m {
-                std::ptr::write_bytes(dst.add(r * dst_rs), 0, n);
-            }
-        }
-        return;
-    }
-    let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(
-        last(m, lhs_rs, k, lhs_cs) < lhs.len(),
-        "gemm: lhs out of bounds"
-    );
-    assert!(
-        last(k, rhs_rs, n, rhs_cs) < rhs.len(),
-        "gemm: rhs out of bounds"
-    );
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        accumulate,
-        lhs.as_ptr(),
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs.as_ptr(),
-        rhs_cs as isize,
-        rhs_rs as isize,
-        if accumulate { T::one() } else { T::zero() },
-        beta,
-        false,
-        false,
-        false,
-        par,
-    )
 }
 
 /// A zeroed buffer of `n` elements, zeroed in parallel: a serial `vec![0; n]` of an output

@@ -16,7 +16,7 @@ use candle_core::{DType, Module, ModuleT, Tensor, D};
 
 use crate::dropout::Dropout;
 use crate::error::Result;
-pub use crate::kernels::HeadLayout;
+pub use crate::kernels::{HeadLayout, Scale};
 use crate::temperature::LogitScale;
 
 /// The fused kernels [`fused`] decides about.
@@ -116,7 +116,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core
 /// max is a constant shift and is detached). Half precision is computed in f32.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if fused(Kernel::Softmax, x) {
-        if let Some(y) = crate::kernels::softmax_scaled(x, Ok(1.0), None)? {
+        if let Some(y) = crate::kernels::softmax_scaled(x, &Scale::Constant(1.0), None)? {
             return Ok(y);
         }
     }
@@ -131,7 +131,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 fn softmax_scaled(logits: &Tensor, scale: &LogitScale, bias: Option<&Tensor>) -> Result<Tensor> {
     if fused(Kernel::Softmax, logits) {
         let factor = scale.factor(logits.dtype())?;
-        if let Some(w) = crate::kernels::softmax_scaled(logits, factor.as_ref().copied(), bias)? {
+        if let Some(w) = crate::kernels::softmax_scaled(logits, &factor, bias)? {
             return Ok(w);
         }
     }
@@ -367,8 +367,8 @@ fn fused_attention(
     let keep = dropout.keep_mask(b * h * n * l, train);
     use crate::kernels::attention as kernel;
     Ok(match scale.factor(q.dtype())? {
-        Ok(c) => kernel(q, k, v, layout, c, bias, keep)?,
-        Err(s) => {
+        Scale::Constant(c) => kernel(q, k, v, layout, c, bias, keep)?,
+        Scale::Tensor(s) => {
             if n <= l {
                 kernel(&q.broadcast_mul(&s)?, k, v, layout, 1.0, bias, keep)?
             } else {

@@ -8,6 +8,7 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::config::ScaleConfig;
 use crate::error::Result;
+use crate::kernels::Scale;
 
 /// Scales attention logits by a constant or by `exp(−τ)` with a learned τ.
 #[derive(Clone, Debug)]
@@ -31,24 +32,21 @@ impl LogitScale {
         })
     }
 
-    /// `s` as `Ok(c)` for a constant, or `Err(exp(−τ))`, a `[1]` tensor in `dtype` through
-    /// which the gradient reaches τ: the form the fused kernels take.
-    pub(crate) fn factor(
-        &self,
-        dtype: candle_core::DType,
-    ) -> Result<std::result::Result<f64, Tensor>> {
+    /// The factor `s`: the constant, or `exp(−τ)`, a `[1]` tensor in `dtype` through which
+    /// the gradient reaches τ (the form the fused kernels take).
+    pub fn factor(&self, dtype: candle_core::DType) -> Result<Scale> {
         Ok(match self {
-            LogitScale::Constant(c) => Ok(*c),
-            LogitScale::LogTemperature(tau) => Err(tau.to_dtype(dtype)?.neg()?.exp()?),
+            LogitScale::Constant(c) => Scale::Constant(*c),
+            LogitScale::LogTemperature(tau) => Scale::Tensor(tau.to_dtype(dtype)?.neg()?.exp()?),
         })
     }
 
     /// `logits · s`.
     pub fn apply(&self, logits: &Tensor) -> Result<Tensor> {
         Ok(match self.factor(logits.dtype())? {
-            Ok(1.0) => logits.clone(),
-            Ok(c) => (logits * c)?,
-            Err(s) => logits.broadcast_mul(&s)?,
+            Scale::Constant(1.0) => logits.clone(),
+            Scale::Constant(c) => (logits * c)?,
+            Scale::Tensor(s) => logits.broadcast_mul(&s)?,
         })
     }
 

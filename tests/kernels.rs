@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
 use convluna::filter::{ConvFilter, Filter, MaxPoolFilter};
-use convluna::kernels;
+use convluna::kernels::{self, Scale};
 
 mod common;
 
@@ -51,7 +51,7 @@ fn softmax_with_constant_scale_and_bias_matches_composite() {
             .unwrap();
         let r = randn(&[2, 3, 5, 19], 2, dtype);
         let (yf, gf) = grads(&[&x], &r, || {
-            kernels::softmax_scaled(x.as_tensor(), Ok(0.7), Some(&bias))
+            kernels::softmax_scaled(x.as_tensor(), &Scale::Constant(0.7), Some(&bias))
                 .unwrap()
                 .expect("fused")
         });
@@ -71,7 +71,7 @@ fn softmax_with_learned_scale_matches_composite() {
     let r = randn(&[2, 4, 7, 11], 4, dtype);
     let (yf, gf) = grads(&[&x, &tau], &r, || {
         let s = tau.as_tensor().neg().unwrap().exp().unwrap();
-        kernels::softmax_scaled(x.as_tensor(), Err(&s), None)
+        kernels::softmax_scaled(x.as_tensor(), &Scale::Tensor(s), None)
             .unwrap()
             .expect("fused")
     });
@@ -735,7 +735,7 @@ fn ffn_matches_composite_with_and_without_dropout() {
 fn kernels_decline_what_they_do_not_cover() {
     let x = randn(&[2, 3, 4], 15, DType::F16);
     assert!(
-        kernels::softmax_scaled(&x, Ok(1.0), None)
+        kernels::softmax_scaled(&x, &Scale::Constant(1.0), None)
             .unwrap()
             .is_none(),
         "f16 stays composite"
@@ -743,7 +743,7 @@ fn kernels_decline_what_they_do_not_cover() {
     let x = randn(&[2, 3, 4], 15, DType::F32);
     let bad_bias = randn(&[2, 3, 4], 16, DType::F32);
     assert!(
-        kernels::softmax_scaled(&x, Ok(1.0), Some(&bad_bias))
+        kernels::softmax_scaled(&x, &Scale::Constant(1.0), Some(&bad_bias))
             .unwrap()
             .is_none(),
         "full bias stays composite"

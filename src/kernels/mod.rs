@@ -74,7 +74,7 @@ pub use layer_norm::{add_layer_norm, layer_norm};
 pub use linear::linear;
 pub(crate) use matmul::{Gemm, Mat};
 pub use pool::max_pool_merged;
-pub use softmax::softmax_scaled;
+pub use softmax::{softmax_scaled, Scale};
 
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, WithDType};
 use rayon::prelude::*;

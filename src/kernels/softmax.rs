@@ -208,15 +208,24 @@ impl CustomOp2 for SoftmaxLearned {
     }
 }
 
+/// A logit scale factor `s` in the form the kernels take.
+#[derive(Clone, Debug)]
+pub enum Scale {
+    /// A constant.
+    Constant(f64),
+    /// A one-element tensor, through which the gradient reaches what it is computed from
+    /// (e.g. `exp(−τ)` of a learned temperature).
+    Tensor(Tensor),
+}
+
 /// `softmax(x · scale + bias)` over the last dimension of a CPU f32/f64 tensor.
 ///
-/// `scale` is `Ok(c)` for a constant or `Err(s)` for a one-element tensor (gradient returned);
-/// `bias` must have x's rank, size 1 on every dimension but the first and the last, whose sizes
+/// `scale` is a constant or a one-element tensor (its gradient returned); `bias` must have x's rank, size 1 on every dimension but the first and the last, whose sizes
 /// match x's. Returns `None` (nothing computed) when the fused kernel does not apply, so that
 /// the caller can take its composite path.
 pub fn softmax_scaled(
     x: &Tensor,
-    scale: std::result::Result<f64, &Tensor>,
+    scale: &Scale,
     bias: Option<&Tensor>,
 ) -> candle_core::Result<Option<Tensor>> {
     if !super::fusable(x) || x.rank() < 2 {
@@ -243,8 +252,8 @@ pub fn softmax_scaled(
     };
     let x = x.contiguous()?;
     match scale {
-        Ok(c) => Ok(Some(x.apply_op1(Softmax { scale: c, bias })?)),
-        Err(s) => {
+        Scale::Constant(c) => Ok(Some(x.apply_op1(Softmax { scale: *c, bias })?)),
+        Scale::Tensor(s) => {
             if s.elem_count() != 1 || !s.device().same_device(x.device()) {
                 return Ok(None);
             }

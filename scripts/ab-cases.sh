@@ -3,8 +3,11 @@
 # every repetition (the order reverses every other repetition), each printing one JSON line.
 #
 # A case is a line `label|ENV=VALUE ...|command args`, where command is `convluna`
-# (target/release/examples/bench_encoder), `convluna=PATH` (another build of bench_encoder,
-# e.g. one with --features avx512 copied aside) or `pytorch` (scripts/reference.py bench):
+# (target/release/examples/bench_encoder, stock allocator unless the case adds
+# `--tune-malloc`), `convluna=PATH` (another build of bench_encoder copied aside), `pytorch`
+# (scripts/reference.py bench, the project's fixture model) or `baseline:VARIANT`
+# (scripts/baseline.py --variant VARIANT: eager, sdpa, compile, compile-sdpa — the strongest
+# PyTorch baseline, see that script):
 #
 #   CASES='fused||convluna --family convluna-pool --len 1024 --mode train
 #   composite|CONVLUNA_NO_FUSED=pool|convluna --family convluna-pool --len 1024 --mode train' \
@@ -42,10 +45,12 @@ for rep in $(seq 1 "$REPS"); do
     read -r -a envv <<<"$envs"
     if [[ $prog == pytorch ]]; then
       line=$(env "${envv[@]}" "$PYTHON" scripts/reference.py bench "${args[@]}" 2>/dev/null | tail -n1) || line='{"failed":true}'
+    elif [[ $prog == baseline:* ]]; then
+      line=$(env "${envv[@]}" "$PYTHON" scripts/baseline.py --variant "${prog#baseline:}" "${args[@]}" 2>/dev/null | tail -n1) || line='{"failed":true}'
     else
       bin=$CONVLUNA_BIN
       [[ $prog == convluna=* ]] && bin=${prog#convluna=}
-      line=$(env "${envv[@]}" "$bin" --tune-malloc "${args[@]}" 2>/dev/null | tail -n1) || line='{"failed":true}'
+      line=$(env "${envv[@]}" "$bin" "${args[@]}" 2>/dev/null | tail -n1) || line='{"failed":true}'
     fi
     echo "${line%\}},\"label\":\"$label\",\"rep\":$rep}" | tee -a "$OUT" >&2
   done

@@ -30,11 +30,13 @@ import math
 import os
 import resource
 import sys
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# the FLOP count, the timing loop and the matmul probe are the reference bench's own
+from reference import bench_block_fwd_flops, matmul_peak, time_steps
 
 MASK_BIAS = -1e9
 
@@ -163,15 +165,6 @@ class Encoder(nn.Module):
         return x
 
 
-def flops(family, n, b, L, d, f, m, k=4):
-    """Forward matmul + conv FLOPs of one block (the count examples/bench_encoder.rs uses)."""
-    if family == "transformer":
-        return n * (8 * d * d + 4 * d * f) + 4 * n * L * d
-    if family == "luna":
-        return n * (8 * d * d + 4 * d * f + 8 * m * d) + b * 8 * m * d * d
-    return n * (6 * d * d + 4 * d * f + 8 * m * d + 4 * k * d) + b * 6 * m * d * d
-
-
 def vm_hwm_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -196,21 +189,10 @@ def run_variant(a, variant):
                 loss = fn(ids, mask).mean()
         return float(loss.detach())
 
-    t0 = time.perf_counter()
-    for _ in range(a.warmup):
-        step()
-    warm = time.perf_counter() - t0
-    times, t_all = [], time.perf_counter()
-    while len(times) < max(1, a.iters):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-        if time.perf_counter() - t_all > a.max_seconds:
-            break
-    times.sort()
+    times, warm = time_steps(step, a.warmup, a.iters, a.max_seconds)
     med = times[len(times) // 2]
     n = b * L
-    fl = flops(a.family, n, b, L, a.d, a.ffn, a.memory) * a.layers * (3 if train else 1)
+    fl = bench_block_fwd_flops(a.family, n, b, L, a.d, a.ffn, a.memory, 4) * a.layers * (3 if train else 1)
     return {
         "impl": f"pytorch-{variant}", "family": a.family, "len": L, "batch": b, "mode": a.mode,
         "threads": torch.get_num_threads(), "steps": len(times), "warmup_s": round(warm, 2),
@@ -219,25 +201,6 @@ def run_variant(a, variant):
         "gflops": round(fl / med / 1e9, 2), "peak_rss_mib": round(vm_hwm_mib(), 1),
         "torch": torch.__version__,
     }
-
-
-def matmul(a):
-    cfg = torch.__config__.show()
-    blas = "MKL" if "BLAS_INFO=mkl" in cfg or "USE_MKL=ON" in cfg else "other"
-    isa = torch.backends.cpu.get_cpu_capability()
-    for (m, k, n) in [(2048, 2048, 2048), (16384, 128, 512), (16384, 512, 128), (16384, 128, 128)]:
-        x, y = torch.randn(m, k), torch.randn(k, n)
-        x @ y
-        best = float("inf")
-        for _ in range(10):
-            t = time.perf_counter()
-            x @ y
-            best = min(best, time.perf_counter() - t)
-        print(json.dumps({"impl": "pytorch", "mode": "matmul", "shape": f"{m}x{k}x{n}",
-                          "threads": torch.get_num_threads(), "gflops": round(2 * m * k * n / best / 1e9, 2),
-                          "blas": blas, "cpu_capability": isa, "torch": torch.__version__,
-                          "mkl_enable_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", "")}),
-              flush=True)
 
 
 def main(argv=None):
@@ -259,7 +222,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.mode == "matmul":
-        return matmul(a)
+        return matmul_peak()
     variants = ["eager", "sdpa", "compile", "compile-sdpa"] if a.variant == "best" else [a.variant]
     for v in variants:
         try:

@@ -983,24 +983,56 @@ def bench_block_fwd_flops(family: str, n, b, L, d, f, m, k) -> float:
     return n * (6 * d * d + 4 * d * f + 8 * m * d + 4 * k * d) + b * 6 * m * d * d
 
 
+def time_steps(step, warmup: int, iters: int, max_seconds: float):
+    """Runs `warmup` untimed steps, then at least one and up to `iters` timed ones (fewer once
+    `max_seconds` have passed). Returns (sorted step times, seconds of the warm-up)."""
+    import time
+
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    warm = time.perf_counter() - t0
+    times, t_all = [], time.perf_counter()
+    while len(times) < max(1, iters):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+        if time.perf_counter() - t_all > max_seconds:
+            break
+    return sorted(times), warm
+
+
+def matmul_peak() -> None:
+    """Prints PyTorch's f32 matmul throughput at 2048³ and on the encoder's shapes (best of
+    10), with the BLAS it was built with and the CPU capability it dispatches to."""
+    import time
+
+    cfg = torch.__config__.show()
+    blas = "MKL" if "BLAS_INFO=mkl" in cfg or "USE_MKL=ON" in cfg else "other"
+    for (m, k, n) in [(2048, 2048, 2048), (16384, 128, 512), (16384, 512, 128), (16384, 128, 128)]:
+        x, y = torch.randn(m, k), torch.randn(k, n)
+        x @ y
+        best = float("inf")
+        for _ in range(10):
+            t = time.perf_counter()
+            x @ y
+            best = min(best, time.perf_counter() - t)
+        print(json.dumps({"impl": "pytorch", "mode": "matmul", "shape": f"{m}x{k}x{n}",
+                          "threads": torch.get_num_threads(), "gflops": round(2 * m * k * n / best / 1e9, 2),
+                          "blas": blas, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                          "torch": torch.__version__,
+                          "mkl_enable_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", "")}),
+              flush=True)
+
+
 def bench(args) -> None:
     """Times forward (no grad) or forward+backward of mean(hidden) of a float32 encoder and
     prints one JSON line with the same fields as `cargo run --example bench_encoder`."""
     import resource
-    import time
 
     torch.set_num_threads(args.threads)
     if args.mode == "matmul":
-        for (m, k, n) in [(2048, 2048, 2048), (16384, 128, 512), (16384, 512, 128), (16384, 128, 128)]:
-            x, y = torch.randn(m, k), torch.randn(k, n)
-            x @ y
-            best = float("inf")
-            for _ in range(10):
-                t = time.perf_counter()
-                x @ y
-                best = min(best, time.perf_counter() - t)
-            print(json.dumps({"impl": "pytorch", "mode": "matmul", "shape": f"{m}x{k}x{n}",
-                              "threads": torch.get_num_threads(), "gflops": round(2 * m * k * n / best / 1e9, 2)}))
+        matmul_peak()
         return
     fam = args.family
     cases = {"convluna": "convluna_conv4s1", "convluna-unmasked": "convluna_conv4s1",
@@ -1036,17 +1068,7 @@ def bench(args) -> None:
                 loss = x.mean()
         return float(loss)
 
-    for _ in range(args.warmup):
-        step()
-    times = []
-    t_all = time.perf_counter()
-    while len(times) < max(1, args.iters):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-        if time.perf_counter() - t_all > args.max_seconds:
-            break
-    times.sort()
+    times, _ = time_steps(step, args.warmup, args.iters, args.max_seconds)
     med = times[len(times) // 2]
     n = b * L
     fl = bench_block_fwd_flops(fam, n, b, L, args.d, args.ffn, args.memory, 4) * args.layers * (3 if train else 1)

@@ -9,7 +9,7 @@ use crate::layers::{linear, Dropout, Linear};
 use crate::temperature::LogitScale;
 
 pub use crate::ops::{
-    attend, attend_merged, attend_scaled, key_bias, mask_value, merge_heads, split_heads,
+    attend, attend_merged_values, attend_scaled, key_bias, mask_value, merge_heads, split_heads,
 };
 
 /// Softmax self-attention with 1/√d_h and key masking: `q_proj`, `k_proj`, `v_proj`, `o_proj`;
@@ -59,7 +59,7 @@ impl SelfAttention {
         }
         let s = 1.0 / ((q.dim(2)? / self.heads) as f64).sqrt();
         let bias = mask.map(|m| key_bias(m, x.dtype())).transpose()?;
-        let (y, _) = attend_merged(
+        let y = attend_merged_values(
             &q,
             &k,
             &v,

@@ -299,8 +299,19 @@ pub fn attend_scaled(
     dropout: &Dropout,
     train: bool,
 ) -> Result<(Tensor, Tensor)> {
-    if let Some(r) = fused_attention(q, k, v, HeadLayout::Split, scale, bias, dropout, train)? {
-        return Ok(r);
+    let fused = fused_attention(
+        q,
+        k,
+        v,
+        HeadLayout::Split,
+        scale,
+        bias,
+        dropout,
+        train,
+        true,
+    )?;
+    if let Some((y, Some(w))) = fused {
+        return Ok((y, w));
     }
     let logits = q.matmul(&k.t()?)?;
     let w = softmax_scaled(&logits, scale, bias)?;
@@ -324,8 +335,9 @@ pub fn attend_merged(
     train: bool,
 ) -> Result<(Tensor, Tensor)> {
     let layout = HeadLayout::Merged { heads };
-    if let Some(r) = fused_attention(q, k, v, layout, scale, bias, dropout, train)? {
-        return Ok(r);
+    if let Some((y, Some(w))) = fused_attention(q, k, v, layout, scale, bias, dropout, train, true)?
+    {
+        return Ok((y, w));
     }
     let (y, w) = attend_scaled(
         &split_heads(q, heads)?,
@@ -337,6 +349,28 @@ pub fn attend_merged(
         train,
     )?;
     Ok((merge_heads(&y)?, w))
+}
+
+/// [`attend_merged`]'s output alone, for callers that discard the weights: where the fused
+/// kernel applies it keeps no `[B, h, n, L]` weights at all
+/// ([`crate::kernels::attention_values`]: the backward rebuilds them from each row's maximum
+/// and sum, with the same bits); elsewhere it is [`attend_merged`] with the weights dropped.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_merged_values(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: &LogitScale,
+    bias: Option<&Tensor>,
+    dropout: &Dropout,
+    train: bool,
+) -> Result<Tensor> {
+    let layout = HeadLayout::Merged { heads };
+    if let Some(y) = fused_attention(q, k, v, layout, scale, bias, dropout, train, false)? {
+        return Ok(y.0);
+    }
+    Ok(attend_merged(q, k, v, heads, scale, bias, dropout, train)?.0)
 }
 
 /// The fused attention where it applies (`None` elsewhere), with the dropout keep-mask drawn
@@ -351,7 +385,8 @@ fn fused_attention(
     bias: Option<&Tensor>,
     dropout: &Dropout,
     train: bool,
-) -> Result<Option<(Tensor, Tensor)>> {
+    weights: bool,
+) -> Result<Option<(Tensor, Option<Tensor>)>> {
     if !fused(Kernel::Attention, q) {
         return Ok(None);
     }
@@ -365,17 +400,23 @@ fn fused_attention(
         _ => return Ok(None),
     };
     let keep = dropout.keep_mask(b * h * n * l, train);
-    use crate::kernels::attention as kernel;
-    Ok(match scale.factor(q.dtype())? {
-        Scale::Constant(c) => kernel(q, k, v, layout, c, bias, keep)?,
+    let kernel = |q: &Tensor, k: &Tensor, s: f64| -> Result<Option<(Tensor, Option<Tensor>)>> {
+        Ok(if weights {
+            crate::kernels::attention(q, k, v, layout, s, bias, keep)?.map(|(y, w)| (y, Some(w)))
+        } else {
+            crate::kernels::attention_values(q, k, v, layout, s, bias, keep)?.map(|y| (y, None))
+        })
+    };
+    match scale.factor(q.dtype())? {
+        Scale::Constant(c) => kernel(q, k, c),
         Scale::Tensor(s) => {
             if n <= l {
-                kernel(&q.broadcast_mul(&s)?, k, v, layout, 1.0, bias, keep)?
+                kernel(&q.broadcast_mul(&s)?, k, 1.0)
             } else {
-                kernel(q, &k.broadcast_mul(&s)?, v, layout, 1.0, bias, keep)?
+                kernel(q, &k.broadcast_mul(&s)?, 1.0)
             }
         }
-    })
+    }
 }
 
 /// Whether the merged-layout filters and attention of packing run fused for `x` (then the

@@ -21,7 +21,9 @@ use candle_core::{Module, Tensor};
 use crate::error::Result;
 use crate::filter::Filter;
 use crate::layers::{Dropout, Linear};
-use crate::ops::{attend_merged, attend_scaled, key_bias, merge_heads, split_heads};
+use crate::ops::{
+    attend_merged, attend_merged_values, attend_scaled, key_bias, merge_heads, split_heads,
+};
 use crate::temperature::LogitScale;
 
 /// The result of packing.
@@ -29,8 +31,10 @@ use crate::temperature::LogitScale;
 pub struct Packed {
     /// Packed memory Y_p `[B, m, d]`.
     pub memory: Tensor,
-    /// Pack-attention weights A `[B, h, m, L']` (before dropout).
-    pub attention: Tensor,
+    /// Pack-attention weights A `[B, h, m, L']` (before dropout):
+    /// [`PackAttention::forward_traced`] only (`None` from [`PackAttention::forward_t`], which
+    /// keeps none, so that training does not store `B·h·m·L'` weights it never reads).
+    pub attention: Option<Tensor>,
     /// The filtered mask `[B, L']` used (all ones when masking is off).
     pub mask: Option<Tensor>,
 }
@@ -99,13 +103,38 @@ impl PackAttention {
         })
     }
 
-    /// Packs `x [B, L, d]` into memory `p [B, m, d]`; `mask [B, L]` float 0/1.
+    /// Packs `x [B, L, d]` into memory `p [B, m, d]`; `mask [B, L]` float 0/1. The attention
+    /// weights are not returned ([`Packed::attention`] is `None`): where the fused kernel runs
+    /// they are never stored (see [`crate::kernels::attention_values`]).
     pub fn forward_t(
         &self,
         x: &Tensor,
         p: &Tensor,
         mask: Option<&Tensor>,
         train: bool,
+    ) -> Result<Packed> {
+        self.run(x, p, mask, train, false)
+    }
+
+    /// [`Self::forward_t`] with the attention weights `[B, h, m, L']` in
+    /// [`Packed::attention`], for diagnostics (the same values and gradients).
+    pub fn forward_traced(
+        &self,
+        x: &Tensor,
+        p: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Packed> {
+        self.run(x, p, mask, train, true)
+    }
+
+    fn run(
+        &self,
+        x: &Tensor,
+        p: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+        weights: bool,
     ) -> Result<Packed> {
         let mut k = self.k.forward(x)?;
         let mut v = match &self.v {
@@ -133,16 +162,13 @@ impl PackAttention {
                     };
                     let bias = fmask.as_ref().map(|m| key_bias(m, x.dtype())).transpose()?;
                     let q = self.q.forward(p)?;
-                    let (y, a) = attend_merged(
-                        &q,
-                        &kf,
-                        &vf,
-                        self.heads,
-                        &self.scale,
-                        bias.as_ref(),
-                        &self.drop,
-                        train,
-                    )?;
+                    let (q, b, h, s, d) = (&q, bias.as_ref(), self.heads, &self.scale, &self.drop);
+                    let (y, a) = if weights {
+                        let (y, a) = attend_merged(q, &kf, &vf, h, s, b, d, train)?;
+                        (y, Some(a))
+                    } else {
+                        (attend_merged_values(q, &kf, &vf, h, s, b, d, train)?, None)
+                    };
                     let y = match &self.o {
                         Some(o) => o.forward(&y)?,
                         None => y,
@@ -180,6 +206,7 @@ impl PackAttention {
         let bias = fmask.as_ref().map(|m| key_bias(m, x.dtype())).transpose()?;
         let q = split_heads(&self.q.forward(p)?, self.heads)?;
         let (y, a) = attend_scaled(&q, &k, &v, &self.scale, bias.as_ref(), &self.drop, train)?;
+        let a = weights.then_some(a);
         let y = merge_heads(&y)?;
         let y = match &self.o {
             Some(o) => o.forward(&y)?,

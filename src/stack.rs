@@ -274,12 +274,15 @@ impl Stack {
                     let p = memory
                         .as_ref()
                         .ok_or_else(|| Error::config("stack.block", "Luna block without memory"))?;
-                    let out = blk.forward_t(&x, p, Some(mask), train)?;
                     if let Some(t) = traces.as_mut() {
+                        let out = blk.forward_traced(&x, p, Some(mask), train)?;
+                        let pack_attention = out.pack_attention.clone().ok_or_else(|| {
+                            Error::config("stack.block", "traced Luna block without weights")
+                        })?;
                         let pm = match &out.pack_mask {
                             Some(m) => m.clone(),
                             None => {
-                                let (b, _, _, l) = out.pack_attention.dims4()?;
+                                let (b, _, _, l) = pack_attention.dims4()?;
                                 Tensor::ones((b, l), x.dtype(), x.device())?
                             }
                         };
@@ -287,10 +290,14 @@ impl Stack {
                             memory_in: p.clone(),
                             memory_out: out.memory.clone(),
                             packed: out.packed.clone(),
-                            pack_attention: out.pack_attention.clone(),
+                            pack_attention,
                             pack_mask: pm,
                         });
+                        x = out.x;
+                        memory = Some(out.memory);
+                        continue;
                     }
+                    let out = blk.forward_t(&x, p, Some(mask), train)?;
                     x = out.x;
                     memory = Some(out.memory);
                 }

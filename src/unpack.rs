@@ -12,7 +12,7 @@ use candle_core::{Module, Tensor};
 
 use crate::error::Result;
 use crate::layers::{Dropout, Linear};
-use crate::ops::attend_merged;
+use crate::ops::attend_merged_values;
 use crate::temperature::LogitScale;
 
 /// Unpack attention. Projections are passed in so that they can be shared with packing.
@@ -62,7 +62,7 @@ impl UnpackAttention {
             Some(v) => v.forward(packed)?,
             None => packed.clone(),
         };
-        let (y, _) = attend_merged(&q, &k, &v, self.heads, &self.scale, None, &self.drop, train)?;
+        let y = attend_merged_values(&q, &k, &v, self.heads, &self.scale, None, &self.drop, train)?;
         Ok(self.o.forward(&y)?)
     }
 }

@@ -129,7 +129,7 @@ fn single_memory_slot_works() {
     let dev = Device::Cpu;
     let blk = block(&convluna(1, FilterConfig::authors_conv(), true), DType::F32);
     let out = blk
-        .forward_t(
+        .forward_traced(
             &randn(&[2, 5, D], 1, DType::F32, &dev),
             &randn(&[2, 1, D], 2, DType::F32, &dev),
             None,
@@ -137,9 +137,9 @@ fn single_memory_slot_works() {
         )
         .unwrap();
     assert_eq!(out.memory.dims(), &[2, 1, D]);
-    assert_eq!(out.pack_attention.dims(), &[2, H, 1, 5]);
+    assert_eq!(out.pack_attention.as_ref().unwrap().dims(), &[2, H, 1, 5]);
     // pack attention rows are distributions
-    let s = out.pack_attention.sum(3).unwrap();
+    let s = out.pack_attention.as_ref().unwrap().sum(3).unwrap();
     assert!(max_abs_diff(&s, &s.ones_like().unwrap()) < 1e-5);
 }
 
@@ -183,14 +183,14 @@ fn sequences_shorter_than_the_kernel() {
     for f in length_changing.clone() {
         let blk = block(&convluna(2, f, true), DType::F32);
         let out = blk
-            .forward_t(
+            .forward_traced(
                 &randn(&[1, 3, D], 1, DType::F32, &dev),
                 &randn(&[1, 2, D], 2, DType::F32, &dev),
                 None,
                 false,
             )
             .unwrap();
-        assert_eq!(out.pack_attention.dims(), &[1, H, 2, 2]);
+        assert_eq!(out.pack_attention.as_ref().unwrap().dims(), &[1, H, 2, 2]);
     }
     // unmasked (authors') pooling / stride > 1 cannot: a typed error, not a panic
     for f in length_changing {
@@ -385,4 +385,35 @@ fn cls_initialisation_follows_the_authors() {
         std: 0.5,
     });
     assert!(pix.iter().any(|v| v.abs() > 1.0), "pixels keep N(0, 1)");
+}
+
+#[test]
+fn keeping_the_pack_weights_changes_no_bit() {
+    // forward_t keeps no attention weights (the fused backward rebuilds them); forward_traced
+    // keeps and returns them: the same outputs and the same gradients, bit for bit.
+    let dev = Device::Cpu;
+    let bits = |t: &Tensor| -> Vec<u64> { to_vec(t).iter().map(|v| v.to_bits()).collect() };
+    for (name, f) in filters() {
+        for dtype in [DType::F32, DType::F64] {
+            let blk = block(&convluna(4, f.clone(), true), dtype);
+            let x = candle_core::Var::from_tensor(&randn(&[2, 11, D], 1, dtype, &dev)).unwrap();
+            let p = randn(&[2, 4, D], 2, dtype, &dev);
+            let m = mask(&[11, 7], 11, dtype, &dev);
+            let run = |traced: bool| {
+                let out = if traced {
+                    blk.forward_traced(x.as_tensor(), &p, Some(&m), false)
+                } else {
+                    blk.forward_t(x.as_tensor(), &p, Some(&m), false)
+                }
+                .unwrap();
+                assert_eq!(out.pack_attention.is_some(), traced, "{name}");
+                let loss = (out.x.sqr().unwrap().sum_all().unwrap()
+                    + out.memory.sqr().unwrap().sum_all().unwrap())
+                .unwrap();
+                let g = loss.backward().unwrap();
+                (bits(&out.x), bits(&out.memory), bits(g.get(&x).unwrap()))
+            };
+            assert_eq!(run(false), run(true), "{name} {dtype:?}");
+        }
+    }
 }

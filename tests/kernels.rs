@@ -10,6 +10,12 @@ mod common;
 
 use common::max_abs_diff as max_diff;
 
+/// A tensor's values as the bits of their f64 images (f32 → f64 is exact), to compare bit for
+/// bit.
+fn bits(t: &Tensor) -> Vec<u64> {
+    common::to_vec(t).iter().map(|v| v.to_bits()).collect()
+}
+
 /// Deterministic inputs in [−2, 2] (twice the range of the shared generator), on the CPU.
 fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
     (common::randn(shape, seed, dtype, &Device::Cpu) * 2.0).unwrap()
@@ -334,20 +340,17 @@ fn attention_matches_composite_with_bias_and_dropout() {
                 .flat_map(|c| layouts.into_iter().map(move |lay| (c, lay)))
             {
                 let bias = with_bias.then_some(&bias);
+                // q, k, v in the kernel's layout
+                let inputs = || {
+                    let t = |x: &Var| match layout {
+                        kernels::HeadLayout::Split => split(x.as_tensor(), h),
+                        _ => x.as_tensor().clone(),
+                    };
+                    (t(&q), t(&k), t(&v))
+                };
                 let wf = std::cell::RefCell::new(None);
                 let (yf, gf) = grads(&[&q, &k, &v], &r, || {
-                    let (qi, ki, vi) = match layout {
-                        kernels::HeadLayout::Split => (
-                            split(q.as_tensor(), h),
-                            split(k.as_tensor(), h),
-                            split(v.as_tensor(), h),
-                        ),
-                        _ => (
-                            q.as_tensor().clone(),
-                            k.as_tensor().clone(),
-                            v.as_tensor().clone(),
-                        ),
-                    };
+                    let (qi, ki, vi) = inputs();
                     let (y, w) = kernels::attention(
                         &qi,
                         &ki,
@@ -360,6 +363,25 @@ fn attention_matches_composite_with_bias_and_dropout() {
                     .unwrap()
                     .expect("fused");
                     *wf.borrow_mut() = Some(w);
+                    match layout {
+                        kernels::HeadLayout::Split => merge(&y),
+                        _ => y,
+                    }
+                });
+                // without the weights: the same output and gradients, bit for bit
+                let (yv, gv) = grads(&[&q, &k, &v], &r, || {
+                    let (qi, ki, vi) = inputs();
+                    let y = kernels::attention_values(
+                        &qi,
+                        &ki,
+                        &vi,
+                        layout,
+                        0.6,
+                        bias,
+                        with_keep.then(|| keep.clone()),
+                    )
+                    .unwrap()
+                    .expect("fused");
                     match layout {
                         kernels::HeadLayout::Split => merge(&y),
                         _ => y,
@@ -387,6 +409,14 @@ fn attention_matches_composite_with_bias_and_dropout() {
                 );
                 for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
                     assert!(max_diff(&gf[i], &gc[i]) < tol, "{what}: {name}");
+                }
+                assert_eq!(bits(&yv), bits(&yf), "{what}: values without the weights");
+                for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
+                    assert_eq!(
+                        bits(&gv[i]),
+                        bits(&gf[i]),
+                        "{what}: {name} without the weights"
+                    );
                 }
             }
         }

@@ -32,8 +32,9 @@ pub struct LunaBlockOutput {
     pub memory: Tensor,
     /// The packed output Y_p `[B, m, d]` (before residual dropout).
     pub packed: Tensor,
-    /// Pack attention `[B, h, m, L']`.
-    pub pack_attention: Tensor,
+    /// Pack attention `[B, h, m, L']`: [`LunaBlock::forward_traced`] only (`None` from
+    /// [`LunaBlock::forward_t`], which stores no weights).
+    pub pack_attention: Option<Tensor>,
     /// The filtered mask `[B, L']` of the pack keys (`None` when masking is off).
     pub pack_mask: Option<Tensor>,
 }
@@ -180,7 +181,9 @@ impl LunaBlock {
         &self.unpack
     }
 
-    /// `x [B, L, d]`, `memory [B, m, d]`, optional `mask [B, L]` (float 0/1).
+    /// `x [B, L, d]`, `memory [B, m, d]`, optional `mask [B, L]` (float 0/1). The pack
+    /// attention weights are not kept ([`LunaBlockOutput::pack_attention`] is `None`); see
+    /// [`Self::forward_traced`].
     pub fn forward_t(
         &self,
         x: &Tensor,
@@ -188,11 +191,39 @@ impl LunaBlock {
         mask: Option<&Tensor>,
         train: bool,
     ) -> Result<LunaBlockOutput> {
+        self.run(x, memory, mask, train, false)
+    }
+
+    /// [`Self::forward_t`] with the pack attention weights `[B, h, m, L']` in the output, for
+    /// diagnostics (the same values and gradients).
+    pub fn forward_traced(
+        &self,
+        x: &Tensor,
+        memory: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<LunaBlockOutput> {
+        self.run(x, memory, mask, train, true)
+    }
+
+    fn run(
+        &self,
+        x: &Tensor,
+        memory: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+        traced: bool,
+    ) -> Result<LunaBlockOutput> {
+        let pack = if traced {
+            self.pack.forward_traced(x, memory, mask, train)?
+        } else {
+            self.pack.forward_t(x, memory, mask, train)?
+        };
         let Packed {
             memory: yp,
             attention,
             mask: pack_mask,
-        } = self.pack.forward_t(x, memory, mask, train)?;
+        } = pack;
         let yx = self.unpack.forward_t(x, &yp, train)?;
         let (yx, ypr) = match &self.residual_drop {
             Some(d) => (d.forward_t(&yx, train)?, d.forward_t(&yp, train)?),

@@ -6,7 +6,9 @@
 //! q `[B, n, h·d_k]`, k `[B, L, h·d_k]`, v `[B, L, h·d_v]` → y `[B, n, h·d_v]`
 //! ([`HeadLayout::Merged`], read and written through strides, so no head split or merge is
 //! copied), plus the weights `w = softmax(…)` `[B, h, n, L]` (before dropout), kept for the backward
-//! and returned detached for diagnostics. The key bias is a constant `[B, L]` (0 or −1e9),
+//! and returned detached for diagnostics ([`attention`]) — or, where the caller does not need
+//! them ([`attention_values`]), only each row's maximum and inverse sum, from which the
+//! backward rebuilds every tile of weights bit for bit. The key bias is a constant `[B, L]` (0 or −1e9),
 //! `s` a constant (a learned scale is folded into q or k by the caller), and dropout a
 //! constant keep-mask of `1/(1−p)` or 0 drawn by the caller.
 //!
@@ -53,8 +55,27 @@ struct Attention {
     bias: Option<Tensor>,
     /// Dropout keep-mask (`0` or `1/(1−p)`) over `[B, h, n, L]`.
     keep: Option<Arc<Vec<f32>>>,
-    /// The weights of the forward pass, `[B, h, n, L]`.
-    weights: Arc<Mutex<Option<Tensor>>>,
+    /// Whether the forward keeps the weights (else only their rows' statistics).
+    keep_weights: bool,
+    /// What the forward pass saved for the backward: the weights `[B, h, n, L]`, or each
+    /// row's maximum and inverse sum `[B, h, n, 2]`.
+    saved: Arc<Mutex<Option<Tensor>>>,
+}
+
+/// What the backward rebuilds the weights from.
+#[derive(Clone, Copy)]
+enum Saved<'a, T> {
+    /// The weights, `[B, h, n, L]`.
+    Weights(&'a [T]),
+    /// Each row's `(μ, 1/Σ)`, `[B, h, n, 2]`, with the key bias `[B, L]`: a tile of weights
+    /// is `exp(s·q·kᵀ + bias − μ)·(1/Σ)`, recomputed bit for bit.
+    RowStats(&'a [T], Option<&'a [T]>),
+}
+
+/// Query rows per block of the forward that keeps only row statistics: blocks of about
+/// 64 Ki logits (256 KiB in f32, in a core's L2), at least 16 rows.
+fn rows_per_block(n: usize, l: usize) -> usize {
+    (65_536 / l.max(1)).max(16).min(n.max(1))
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -173,6 +194,61 @@ fn push_keep<T: Real>(dst: &mut Vec<T>, w: &[T], keep: &[f32]) {
     dst.extend(w.iter().zip(keep).map(|(&x, &k)| x * T::from_f64(k as f64)));
 }
 
+/// Rows `r0 .. r0 + r` of slice `s`: `z = scale·q·kᵀ` (kᵀ read through strides) written
+/// whole into `z` (`r × L`, never read first), the softmax in place (with each row's
+/// `(μ, 1/Σ)` into `stats` when given), then `y_rows = (z ⊙ keep)·v`.
+///
+/// # Safety
+/// `z` must be valid for `r·L` writes; no other task may touch these rows of `y`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_rows<T: Real>(
+    (q, k, v): (&[T], &[T], &[T]),
+    d: Dims,
+    (s, r0, r): (usize, usize, usize),
+    z: *mut T,
+    scale: T,
+    bias: Option<&[T]>,
+    keep: Option<&[f32]>,
+    stats: Option<&mut [T]>,
+    scratch: &mut Vec<T>,
+    y: SharedMut<T>,
+) {
+    let Dims {
+        h, n, l, dk, dv, ..
+    } = d;
+    let (qv, kv, vv, yv) = (
+        d.view(s, n, dk),
+        d.view(s, l, dk),
+        d.view(s, l, dv),
+        d.view(s, n, dv),
+    );
+    Gemm::new(
+        (r, l, dk),
+        Mat::rows(&q[qv.off + r0 * qv.rs..], qv.rs),
+        Mat::rows(&k[kv.off..], kv.rs).t(),
+    )
+    .scale(scale)
+    .run_ptr(z, l);
+    // SAFETY: the gemm wrote all r·L elements.
+    let z: &mut [T] = std::slice::from_raw_parts_mut(z, r * l);
+    let brow = bias.map(|b| &b[(s / h) * l..(s / h + 1) * l]);
+    super::wide::softmax_rows(z, l, brow, stats);
+    let wd: &[T] = match keep {
+        Some(kp) => {
+            scratch.clear();
+            let o = s * n * l + r0 * l;
+            push_keep(scratch, z, &kp[o..o + r * l]);
+            scratch
+        }
+        None => z,
+    };
+    let wv = Gemm::new((r, dv, l), Mat::rows(wd, l), Mat::rows(&v[vv.off..], vv.rs));
+    gemm_into(y, sub(yv, r0, r, dv), wv)
+}
+
+/// The forward that keeps the weights: per slice, `q·kᵀ` → softmax → `w·v` over all `n`
+/// rows, the logits written straight into the uninitialised weights (no zero fill of the
+/// largest buffer of the step). Returns `(y, w)`.
 fn forward<T: Real>(
     q: &[T],
     k: &[T],
@@ -182,9 +258,7 @@ fn forward<T: Real>(
     bias: Option<&[T]>,
     keep: Option<&[f32]>,
 ) -> (Vec<T>, Vec<T>) {
-    let Dims {
-        h, n, l, dk, dv, ..
-    } = d;
+    let Dims { n, l, dv, .. } = d;
     let total = d.slices() * n * l;
     let mut w: Vec<T> = Vec::with_capacity(total);
     let mut y = super::zeros(d.slices() * n * dv);
@@ -193,40 +267,74 @@ fn forward<T: Real>(
         .par_chunks_mut(n * l)
         .enumerate()
         .for_each_init(Vec::new, |scratch, (s, wu)| {
-            let (qv, kv, vv, yv) = (
-                d.view(s, n, dk),
-                d.view(s, l, dk),
-                d.view(s, l, dv),
-                d.view(s, n, dv),
-            );
-            let (qs, ks, vs) = (&q[qv.off..], &k[kv.off..], &v[vv.off..]);
-            // z = s·q·kᵀ (kᵀ read through strides), written straight into the uninitialised
-            // weights: no zero fill of the largest buffer of the step.
-            let wp = wu.as_mut_ptr().cast::<T>();
-            // SAFETY: `wu` holds n·l elements and gemm_ptr writes every one of them (it never
-            // reads dst), so the chunk is initialised when the slice is formed.
-            let ws: &mut [T] = unsafe {
-                Gemm::new((n, l, dk), Mat::rows(qs, qv.rs), Mat::rows(ks, kv.rs).t())
-                    .scale(scale)
-                    .run_ptr(wp, l);
-                std::slice::from_raw_parts_mut(wp, wu.len())
-            };
-            super::wide::softmax_rows(ws, l, bias.map(|b| &b[(s / h) * l..(s / h + 1) * l]));
-            let wd: &[T] = match keep {
-                Some(kp) => {
-                    scratch.clear();
-                    push_keep(scratch, ws, &kp[s * n * l..(s + 1) * n * l]);
-                    scratch
-                }
-                None => ws,
-            };
-            // SAFETY: slice s writes only its own rows × columns of y (see SharedMut).
-            let wv = Gemm::new((n, dv, l), Mat::rows(wd, l), Mat::rows(vs, vv.rs));
-            unsafe { gemm_into(yp, yv, wv) };
+            // SAFETY: `wu` holds n·l elements, all written by the first gemm; slice s writes
+            // only its own rows × columns of y (see SharedMut).
+            unsafe {
+                let z = wu.as_mut_ptr().cast::<T>();
+                attend_rows(
+                    (q, k, v),
+                    d,
+                    (s, 0, n),
+                    z,
+                    scale,
+                    bias,
+                    keep,
+                    None,
+                    scratch,
+                    yp,
+                )
+            }
         });
     // SAFETY: every chunk of the first `total` elements was written above.
     unsafe { w.set_len(total) };
     (y, w)
+}
+
+/// The forward that keeps no weights: per slice, blocks of query rows run `q·kᵀ` → softmax
+/// (recording each row's `(μ, 1/Σ)`) → `w·v` in a scratch buffer of about 64 Ki logits.
+/// Returns `(y, stats)`; `y` is [`forward`]'s bit for bit (each output element is the same
+/// fixed-order sum of the same products, see [`super::matmul`]).
+fn forward_stats<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    d: Dims,
+    scale: T,
+    bias: Option<&[T]>,
+    keep: Option<&[f32]>,
+) -> (Vec<T>, Vec<T>) {
+    let Dims { n, l, dv, .. } = d;
+    let rb = rows_per_block(n, l);
+    let mut stats = super::zeros(d.slices() * n * 2);
+    let mut y = super::zeros(d.slices() * n * dv);
+    let yp = SharedMut::new(&mut y);
+    stats.par_chunks_mut(n * 2).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(z, scratch), (s, st)| {
+            for r0 in (0..n).step_by(rb) {
+                let r = rb.min(n - r0);
+                z.resize(r * l, T::zero());
+                let st = Some(&mut st[2 * r0..2 * (r0 + r)]);
+                // SAFETY: `z` holds r·L elements; slice s writes only its own rows of y.
+                unsafe {
+                    let zp = z.as_mut_ptr();
+                    attend_rows(
+                        (q, k, v),
+                        d,
+                        (s, r0, r),
+                        zp,
+                        scale,
+                        bias,
+                        keep,
+                        st,
+                        scratch,
+                        yp,
+                    )
+                }
+            }
+        },
+    );
+    (y, stats)
 }
 
 /// `product` into (or, when it accumulates, onto) the slice `view` of a shared output.
@@ -270,14 +378,16 @@ fn backward<T: Real>(
     q: &[T],
     k: &[T],
     v: &[T],
-    w: &[T],
     y: &[T],
     g: &[T],
     d: Dims,
     scale: T,
     keep: Option<&[f32]>,
+    saved: Saved<'_, T>,
 ) -> Grads<T> {
-    let Dims { n, l, dk, dv, .. } = d;
+    let Dims {
+        h, n, l, dk, dv, ..
+    } = d;
     let mut dq = super::zeros(q.len());
     let mut dkv = super::zeros(k.len());
     let mut dvv = super::zeros(v.len());
@@ -287,15 +397,14 @@ fn backward<T: Real>(
         SharedMut::new(&mut dvv),
     );
     (0..d.slices()).into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new(), Vec::new()),
-        |(gw, wd, c), s| {
+        || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        |(gw, wd, c, wbuf), s| {
             let (qv, kv, vv, yv) = (
                 d.view(s, n, dk),
                 d.view(s, l, dk),
                 d.view(s, l, dv),
                 d.view(s, n, dv),
             );
-            let ws = &w[s * n * l..(s + 1) * n * l];
             c.clear();
             c.extend((0..n).map(|i| {
                 let o = yv.off + i * yv.rs;
@@ -307,7 +416,24 @@ fn backward<T: Real>(
                 for c0 in (0..l).step_by(TILE) {
                     let cc = TILE.min(l - c0);
                     let (ks, vs) = (&k[kv.off + c0 * kv.rs..], &v[vv.off + c0 * vv.rs..]);
-                    let wt = &ws[r0 * l + c0..];
+                    // the tile of weights: stored, or rebuilt from the rows' statistics
+                    let (wt, wt_rs): (&[T], usize) = match saved {
+                        Saved::Weights(w) => (&w[s * n * l + r0 * l + c0..], l),
+                        Saved::RowStats(st, bias) => {
+                            wbuf.resize(r * cc, T::zero());
+                            Gemm::new((r, cc, dk), Mat::rows(qs, qv.rs), Mat::rows(ks, kv.rs).t())
+                                .scale(scale)
+                                .run(wbuf, cc, 1);
+                            let o = s * n * 2 + r0 * 2;
+                            super::wide::softmax_recompute(
+                                wbuf,
+                                cc,
+                                bias.map(|b| &b[(s / h) * l + c0..(s / h) * l + c0 + cc]),
+                                &st[o..o + 2 * r],
+                            );
+                            (wbuf, cc)
+                        }
+                    };
                     // g_w = g_r·v_cᵀ (r × cc, contiguous; the gemm overwrites every element,
                     // so the buffer is only zero-filled when it grows)
                     gw.resize(r * cc, T::zero());
@@ -319,7 +445,7 @@ fn backward<T: Real>(
                             wd.clear();
                             for i in 0..r {
                                 let o = s * n * l + (r0 + i) * l + c0;
-                                let (kr, wr) = (&kp[o..o + cc], &wt[i * l..i * l + cc]);
+                                let (kr, wr) = (&kp[o..o + cc], &wt[i * wt_rs..i * wt_rs + cc]);
                                 for (x, &kk) in gw[i * cc..(i + 1) * cc].iter_mut().zip(kr) {
                                     *x *= T::from_f64(kk as f64);
                                 }
@@ -327,7 +453,7 @@ fn backward<T: Real>(
                             }
                             (wd, cc)
                         }
-                        None => (wt, l),
+                        None => (wt, wt_rs),
                     };
                     let (acc_r, acc_c) = (r0 > 0, c0 > 0);
                     // SAFETY (all three): slice s writes only its own rows × columns (see
@@ -349,7 +475,7 @@ fn backward<T: Real>(
                     // dz = w ⊙ (g_w − c), in place
                     for i in 0..r {
                         let ci = c[r0 + i];
-                        let wr = &wt[i * l..i * l + cc];
+                        let wr = &wt[i * wt_rs..i * wt_rs + cc];
                         for (x, &wv) in gw[i * cc..(i + 1) * cc].iter_mut().zip(wr) {
                             *x = wv * (*x - ci);
                         }
@@ -393,14 +519,21 @@ impl Attention {
         d: Dims,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let keep = self.keep.as_deref().map(|k| k.as_slice());
-        let (y, w) = match &self.bias {
-            Some(b) => with_data::<T, _>(b, |bd| {
-                Ok(forward(q, k, v, d, T::from_f64(self.scale), Some(bd), keep))
-            })?,
-            None => forward(q, k, v, d, T::from_f64(self.scale), None, keep),
+        let scale = T::from_f64(self.scale);
+        let run = |bias: Option<&[T]>| {
+            if self.keep_weights {
+                forward(q, k, v, d, scale, bias, keep)
+            } else {
+                forward_stats(q, k, v, d, scale, bias, keep)
+            }
         };
-        let w = Tensor::from_vec(w, (d.b, d.h, d.n, d.l), &candle_core::Device::Cpu)?;
-        *self.weights.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+        let (y, saved) = match &self.bias {
+            Some(b) => with_data::<T, _>(b, |bd| Ok(run(Some(bd))))?,
+            None => run(None),
+        };
+        let cols = if self.keep_weights { d.l } else { 2 };
+        let saved = Tensor::from_vec(saved, (d.b, d.h, d.n, cols), &candle_core::Device::Cpu)?;
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(saved);
         Ok((T::to_cpu_storage_owned(y), d.y_shape()))
     }
 
@@ -413,29 +546,39 @@ impl Attention {
         g: &Tensor,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let d = dims(self.layout, q.shape(), k.shape(), v.shape())?;
-        let w = self
-            .weights
+        let saved = self
+            .saved
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| candle_core::Error::Msg("fused attention: no forward pass".into()))?;
         let keep = self.keep.as_deref().map(|k| k.as_slice());
+        // the key bias `[B, L]` is only read when the weights are rebuilt
+        let bias: Option<Vec<T>> = match (&self.bias, self.keep_weights) {
+            (Some(b), false) => Some(with_data::<T, _>(b, |bd| Ok(bd.to_vec()))?),
+            _ => None,
+        };
         let gr = with_data::<T, _>(q, |qd| {
             with_data::<T, _>(k, |kd| {
                 with_data::<T, _>(v, |vd| {
-                    with_data::<T, _>(&w, |wd| {
+                    with_data::<T, _>(&saved, |sd| {
+                        let saved = if self.keep_weights {
+                            Saved::Weights(sd)
+                        } else {
+                            Saved::RowStats(sd, bias.as_deref())
+                        };
                         with_data::<T, _>(y, |yd| {
                             with_data::<T, _>(g, |gd| {
                                 Ok(backward(
                                     qd,
                                     kd,
                                     vd,
-                                    wd,
                                     yd,
                                     gd,
                                     d,
                                     T::from_f64(self.scale),
                                     keep,
+                                    saved,
                                 ))
                             })
                         })
@@ -495,9 +638,10 @@ impl CustomOp3 for Attention {
 /// y `[B, h, n, d_v]`; with [`HeadLayout::Merged`]: q `[B, n, h·d_k]`, k `[B, L, h·d_k]`,
 /// v `[B, L, h·d_v]` → y `[B, n, h·d_v]`. `bias` is a constant `[B, 1, 1, L]` (or `[B, L]`) key
 /// bias; `keep` a dropout keep-mask of `B·h·n·L` values (`0` or `1/(1−p)`). The weights
-/// `[B, h, n, L]` come back detached (no gradient flows through them). Returns `None` when the
-/// kernel does not apply (not CPU f32/f64, switched off, or shapes it does not handle), so that
-/// the caller can take its composite path.
+/// `[B, h, n, L]` come back detached (no gradient flows through them), and the backward
+/// reads them. Returns `None` when the kernel does not apply (not CPU f32/f64, switched off,
+/// or shapes it does not handle), so that the caller can take its composite path. A caller
+/// that does not need the weights should call [`attention_values`].
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -507,6 +651,43 @@ pub fn attention(
     bias: Option<&Tensor>,
     keep: Option<Vec<f32>>,
 ) -> candle_core::Result<Option<(Tensor, Tensor)>> {
+    match run(q, k, v, layout, scale, bias, keep, true)? {
+        Some((y, Some(w))) => Ok(Some((y, w))),
+        Some((_, None)) => Err(candle_core::Error::Msg(
+            "fused attention: the weights were not kept".into(),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// [`attention`]'s output alone, without the `B·h·n·L` weights: the forward keeps each
+/// row's maximum and inverse sum (`2·B·h·n` values) and the backward rebuilds each tile of
+/// weights from them (one more `q·kᵀ` product per tile and an `exp` per weight) while the
+/// tile is in cache. The output and the gradients are [`attention`]'s, bit for bit; the
+/// saving is the weights' memory (64 MiB per call at B·h·n·L = 2²⁴ in f32) and its traffic.
+pub fn attention_values(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+    scale: f64,
+    bias: Option<&Tensor>,
+    keep: Option<Vec<f32>>,
+) -> candle_core::Result<Option<Tensor>> {
+    Ok(run(q, k, v, layout, scale, bias, keep, false)?.map(|(y, _)| y))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+    scale: f64,
+    bias: Option<&Tensor>,
+    keep: Option<Vec<f32>>,
+    keep_weights: bool,
+) -> candle_core::Result<Option<(Tensor, Option<Tensor>)>> {
     let rank = match layout {
         HeadLayout::Split => 4,
         HeadLayout::Merged { .. } => 3,
@@ -539,21 +720,25 @@ pub fn attention(
     {
         return Ok(None);
     }
-    let weights = Arc::new(Mutex::new(None));
+    let saved = Arc::new(Mutex::new(None));
     let op = Attention {
         layout,
         scale,
         bias,
         keep: keep.map(Arc::new),
-        weights: weights.clone(),
+        keep_weights,
+        saved: saved.clone(),
     };
     let y = q
         .contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?;
-    let w = weights
+    if !keep_weights {
+        return Ok(Some((y, None)));
+    }
+    let w = saved
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone()
         .ok_or_else(|| candle_core::Error::Msg("fused attention: no weights".into()))?;
-    Ok(Some((y, w)))
+    Ok(Some((y, Some(w))))
 }

@@ -3,6 +3,8 @@
 //! - [`attention`]: `drop(softmax(s·q·kᵀ + bias))·v` per (batch, head) slice, gemm → softmax
 //!   → gemm while the slice's logits are in cache, reading the heads in place from the
 //!   model-dimension layout ([`HeadLayout::Merged`]) so that no head split or merge is copied;
+//!   [`attention_values`] the same without keeping the `B·h·n·L` weights (the backward
+//!   rebuilds them tile by tile from each row's maximum and sum);
 //! - [`linear`] and [`ffn`]: `x·Wᵀ + b` as one gemm over all rows, and the whole feed-forward
 //!   network (both layers, GELU, hidden dropout) as one op;
 //! - [`conv_time`] / [`conv_time_merged`]: ConvLuna's stride-1 time filter (the latter on the
@@ -66,7 +68,7 @@ mod pool;
 mod softmax;
 mod wide;
 
-pub use attention::{attention, HeadLayout};
+pub use attention::{attention, attention_values, HeadLayout};
 pub use conv::{conv_time, conv_time_merged, conv_window_merged};
 pub use ffn::ffn;
 pub use gelu::bias_gelu;

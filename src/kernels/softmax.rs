@@ -41,7 +41,7 @@ fn forward<T: Real>(x: &[T], n: usize, scale: T, bias: Option<(&[T], usize)>) ->
                         }
                     }
                 }
-                super::wide::softmax_rows(yr, n, None);
+                super::wide::softmax_rows(yr, n, None, None);
             }
         });
     y

@@ -105,16 +105,20 @@ unsafe fn avx2<L: Loop>(l: L) {
 
 /// The attention's softmax over rows of `l` logits, in place: `z ← softmax(z + bias)` with
 /// the row maximum subtracted first. Its maximum and sum are [`super::max`] and
-/// [`super::sum`] with their eight fixed lanes, so every width adds in the same order.
+/// [`super::sum`] with their eight fixed lanes, so every width adds in the same order. With
+/// `stats`, each row's maximum `μ` and inverse sum `1/Σ` are written there (two values per
+/// row), so that [`SoftmaxRecompute`] can rebuild any part of a row bit for bit.
 pub(crate) struct SoftmaxRows<'a, T> {
     pub(crate) z: &'a mut [T],
     pub(crate) l: usize,
     pub(crate) bias: Option<&'a [T]>,
+    pub(crate) stats: Option<&'a mut [T]>,
 }
 
 impl<T: Real> Loop for SoftmaxRows<'_, T> {
     #[inline(always)]
     fn run(self) {
+        let mut stats = self.stats.map(|s| s.chunks_exact_mut(2));
         for row in self.z.chunks_mut(self.l.max(1)) {
             if let Some(b) = self.bias {
                 for (x, &bb) in row.iter_mut().zip(b) {
@@ -129,14 +133,71 @@ impl<T: Real> Loop for SoftmaxRows<'_, T> {
             for x in row.iter_mut() {
                 *x *= inv;
             }
+            if let Some(st) = stats.as_mut().and_then(|s| s.next()) {
+                st[0] = mx;
+                st[1] = inv;
+            }
         }
     }
 }
 
 /// Adds the bias row, then turns each row of `z` (rows of `l`) into its softmax:
-/// [`SoftmaxRows`] at this process's [`level`].
-pub(crate) fn softmax_rows<T: Real>(z: &mut [T], l: usize, bias: Option<&[T]>) {
-    wide(SoftmaxRows { z, l, bias })
+/// [`SoftmaxRows`] at this process's [`level`]; with `stats`, also each row's `(μ, 1/Σ)`.
+pub(crate) fn softmax_rows<T: Real>(
+    z: &mut [T],
+    l: usize,
+    bias: Option<&[T]>,
+    stats: Option<&mut [T]>,
+) {
+    wide(SoftmaxRows { z, l, bias, stats })
+}
+
+/// Rebuilds a block of softmax weights from its logits and its rows' statistics, in place:
+/// `z_ij ← exp(z_ij + bias_j − μ_i) · (1/Σ)_i` over rows of `cols` values (`stats` holds
+/// `(μ_i, (1/Σ)_i)` per row, from [`SoftmaxRows`]). Each element goes through the same IEEE
+/// operations as in [`SoftmaxRows`], so the weights are the forward's, bit for bit, whatever
+/// block of the row they are rebuilt in.
+pub(crate) struct SoftmaxRecompute<'a, T> {
+    pub(crate) z: &'a mut [T],
+    pub(crate) cols: usize,
+    pub(crate) bias: Option<&'a [T]>,
+    pub(crate) stats: &'a [T],
+}
+
+impl<T: Real> Loop for SoftmaxRecompute<'_, T> {
+    #[inline(always)]
+    fn run(self) {
+        for (row, st) in self
+            .z
+            .chunks_mut(self.cols.max(1))
+            .zip(self.stats.chunks_exact(2))
+        {
+            if let Some(b) = self.bias {
+                for (x, &bb) in row.iter_mut().zip(b) {
+                    *x += bb;
+                }
+            }
+            let (mx, inv) = (st[0], st[1]);
+            for x in row.iter_mut() {
+                *x = (*x - mx).exp_fast() * inv;
+            }
+        }
+    }
+}
+
+/// [`SoftmaxRecompute`] at this process's [`level`].
+pub(crate) fn softmax_recompute<T: Real>(
+    z: &mut [T],
+    cols: usize,
+    bias: Option<&[T]>,
+    stats: &[T],
+) {
+    wide(SoftmaxRecompute {
+        z,
+        cols,
+        bias,
+        stats,
+    })
 }
 
 /// `y ← GELU(h + b)` over rows of `b.len()` values.
@@ -400,10 +461,48 @@ mod tests {
                         z: &mut z,
                         l: 37,
                         bias,
+                        stats: None,
                     },
                 );
                 z
             });
+            // rebuilt from the row statistics in blocks of 5 columns (ragged last block), at
+            // every width, equal to the whole-row softmax at the baseline width
+            let z0: Vec<f32> = x[..n].iter().map(|v| v.clamp(-80.0, 80.0)).collect();
+            let rows = n / 37;
+            let (mut whole, mut stats) = (z0[..rows * 37].to_vec(), vec![0f32; 2 * rows]);
+            at(
+                Level::Base,
+                SoftmaxRows {
+                    z: &mut whole,
+                    l: 37,
+                    bias,
+                    stats: Some(&mut stats),
+                },
+            );
+            for l in [Level::Base, Level::Avx2, Level::Avx512] {
+                let mut rebuilt = vec![0f32; rows * 37];
+                for c0 in (0..37).step_by(5) {
+                    let cc = 5.min(37 - c0);
+                    let mut blk: Vec<f32> = (0..rows)
+                        .flat_map(|i| z0[i * 37 + c0..i * 37 + c0 + cc].to_vec())
+                        .collect();
+                    at(
+                        l,
+                        SoftmaxRecompute {
+                            z: &mut blk,
+                            cols: cc,
+                            bias: bias.map(|b| &b[c0..c0 + cc]),
+                            stats: &stats,
+                        },
+                    );
+                    for i in 0..rows {
+                        rebuilt[i * 37 + c0..i * 37 + c0 + cc]
+                            .copy_from_slice(&blk[i * cc..(i + 1) * cc]);
+                    }
+                }
+                assert_eq!(bits(&rebuilt), bits(&whole), "softmax rebuilt at {l:?}");
+            }
         }
         // and the entry point the kernels call, at this process's level
         let mut z: Vec<f32> = x[..n].iter().map(|v| v.clamp(-80.0, 80.0)).collect();
@@ -412,6 +511,7 @@ mod tests {
             z: &mut z,
             l: 37,
             bias: None,
+            stats: None,
         });
         at(
             Level::Base,
@@ -419,6 +519,7 @@ mod tests {
                 z: &mut base,
                 l: 37,
                 bias: None,
+                stats: None,
             },
         );
         assert_eq!(bits(&z), bits(&base), "softmax rows at {:?}", level());

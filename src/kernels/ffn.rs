@@ -3,8 +3,7 @@
 //!
 //! Each bias rides along as the last column of its weight (`[W₁ | b₁]` `[f, d+1]`,
 //! `[W₂ | b₂]` `[d, f+1]`, built by the caller with a cheap `cat`, whose backward hands the
-//! gradients back to W and b). The op keeps the pre-activation `z` and the (dropped-out)
-//! activation `a` for the backward:
+//! gradients back to W and b). The backward is
 //!
 //! ```text
 //! g_a = g·W₂ ⊙ keep,  dW₂ = gᵀ·a,  db₂ = Σ g,  dz = g_a ⊙ GELU′(z),
@@ -13,9 +12,14 @@
 //!
 //! As one node in Candle's graph instead of three (fc1, bias + GELU, fc2), the two `[N, f]`
 //! intermediates cost no gradient-accumulation passes (a zero fill and an add each, four
-//! times the size of the block's `[N, d]` tensors).
+//! times the size of the block's `[N, d]` tensors). Nor are they stored: both passes run in
+//! blocks of rows with `z` and `a` in per-block buffers, and the backward recomputes fc1 and
+//! the GELU of each block (one more `N·d·f` product) instead of keeping `2·N·f` values
+//! (64 MiB per layer at N = 16,384, f = 512 in f32) from the forward to the backward. The
+//! weight gradients add their row blocks in the order of one gemm over all rows (see
+//! [`super::matmul`]), so the results are those of the unblocked computation, bit for bit.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType,
@@ -23,15 +27,14 @@ use candle_core::{
 use rayon::prelude::*;
 
 use super::wide::{wide, GeluKeep, GeluKeepGrad};
-use super::{rows_per_task, slice, with_data, zeros, Gemm, Mat, Real};
+use super::linear::{column_sums, ColumnSums};
+use super::{rows_per_task, slice, with_data, zeros, Gemm, Mat, Real, KC};
 
 #[derive(Debug)]
 struct Ffn {
     threads: usize,
     /// Dropout keep-mask (`0` or `1/(1−p)`) over the `[N, f]` activation.
     keep: Option<Arc<Vec<f32>>>,
-    /// `(z, a)` of the forward pass, `[N, f]` each.
-    saved: Mutex<Option<(Tensor, Tensor)>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -58,50 +61,73 @@ fn dims(x: &Shape, w1: &Shape, w2: &Shape) -> candle_core::Result<Dims> {
     })
 }
 
-/// `lhs·Wᵀ + b` for `wb = [W | b]` `[out, inp+1]`.
-fn affine<T: Real>(
+/// Rows per task of the forward (each row is computed on its own: any blocking gives the
+/// same bits).
+const FWD_ROWS: usize = 128;
+
+/// Rows per block of the backward: [`KC`], so that the weight gradients, sums over all rows
+/// accumulated block after block, add the depth blocks one gemm over all the rows would add,
+/// in the same order — the same bits.
+const BWD_ROWS: usize = KC;
+
+/// `z = lhs·Wᵀ + b` for `wb = [W | b]` `[out, inp+1]`, into `z` (`rows × out`).
+fn affine_into<T: Real>(
+    z: &mut [T],
     lhs: &[T],
     wb: &[T],
-    rows: usize,
-    inp: usize,
-    out: usize,
+    (rows, inp, out): (usize, usize, usize),
     threads: usize,
-) -> Vec<T> {
+) {
     let bias: Vec<T> = (0..out).map(|j| wb[j * (inp + 1) + inp]).collect();
-    super::linear::forward(lhs, wb, inp + 1, Some(&bias), rows, inp, out, threads)
+    super::linear::forward_into(z, lhs, wb, inp + 1, &bias, (rows, inp, out), threads)
 }
 
-/// Column sums of a `rows × cols` matrix into column `col` of a `cols × (ld)` matrix.
-fn column_sums_into<T: Real>(g: &[T], cols: usize, dst: &mut [T], ld: usize, col: usize) {
-    let sums = super::linear::column_sums(g, cols);
-    for (j, s) in sums.into_iter().enumerate() {
-        dst[j * ld + col] = s;
+/// `a = GELU(z) ⊙ keep` over `rows × f` (`keep` starting at the block's first row), in
+/// parallel tasks when `par`.
+fn gelu_keep<T: Real>(a: &mut [T], z: &[T], keep: Option<&[f32]>, f: usize, par: bool) {
+    if !par {
+        return wide(GeluKeep { a, z, keep });
     }
+    let rpt = rows_per_task(f);
+    a.par_chunks_mut(f * rpt)
+        .zip(z.par_chunks(f * rpt))
+        .enumerate()
+        .for_each(|(ci, (a, z))| {
+            let keep = keep.map(|k| &k[ci * f * rpt..]);
+            wide(GeluKeep { a, z, keep })
+        });
 }
 
 impl Ffn {
+    /// Tasks of [`FWD_ROWS`] rows run fc1 → GELU → fc2 with the `[rows, f]` intermediates in
+    /// a per-task buffer; nothing is kept for the backward but the op's inputs.
     fn fwd<T: Real>(&self, x: &[T], w1: &[T], w2: &[T], dm: Dims) -> candle_core::Result<Vec<T>> {
         let Dims { rows, d, f } = dm;
-        let z = affine(x, w1, rows, d, f, self.threads);
-        let mut a = zeros(rows * f);
         let keep = self.keep.as_deref().map(|k| k.as_slice());
-        let rpt = rows_per_task(f);
-        a.par_chunks_mut(f * rpt)
-            .zip(z.par_chunks(f * rpt))
-            .enumerate()
-            .for_each(|(ci, (a, z))| {
-                let keep = keep.map(|k| &k[ci * f * rpt..]);
-                wide(GeluKeep { a, z, keep })
-            });
-        let y = affine(&a, w2, rows, f, d, self.threads);
-        let cpu = candle_core::Device::Cpu;
-        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some((
-            Tensor::from_vec(z, rows * f, &cpu)?,
-            Tensor::from_vec(a, rows * f, &cpu)?,
-        ));
+        let mut y = zeros(rows * d);
+        y.par_chunks_mut(FWD_ROWS * d).enumerate().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(z, a), (bi, yb)| {
+                let (r0, r) = (bi * FWD_ROWS, yb.len() / d);
+                z.resize(r * f, T::zero());
+                a.resize(r * f, T::zero());
+                affine_into(z, &x[r0 * d..(r0 + r) * d], w1, (r, d, f), 1);
+                gelu_keep(a, z, keep.map(|k| &k[r0 * f..]), f, false);
+                affine_into(yb, a, w2, (r, f, d), 1);
+            },
+        );
         Ok(y)
     }
 
+    /// Blocks of [`BWD_ROWS`] rows, one after another: fc1 and GELU recomputed (the same bits
+    /// as the forward's), then
+    ///
+    /// ```text
+    /// dW₂ += g_bᵀ·a_b,  g_a = g_b·W₂,  dz = g_a ⊙ keep ⊙ GELU′(z),  db₁ += Σ dz,
+    /// dW₁ += dz_bᵀ·x_b,  dx_b = dz·W₁
+    /// ```
+    ///
+    /// with the `[rows, f]` intermediates only ever one block long.
     #[allow(clippy::type_complexity)]
     fn bwd_t<T: Real>(
         &self,
@@ -113,48 +139,55 @@ impl Ffn {
         let dm = dims(x.shape(), w1.shape(), w2.shape())?;
         let Dims { rows, d, f } = dm;
         let threads = self.threads;
-        let (z, a) = self
-            .saved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| candle_core::Error::Msg("fused ffn: no forward pass".into()))?;
         let keep = self.keep.as_deref().map(|k| k.as_slice());
         let (dx, dw1, dw2) = with_data::<T, _>(g, |gd| {
             with_data::<T, _>(x, |xd| {
                 with_data::<T, _>(w1, |w1d| {
                     with_data::<T, _>(w2, |w2d| {
-                        with_data::<T, _>(&z, |zd| {
-                            with_data::<T, _>(&a, |ad| {
-                                // [dW₂ | db₂]
-                                let mut dw2 = vec![T::zero(); d * (f + 1)];
-                                Gemm::new((d, f, rows), Mat::rows(gd, d).t(), Mat::rows(ad, f))
-                                    .run(&mut dw2, f + 1, threads);
-                                column_sums_into(gd, d, &mut dw2, f + 1, f);
-                                // g_a = g·W₂, then dz = g_a ⊙ keep ⊙ GELU′(z) in place
-                                let mut dz = zeros(rows * f);
-                                Gemm::new((rows, f, d), Mat::rows(gd, d), Mat::rows(w2d, f + 1))
-                                    .run(&mut dz, f, threads);
-                                let rpt = rows_per_task(f);
-                                dz.par_chunks_mut(f * rpt)
-                                    .zip(zd.par_chunks(f * rpt))
-                                    .enumerate()
-                                    .for_each(|(ci, (dz, z))| {
-                                        let keep = keep.map(|k| &k[ci * f * rpt..]);
-                                        wide(GeluKeepGrad { dz, z, keep })
-                                    });
-                                // [dW₁ | db₁]
-                                let mut dw1 = vec![T::zero(); f * (d + 1)];
-                                Gemm::new((f, d, rows), Mat::rows(&dz, f).t(), Mat::rows(xd, d))
-                                    .run(&mut dw1, d + 1, threads);
-                                column_sums_into(&dz, f, &mut dw1, d + 1, d);
-                                // dx = dz·W₁
-                                let mut dx = zeros(rows * d);
-                                Gemm::new((rows, d, f), Mat::rows(&dz, f), Mat::rows(w1d, d + 1))
-                                    .run(&mut dx, d, threads);
-                                Ok((dx, dw1, dw2))
-                            })
-                        })
+                        let mut dw1 = vec![T::zero(); f * (d + 1)];
+                        let mut dw2 = vec![T::zero(); d * (f + 1)];
+                        let mut dx = zeros(rows * d);
+                        let block = BWD_ROWS.min(rows) * f;
+                        let (mut z, mut a, mut dz) = (zeros(block), zeros(block), zeros(block));
+                        let mut db1 = ColumnSums::new(f);
+                        for r0 in (0..rows).step_by(BWD_ROWS) {
+                            let r = BWD_ROWS.min(rows - r0);
+                            let (xb, gb) = (&xd[r0 * d..(r0 + r) * d], &gd[r0 * d..(r0 + r) * d]);
+                            let (z, a, dz) = (&mut z[..r * f], &mut a[..r * f], &mut dz[..r * f]);
+                            let keep = keep.map(|k| &k[r0 * f..(r0 + r) * f]);
+                            affine_into(z, xb, w1d, (r, d, f), threads);
+                            gelu_keep(a, z, keep, f, true);
+                            // [dW₂ | ·] (+)= g_bᵀ·a_b
+                            Gemm::new((d, f, r), Mat::rows(gb, d).t(), Mat::rows(a, f))
+                                .accumulate(r0 > 0)
+                                .run(&mut dw2, f + 1, threads);
+                            // g_a = g_b·W₂, then dz = g_a ⊙ keep ⊙ GELU′(z) in place
+                            Gemm::new((r, f, d), Mat::rows(gb, d), Mat::rows(w2d, f + 1))
+                                .run(dz, f, threads);
+                            let rpt = rows_per_task(f);
+                            dz.par_chunks_mut(f * rpt)
+                                .zip(z.par_chunks(f * rpt))
+                                .enumerate()
+                                .for_each(|(ci, (dz, z))| {
+                                    let keep = keep.map(|k| &k[ci * f * rpt..]);
+                                    wide(GeluKeepGrad { dz, z, keep })
+                                });
+                            db1.push(dz);
+                            // [dW₁ | ·] (+)= dz_bᵀ·x_b
+                            Gemm::new((f, d, r), Mat::rows(dz, f).t(), Mat::rows(xb, d))
+                                .accumulate(r0 > 0)
+                                .run(&mut dw1, d + 1, threads);
+                            // dx_b = dz·W₁
+                            Gemm::new((r, d, f), Mat::rows(dz, f), Mat::rows(w1d, d + 1))
+                                .run(&mut dx[r0 * d..(r0 + r) * d], d, threads);
+                        }
+                        for (j, s) in db1.finish().into_iter().enumerate() {
+                            dw1[j * (d + 1) + d] = s;
+                        }
+                        for (j, s) in column_sums(gd, d).into_iter().enumerate() {
+                            dw2[j * (f + 1) + f] = s;
+                        }
+                        Ok((dx, dw1, dw2))
                     })
                 })
             })
@@ -225,8 +258,8 @@ pub fn ffn(
         return Ok(None);
     }
     let dm = match dims(x.shape(), w1b.shape(), w2b.shape()) {
-        Ok(dm) => dm,
-        Err(_) => return Ok(None),
+        Ok(dm) if dm.rows * dm.d * dm.f > 0 => dm,
+        _ => return Ok(None),
     };
     if keep.as_ref().is_some_and(|k| k.len() != dm.rows * dm.f) {
         return Ok(None);
@@ -234,7 +267,6 @@ pub fn ffn(
     let op = Ffn {
         threads: candle_core::utils::get_num_threads(),
         keep: keep.map(Arc::new),
-        saved: Mutex::new(None),
     };
     Ok(Some(x.contiguous()?.apply_op3(
         &w1b.contiguous()?,

@@ -58,10 +58,34 @@ pub(crate) fn forward<T: Real>(
     y
 }
 
-/// Column sums of a `rows × cols` matrix.
+/// [`forward`] with a bias, into `y` (`rows × out`, overwritten): the same bits.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_into<T: Real>(
+    y: &mut [T],
+    x: &[T],
+    w: &[T],
+    w_rs: usize,
+    b: &[T],
+    (rows, inp, out): (usize, usize, usize),
+    threads: usize,
+) {
+    for row in y[..rows * out].chunks_mut(out.max(1)) {
+        row.copy_from_slice(b);
+    }
+    Gemm::new((rows, out, inp), Mat::rows(x, inp), Mat::rows(w, w_rs).t())
+        .accumulate(true)
+        .run(y, out, threads);
+}
+
+/// Rows in each part of [`column_sums`].
+fn part_rows(cols: usize) -> usize {
+    (65536 / cols.max(1)).max(1)
+}
+
+/// Column sums of a `rows × cols` matrix: parts of [`part_rows`] rows, each summed row after
+/// row (in parallel), then added up in order.
 pub(crate) fn column_sums<T: Real>(g: &[T], cols: usize) -> Vec<T> {
-    let chunk_rows = (65536 / cols.max(1)).max(1);
-    let parts = g.par_chunks(chunk_rows * cols).map(|c| {
+    let parts = g.par_chunks(part_rows(cols) * cols).map(|c| {
         let mut acc = vec![T::zero(); cols];
         for row in c.chunks(cols) {
             for (a, &v) in acc.iter_mut().zip(row) {
@@ -71,6 +95,57 @@ pub(crate) fn column_sums<T: Real>(g: &[T], cols: usize) -> Vec<T> {
         acc
     });
     super::ordered_sum(parts, cols)
+}
+
+/// [`column_sums`] over rows that arrive block by block (blocks of any sizes): the same
+/// parts, summed in the same order, so the same bits as one call over all the rows.
+pub(crate) struct ColumnSums<T> {
+    cols: usize,
+    part_rows: usize,
+    in_part: usize,
+    part: Vec<T>,
+    total: Vec<T>,
+}
+
+impl<T: Real> ColumnSums<T> {
+    pub(crate) fn new(cols: usize) -> Self {
+        Self {
+            cols,
+            part_rows: part_rows(cols),
+            in_part: 0,
+            part: vec![T::zero(); cols],
+            total: vec![T::zero(); cols],
+        }
+    }
+
+    /// Adds the rows of a `rows × cols` block.
+    pub(crate) fn push(&mut self, block: &[T]) {
+        for row in block.chunks(self.cols.max(1)) {
+            for (a, &v) in self.part.iter_mut().zip(row) {
+                *a += v;
+            }
+            self.in_part += 1;
+            if self.in_part == self.part_rows {
+                self.close_part();
+            }
+        }
+    }
+
+    fn close_part(&mut self) {
+        for (t, p) in self.total.iter_mut().zip(self.part.iter_mut()) {
+            *t += *p;
+            *p = T::zero();
+        }
+        self.in_part = 0;
+    }
+
+    /// The column sums of all the rows pushed.
+    pub(crate) fn finish(mut self) -> Vec<T> {
+        if self.in_part > 0 {
+            self.close_part();
+        }
+        self.total
+    }
 }
 
 impl Linear {

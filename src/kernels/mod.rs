@@ -74,7 +74,7 @@ pub use ffn::ffn;
 pub use gelu::bias_gelu;
 pub use layer_norm::{add_layer_norm, layer_norm};
 pub use linear::linear;
-pub(crate) use matmul::{Gemm, Mat};
+pub(crate) use matmul::{Gemm, Mat, KC};
 pub use pool::max_pool_merged;
 pub use softmax::{softmax_scaled, Scale};
 

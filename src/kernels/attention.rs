@@ -72,10 +72,14 @@ enum Saved<'a, T> {
     RowStats(&'a [T], Option<&'a [T]>),
 }
 
-/// Query rows per block of the forward that keeps only row statistics: blocks of about
-/// 64 Ki logits (256 KiB in f32, in a core's L2), at least 16 rows.
-fn rows_per_block(n: usize, l: usize) -> usize {
-    (65_536 / l.max(1)).max(16).min(n.max(1))
+/// Logits per block of the forward that keeps only row statistics (4 MiB in f32).
+const BLOCK_LOGITS: usize = 1 << 20;
+
+/// Query rows per block of that forward: all of a slice's rows when their logits fit in
+/// [`BLOCK_LOGITS`], else as many as fit (at least 16). Blocks are large because each one
+/// packs the whole key matrix for its `q·kᵀ` product again.
+fn rows_per_block(n: usize, l: usize, block_logits: usize) -> usize {
+    (block_logits / l.max(1)).max(16).min(n.max(1))
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -291,9 +295,10 @@ fn forward<T: Real>(
 }
 
 /// The forward that keeps no weights: per slice, blocks of query rows run `q·kᵀ` → softmax
-/// (recording each row's `(μ, 1/Σ)`) → `w·v` in a scratch buffer of about 64 Ki logits.
-/// Returns `(y, stats)`; `y` is [`forward`]'s bit for bit (each output element is the same
-/// fixed-order sum of the same products, see [`super::matmul`]).
+/// (recording each row's `(μ, 1/Σ)`) → `w·v` in a scratch buffer of up to `block_logits`
+/// ([`BLOCK_LOGITS`]). Returns `(y, stats)`; `y` is [`forward`]'s bit for bit (each output
+/// element is the same fixed-order sum of the same products, see [`super::matmul`]).
+#[allow(clippy::too_many_arguments)]
 fn forward_stats<T: Real>(
     q: &[T],
     k: &[T],
@@ -302,9 +307,10 @@ fn forward_stats<T: Real>(
     scale: T,
     bias: Option<&[T]>,
     keep: Option<&[f32]>,
+    block_logits: usize,
 ) -> (Vec<T>, Vec<T>) {
     let Dims { n, l, dv, .. } = d;
-    let rb = rows_per_block(n, l);
+    let rb = rows_per_block(n, l, block_logits);
     let mut stats = super::zeros(d.slices() * n * 2);
     let mut y = super::zeros(d.slices() * n * dv);
     let yp = SharedMut::new(&mut y);
@@ -524,7 +530,7 @@ impl Attention {
             if self.keep_weights {
                 forward(q, k, v, d, scale, bias, keep)
             } else {
-                forward_stats(q, k, v, d, scale, bias, keep)
+                forward_stats(q, k, v, d, scale, bias, keep, BLOCK_LOGITS)
             }
         };
         let (y, saved) = match &self.bias {
@@ -741,4 +747,69 @@ fn run(
         .clone()
         .ok_or_else(|| candle_core::Error::Msg("fused attention: no weights".into()))?;
     Ok(Some((y, Some(w))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        super::super::test_data::<f32>(n, seed)
+            .iter()
+            .map(|v| 2.0 * v)
+            .collect()
+    }
+
+    /// The forward that keeps row statistics, in blocks of rows of every size (several
+    /// blocks, a ragged last one), gives the forward's output bit for bit, and the backward
+    /// from the statistics the backward from the weights, with a bias and a keep-mask.
+    #[test]
+    fn row_statistics_rebuild_the_weights_bit_for_bit() {
+        for (merged, n, l) in [(false, 70, 300), (true, 53, 600)] {
+            let (b, h, dk, dv) = (2, 3, 5, 4);
+            let d = Dims {
+                b,
+                h,
+                n,
+                l,
+                dk,
+                dv,
+                merged,
+            };
+            let (q, k, v) = (
+                data(b * h * n * dk, 1),
+                data(b * h * l * dk, 2),
+                data(b * h * l * dv, 3),
+            );
+            let g = data(b * h * n * dv, 4);
+            let bias: Vec<f32> = (0..b * l)
+                .map(|i| if i % 7 == 3 { -1e9 } else { 0.0 })
+                .collect();
+            let keep: Vec<f32> = (0..b * h * n * l)
+                .map(|i| if i % 5 == 0 { 0.0 } else { 1.25 })
+                .collect();
+            let (bias, keep) = (Some(&bias[..]), Some(&keep[..]));
+            let (y, w) = forward(&q, &k, &v, d, 0.7, bias, keep);
+            let whole = backward(&q, &k, &v, &y, &g, d, 0.7, keep, Saved::Weights(&w));
+            for block_logits in [1, 16 * l + 1, 50 * l, BLOCK_LOGITS] {
+                let (ys, st) = forward_stats(&q, &k, &v, d, 0.7, bias, keep, block_logits);
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&ys), bits(&y), "y, {block_logits} logits a block");
+                let gs = backward(
+                    &q,
+                    &k,
+                    &v,
+                    &ys,
+                    &g,
+                    d,
+                    0.7,
+                    keep,
+                    Saved::RowStats(&st, bias),
+                );
+                assert_eq!(bits(&gs.dq), bits(&whole.dq), "dq");
+                assert_eq!(bits(&gs.dk), bits(&whole.dk), "dk");
+                assert_eq!(bits(&gs.dv), bits(&whole.dv), "dv");
+            }
+        }
+    }
 }

@@ -26,8 +26,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use super::wide::{wide, GeluKeep, GeluKeepGrad};
 use super::linear::{column_sums, ColumnSums};
+use super::wide::{wide, GeluKeep, GeluKeepGrad};
 use super::{rows_per_task, slice, with_data, zeros, Gemm, Mat, Real, KC};
 
 #[derive(Debug)]
@@ -178,8 +178,11 @@ impl Ffn {
                                 .accumulate(r0 > 0)
                                 .run(&mut dw1, d + 1, threads);
                             // dx_b = dz·W₁
-                            Gemm::new((r, d, f), Mat::rows(dz, f), Mat::rows(w1d, d + 1))
-                                .run(&mut dx[r0 * d..(r0 + r) * d], d, threads);
+                            Gemm::new((r, d, f), Mat::rows(dz, f), Mat::rows(w1d, d + 1)).run(
+                                &mut dx[r0 * d..(r0 + r) * d],
+                                d,
+                                threads,
+                            );
                         }
                         for (j, s) in db1.finish().into_iter().enumerate() {
                             dw1[j * (d + 1) + d] = s;
@@ -273,4 +276,97 @@ pub fn ffn(
         &w2b.contiguous()?,
         op,
     )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::super::test_data as data;
+
+    /// The blocked forward and backward against the same formulas over all rows at once
+    /// (whole-matrix gemms, [`column_sums`]), bit for bit: rows spanning several blocks of
+    /// both passes with a ragged last one, with and without a keep-mask.
+    #[test]
+    fn blocks_of_rows_give_the_unblocked_bits() {
+        let (rows, d, f) = (2 * BWD_ROWS + 77, 24, 40);
+        let cpu = candle_core::Device::Cpu;
+        let (x, w1, w2, g) = (
+            data::<f32>(rows * d, 1),
+            data(f * (d + 1), 2),
+            data(d * (f + 1), 3),
+            data(rows * d, 4),
+        );
+        let mask: Vec<f32> = (0..rows * f)
+            .map(|i| if i % 3 == 0 { 0.0 } else { 1.5 })
+            .collect();
+        for keep in [None, Some(mask)] {
+            let op = Ffn {
+                threads: 2,
+                keep: keep.clone().map(Arc::new),
+            };
+            let dm = Dims { rows, d, f };
+            let y = op.fwd(&x, &w1, &w2, dm).unwrap();
+            let t = |v: &[f32], s: &[usize]| Tensor::from_slice(v, s, &cpu).unwrap();
+            let (dx, dw1, dw2) = op
+                .bwd_t::<f32>(
+                    &t(&x, &[rows, d]),
+                    &t(&w1, &[f, d + 1]),
+                    &t(&w2, &[d, f + 1]),
+                    &t(&g, &[rows, d]),
+                )
+                .unwrap();
+            // unblocked
+            let kp = keep.as_deref();
+            let bias = |wb: &[f32], inp: usize, out: usize| -> Vec<f32> {
+                (0..out).map(|j| wb[j * (inp + 1) + inp]).collect()
+            };
+            let lin = |lhs: &[f32], wb: &[f32], inp: usize, out: usize| {
+                let b = bias(wb, inp, out);
+                super::super::linear::forward(lhs, wb, inp + 1, Some(&b), rows, inp, out, 2)
+            };
+            let z = lin(&x, &w1, d, f);
+            let mut a = vec![0f32; rows * f];
+            wide(GeluKeep {
+                a: &mut a,
+                z: &z,
+                keep: kp,
+            });
+            let y0 = lin(&a, &w2, f, d);
+            let mut dw2_0 = vec![0f32; d * (f + 1)];
+            Gemm::new((d, f, rows), Mat::rows(&g, d).t(), Mat::rows(&a, f)).run(
+                &mut dw2_0,
+                f + 1,
+                2,
+            );
+            for (j, s) in column_sums(&g, d).into_iter().enumerate() {
+                dw2_0[j * (f + 1) + f] = s;
+            }
+            let mut dz = vec![0f32; rows * f];
+            Gemm::new((rows, f, d), Mat::rows(&g, d), Mat::rows(&w2, f + 1)).run(&mut dz, f, 2);
+            wide(GeluKeepGrad {
+                dz: &mut dz,
+                z: &z,
+                keep: kp,
+            });
+            let mut dw1_0 = vec![0f32; f * (d + 1)];
+            Gemm::new((f, d, rows), Mat::rows(&dz, f).t(), Mat::rows(&x, d)).run(
+                &mut dw1_0,
+                d + 1,
+                2,
+            );
+            for (j, s) in column_sums(&dz, f).into_iter().enumerate() {
+                dw1_0[j * (d + 1) + d] = s;
+            }
+            let mut dx0 = vec![0f32; rows * d];
+            Gemm::new((rows, d, f), Mat::rows(&dz, f), Mat::rows(&w1, d + 1)).run(&mut dx0, d, 2);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let tb = |t: &Tensor| bits(&t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let what = if keep.is_some() { "with keep" } else { "" };
+            assert_eq!(bits(&y), bits(&y0), "y {what}");
+            assert_eq!(tb(&dx), bits(&dx0), "dx {what}");
+            assert_eq!(tb(&dw1), bits(&dw1_0), "dW1 {what}");
+            assert_eq!(tb(&dw2), bits(&dw2_0), "dW2 {what}");
+        }
+    }
 }

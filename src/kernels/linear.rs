@@ -317,3 +317,31 @@ pub fn linear(
         None => x.apply_op2(&w, op)?,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows pushed in blocks of any sizes sum to [`column_sums`]' bits.
+    #[test]
+    fn column_sums_in_blocks_give_the_same_bits() {
+        for cols in [3usize, 700] {
+            let rows = 3 * part_rows(cols) + 5;
+            let g: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.37)
+                .collect();
+            let whole = column_sums(&g, cols);
+            for block in [1usize, 7, part_rows(cols), 512, rows] {
+                let mut s = ColumnSums::new(cols);
+                for b in g.chunks(block * cols) {
+                    s.push(b);
+                }
+                let (a, b): (Vec<u32>, Vec<u32>) = (
+                    s.finish().iter().map(|v| v.to_bits()).collect(),
+                    whole.iter().map(|v| v.to_bits()).collect(),
+                );
+                assert_eq!(a, b, "{cols} columns in blocks of {block} rows");
+            }
+        }
+    }
+}

@@ -266,17 +266,7 @@ unsafe fn reference_body<T: Real>(
 mod tests {
     use super::*;
 
-    fn data<T: Real>(n: usize, seed: u64) -> Vec<T> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                T::from_f64((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)
-            })
-            .collect()
-    }
+    use super::super::test_data as data;
 
     /// gemm's blocked, vectorised, threaded products against the scalar reference, bit for
     /// bit: shapes with one and several depth blocks (a last block shorter than [`KC`]),

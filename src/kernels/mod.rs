@@ -415,6 +415,20 @@ pub fn tune_glibc_malloc() -> bool {
     }
 }
 
+/// Reproducible test inputs in [−1, 1) (xorshift), for the kernels' unit tests.
+#[cfg(test)]
+pub(crate) fn test_data<T: Real>(n: usize, seed: u64) -> Vec<T> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            T::from_f64((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,7 +58,7 @@ done
 "$PYTHON" - "$OUT" "$REPS" "${PAIRS:-}" "${cases[@]}" <<'PY'
 import json, statistics, sys
 out, reps, pairs, cases = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
-rows = [json.loads(l) for l in open(out)][-reps * len(cases):]
+rows = [json.loads(l) for l in open(out) if l.startswith("{")][-reps * len(cases):]
 print("| case | tokens/s (median) | range | peak RSS MiB |\n|---|---|---|---|")
 for c in cases:
     label = c.split("|")[0]

@@ -236,7 +236,7 @@ fn main() -> anyhow::Result<()> {
     );
     let flops = per_block * a.layers as f64 * if train { 3.0 } else { 1.0 };
     println!(
-        "{{\"impl\":\"convluna\",\"device\":\"{}\",\"family\":\"{}\",\"len\":{},\"batch\":{},\"mode\":\"{}\",\"threads\":{},\"tune_malloc\":{},\"steps\":{},\"sec_median\":{:.5},\"sec_best\":{:.5},\"tokens_per_s\":{:.1},\"gflop_per_step\":{:.3},\"gflops\":{:.2},\"rss_start_mib\":{:.1},\"peak_rss_mib\":{:.1}}}",
+        "{{\"impl\":\"convluna\",\"device\":\"{}\",\"family\":\"{}\",\"len\":{},\"batch\":{},\"mode\":\"{}\",\"threads\":{},\"tune_malloc\":{},\"steps\":{},\"sec_median\":{:.5},\"sec_best\":{:.5},\"tokens_per_s\":{:.1},\"gflop_per_step\":{:.3},\"gflops\":{:.2},\"rss_start_mib\":{:.1},\"peak_rss_mib\":{:.1},\"cpu\":{},\"isa\":\"{}\",\"features\":{},\"version\":\"{}\"}}",
         a.device,
         a.family,
         a.len,
@@ -255,9 +255,59 @@ fn main() -> anyhow::Result<()> {
         flops / 1e9,
         flops / med / 1e9,
         rss0 as f64 / 1024.0,
-        vm_kib("VmHWM:") as f64 / 1024.0
+        vm_kib("VmHWM:") as f64 / 1024.0,
+        serde_json::Value::from(cpu_model()),
+        isa(),
+        serde_json::Value::from(features()),
+        env!("CARGO_PKG_VERSION"),
     );
     Ok(())
+}
+
+/// The CPU's model name (Linux's /proc/cpuinfo), for the record of a measurement.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// The widest vector instruction set the CPU reports among those the kernels use.
+fn isa() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512f";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return "avx2+fma";
+        }
+        "x86-64"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::env::consts::ARCH
+    }
+}
+
+/// The crate's backend features this binary was built with.
+fn features() -> Vec<&'static str> {
+    [
+        ("cuda", cfg!(feature = "cuda")),
+        ("cudnn", cfg!(feature = "cudnn")),
+        ("metal", cfg!(feature = "metal")),
+        ("mkl", cfg!(feature = "mkl")),
+        ("accelerate", cfg!(feature = "accelerate")),
+    ]
+    .into_iter()
+    .filter_map(|(f, on)| on.then_some(f))
+    .collect()
 }
 
 /// f32 matmul throughput of Candle's CPU backend on square and model-shaped products.
@@ -278,8 +328,10 @@ fn matmul_peak(dev: &Device, threads: usize) -> anyhow::Result<()> {
             best = best.min(t.elapsed().as_secs_f64());
         }
         println!(
-            "{{\"impl\":\"convluna\",\"mode\":\"matmul\",\"shape\":\"{m}x{k}x{n}\",\"threads\":{threads},\"gflops\":{:.2}}}",
-            2.0 * (m * k * n) as f64 / best / 1e9
+            "{{\"impl\":\"convluna\",\"mode\":\"matmul\",\"shape\":\"{m}x{k}x{n}\",\"threads\":{threads},\"gflops\":{:.2},\"cpu\":{},\"isa\":\"{}\"}}",
+            2.0 * (m * k * n) as f64 / best / 1e9,
+            serde_json::Value::from(cpu_model()),
+            isa(),
         );
     }
     Ok(())

@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # the FLOP count, the timing loop and the matmul probe are the reference bench's own
-from reference import bench_block_fwd_flops, matmul_peak, time_steps
+from reference import bench_block_fwd_flops, blas_name, cpu_model, matmul_peak, time_steps
 
 MASK_BIAS = -1e9
 
@@ -199,8 +199,10 @@ def run_variant(a, variant):
         "sec_median": round(med, 5), "sec_best": round(times[0], 5),
         "tokens_per_s": round(n / med, 1), "gflop_per_step": round(fl / 1e9, 3),
         "gflops": round(fl / med / 1e9, 2), "peak_rss_mib": round(vm_hwm_mib(), 1),
-        "torch": torch.__version__,
+        "torch": torch.__version__, "blas": blas_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_model(),
     }
+
 
 
 def main(argv=None):

@@ -1002,13 +1002,30 @@ def time_steps(step, warmup: int, iters: int, max_seconds: float):
     return sorted(times), warm
 
 
+def blas_name() -> str:
+    """The BLAS PyTorch was built with (MKL or other)."""
+    cfg = torch.__config__.show()
+    return "MKL" if "BLAS_INFO=mkl" in cfg or "USE_MKL=ON" in cfg else "other"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), for the record of a measurement."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
 def matmul_peak() -> None:
     """Prints PyTorch's f32 matmul throughput at 2048³ and on the encoder's shapes (best of
     10), with the BLAS it was built with and the CPU capability it dispatches to."""
     import time
 
-    cfg = torch.__config__.show()
-    blas = "MKL" if "BLAS_INFO=mkl" in cfg or "USE_MKL=ON" in cfg else "other"
+    blas = blas_name()
     for (m, k, n) in [(2048, 2048, 2048), (16384, 128, 512), (16384, 512, 128), (16384, 128, 128)]:
         x, y = torch.randn(m, k), torch.randn(k, n)
         x @ y
@@ -1019,7 +1036,7 @@ def matmul_peak() -> None:
             best = min(best, time.perf_counter() - t)
         print(json.dumps({"impl": "pytorch", "mode": "matmul", "shape": f"{m}x{k}x{n}",
                           "threads": torch.get_num_threads(), "gflops": round(2 * m * k * n / best / 1e9, 2),
-                          "blas": blas, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                          "blas": blas, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_model(),
                           "torch": torch.__version__,
                           "mkl_enable_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", "")}),
               flush=True)

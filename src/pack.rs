@@ -128,7 +128,8 @@ impl PackAttention {
         self.run(x, p, mask, train, true)
     }
 
-    fn run(
+    /// [`Self::forward_traced`] when `weights`, else [`Self::forward_t`].
+    pub(crate) fn run(
         &self,
         x: &Tensor,
         p: &Tensor,

@@ -274,8 +274,8 @@ impl Stack {
                     let p = memory
                         .as_ref()
                         .ok_or_else(|| Error::config("stack.block", "Luna block without memory"))?;
+                    let out = blk.run(&x, p, Some(mask), train, traces.is_some())?;
                     if let Some(t) = traces.as_mut() {
-                        let out = blk.forward_traced(&x, p, Some(mask), train)?;
                         let pack_attention = out.pack_attention.clone().ok_or_else(|| {
                             Error::config("stack.block", "traced Luna block without weights")
                         })?;
@@ -293,11 +293,7 @@ impl Stack {
                             pack_attention,
                             pack_mask: pm,
                         });
-                        x = out.x;
-                        memory = Some(out.memory);
-                        continue;
                     }
-                    let out = blk.forward_t(&x, p, Some(mask), train)?;
                     x = out.x;
                     memory = Some(out.memory);
                 }

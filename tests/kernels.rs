@@ -348,45 +348,32 @@ fn attention_matches_composite_with_bias_and_dropout() {
                     };
                     (t(&q), t(&k), t(&v))
                 };
+                // the fused kernel keeping its weights (into `wf`), or, without them, the
+                // same output and gradients bit for bit
                 let wf = std::cell::RefCell::new(None);
-                let (yf, gf) = grads(&[&q, &k, &v], &r, || {
-                    let (qi, ki, vi) = inputs();
-                    let (y, w) = kernels::attention(
-                        &qi,
-                        &ki,
-                        &vi,
-                        layout,
-                        0.6,
-                        bias,
-                        with_keep.then(|| keep.clone()),
-                    )
-                    .unwrap()
-                    .expect("fused");
-                    *wf.borrow_mut() = Some(w);
-                    match layout {
-                        kernels::HeadLayout::Split => merge(&y),
-                        _ => y,
-                    }
-                });
-                // without the weights: the same output and gradients, bit for bit
-                let (yv, gv) = grads(&[&q, &k, &v], &r, || {
-                    let (qi, ki, vi) = inputs();
-                    let y = kernels::attention_values(
-                        &qi,
-                        &ki,
-                        &vi,
-                        layout,
-                        0.6,
-                        bias,
-                        with_keep.then(|| keep.clone()),
-                    )
-                    .unwrap()
-                    .expect("fused");
-                    match layout {
-                        kernels::HeadLayout::Split => merge(&y),
-                        _ => y,
-                    }
-                });
+                let fused = |keep_weights: bool| {
+                    grads(&[&q, &k, &v], &r, || {
+                        let (qi, ki, vi) = inputs();
+                        let kp = with_keep.then(|| keep.clone());
+                        let y = if keep_weights {
+                            let (y, w) = kernels::attention(&qi, &ki, &vi, layout, 0.6, bias, kp)
+                                .unwrap()
+                                .expect("fused");
+                            *wf.borrow_mut() = Some(w);
+                            y
+                        } else {
+                            kernels::attention_values(&qi, &ki, &vi, layout, 0.6, bias, kp)
+                                .unwrap()
+                                .expect("fused")
+                        };
+                        match layout {
+                            kernels::HeadLayout::Split => merge(&y),
+                            _ => y,
+                        }
+                    })
+                };
+                let (yf, gf) = fused(true);
+                let (yv, gv) = fused(false);
                 let wc = std::cell::RefCell::new(None);
                 let (yc, gc) = grads(&[&q, &k, &v], &r, || {
                     let (y, w) = composite_attention(

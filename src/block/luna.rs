@@ -206,7 +206,8 @@ impl LunaBlock {
         self.run(x, memory, mask, train, true)
     }
 
-    fn run(
+    /// [`Self::forward_traced`] when `traced`, else [`Self::forward_t`].
+    pub(crate) fn run(
         &self,
         x: &Tensor,
         memory: &Tensor,
@@ -214,16 +215,11 @@ impl LunaBlock {
         train: bool,
         traced: bool,
     ) -> Result<LunaBlockOutput> {
-        let pack = if traced {
-            self.pack.forward_traced(x, memory, mask, train)?
-        } else {
-            self.pack.forward_t(x, memory, mask, train)?
-        };
         let Packed {
             memory: yp,
             attention,
             mask: pack_mask,
-        } = pack;
+        } = self.pack.run(x, memory, mask, train, traced)?;
         let yx = self.unpack.forward_t(x, &yp, train)?;
         let (yx, ypr) = match &self.residual_drop {
             Some(d) => (d.forward_t(&yx, train)?, d.forward_t(&yp, train)?),

@@ -70,32 +70,49 @@ const FWD_ROWS: usize = 128;
 /// in the same order — the same bits.
 const BWD_ROWS: usize = KC;
 
-/// `z = lhs·Wᵀ + b` for `wb = [W | b]` `[out, inp+1]`, into `z` (`rows × out`).
-fn affine_into<T: Real>(
-    z: &mut [T],
-    lhs: &[T],
-    wb: &[T],
-    (rows, inp, out): (usize, usize, usize),
-    threads: usize,
-) {
-    let bias: Vec<T> = (0..out).map(|j| wb[j * (inp + 1) + inp]).collect();
-    super::linear::forward_into(z, lhs, wb, inp + 1, &bias, (rows, inp, out), threads)
+/// One layer `[W | b]` `[out, inp+1]` with its bias column `b` read out once.
+struct Affine<'a, T> {
+    wb: &'a [T],
+    b: Vec<T>,
+    inp: usize,
+    out: usize,
 }
 
-/// `a = GELU(z) ⊙ keep` over `rows × f` (`keep` starting at the block's first row), in
-/// parallel tasks when `par`.
-fn gelu_keep<T: Real>(a: &mut [T], z: &[T], keep: Option<&[f32]>, f: usize, par: bool) {
-    if !par {
-        return wide(GeluKeep { a, z, keep });
+impl<'a, T: Real> Affine<'a, T> {
+    fn new(wb: &'a [T], inp: usize, out: usize) -> Self {
+        let b = (0..out).map(|j| wb[j * (inp + 1) + inp]).collect();
+        Self { wb, b, inp, out }
     }
+
+    /// `z = lhs·Wᵀ + b` into `z` (`rows × out`).
+    fn apply(&self, z: &mut [T], lhs: &[T], rows: usize, threads: usize) {
+        let (wb, inp, out) = (self.wb, self.inp, self.out);
+        super::linear::forward_into(z, lhs, wb, inp + 1, &self.b, (rows, inp, out), threads)
+    }
+}
+
+/// `op(out, z, keep)` over a `rows × f` block in parallel tasks of whole rows (`keep` from
+/// the block's first row): the GELU and its gradient of the backward's blocks.
+fn par_rows_with<T: Real>(
+    out: &mut [T],
+    z: &[T],
+    keep: Option<&[f32]>,
+    f: usize,
+    op: impl Fn(&mut [T], &[T], Option<&[f32]>) + Sync,
+) {
     let rpt = rows_per_task(f);
-    a.par_chunks_mut(f * rpt)
+    out.par_chunks_mut(f * rpt)
         .zip(z.par_chunks(f * rpt))
         .enumerate()
-        .for_each(|(ci, (a, z))| {
-            let keep = keep.map(|k| &k[ci * f * rpt..]);
-            wide(GeluKeep { a, z, keep })
-        });
+        .for_each(|(ci, (o, z))| op(o, z, keep.map(|k| &k[ci * f * rpt..])));
+}
+
+/// Writes `sums` into column `col` of a matrix with `ld` columns (the bias column of a
+/// `[W | b]` gradient).
+fn set_column<T: Real>(dst: &mut [T], ld: usize, col: usize, sums: Vec<T>) {
+    for (j, s) in sums.into_iter().enumerate() {
+        dst[j * ld + col] = s;
+    }
 }
 
 impl Ffn {
@@ -104,6 +121,7 @@ impl Ffn {
     fn fwd<T: Real>(&self, x: &[T], w1: &[T], w2: &[T], dm: Dims) -> candle_core::Result<Vec<T>> {
         let Dims { rows, d, f } = dm;
         let keep = self.keep.as_deref().map(|k| k.as_slice());
+        let (fc1, fc2) = (Affine::new(w1, d, f), Affine::new(w2, f, d));
         let mut y = zeros(rows * d);
         y.par_chunks_mut(FWD_ROWS * d).enumerate().for_each_init(
             || (Vec::new(), Vec::new()),
@@ -111,9 +129,10 @@ impl Ffn {
                 let (r0, r) = (bi * FWD_ROWS, yb.len() / d);
                 z.resize(r * f, T::zero());
                 a.resize(r * f, T::zero());
-                affine_into(z, &x[r0 * d..(r0 + r) * d], w1, (r, d, f), 1);
-                gelu_keep(a, z, keep.map(|k| &k[r0 * f..]), f, false);
-                affine_into(yb, a, w2, (r, f, d), 1);
+                fc1.apply(z, &x[r0 * d..(r0 + r) * d], r, 1);
+                let keep = keep.map(|k| &k[r0 * f..]);
+                wide(GeluKeep { a, z, keep });
+                fc2.apply(yb, a, r, 1);
             },
         );
         Ok(y)
@@ -150,13 +169,16 @@ impl Ffn {
                         let block = BWD_ROWS.min(rows) * f;
                         let (mut z, mut a, mut dz) = (zeros(block), zeros(block), zeros(block));
                         let mut db1 = ColumnSums::new(f);
+                        let fc1 = Affine::new(w1d, d, f);
                         for r0 in (0..rows).step_by(BWD_ROWS) {
                             let r = BWD_ROWS.min(rows - r0);
                             let (xb, gb) = (&xd[r0 * d..(r0 + r) * d], &gd[r0 * d..(r0 + r) * d]);
                             let (z, a, dz) = (&mut z[..r * f], &mut a[..r * f], &mut dz[..r * f]);
                             let keep = keep.map(|k| &k[r0 * f..(r0 + r) * f]);
-                            affine_into(z, xb, w1d, (r, d, f), threads);
-                            gelu_keep(a, z, keep, f, true);
+                            fc1.apply(z, xb, r, threads);
+                            par_rows_with(a, z, keep, f, |a, z, keep| {
+                                wide(GeluKeep { a, z, keep })
+                            });
                             // [dW₂ | ·] (+)= g_bᵀ·a_b
                             Gemm::new((d, f, r), Mat::rows(gb, d).t(), Mat::rows(a, f))
                                 .accumulate(r0 > 0)
@@ -164,14 +186,9 @@ impl Ffn {
                             // g_a = g_b·W₂, then dz = g_a ⊙ keep ⊙ GELU′(z) in place
                             Gemm::new((r, f, d), Mat::rows(gb, d), Mat::rows(w2d, f + 1))
                                 .run(dz, f, threads);
-                            let rpt = rows_per_task(f);
-                            dz.par_chunks_mut(f * rpt)
-                                .zip(z.par_chunks(f * rpt))
-                                .enumerate()
-                                .for_each(|(ci, (dz, z))| {
-                                    let keep = keep.map(|k| &k[ci * f * rpt..]);
-                                    wide(GeluKeepGrad { dz, z, keep })
-                                });
+                            par_rows_with(dz, z, keep, f, |dz, z, keep| {
+                                wide(GeluKeepGrad { dz, z, keep })
+                            });
                             db1.push(dz);
                             // [dW₁ | ·] (+)= dz_bᵀ·x_b
                             Gemm::new((f, d, r), Mat::rows(dz, f).t(), Mat::rows(xb, d))
@@ -184,12 +201,8 @@ impl Ffn {
                                 threads,
                             );
                         }
-                        for (j, s) in db1.finish().into_iter().enumerate() {
-                            dw1[j * (d + 1) + d] = s;
-                        }
-                        for (j, s) in column_sums(gd, d).into_iter().enumerate() {
-                            dw2[j * (f + 1) + f] = s;
-                        }
+                        set_column(&mut dw1, d + 1, d, db1.finish());
+                        set_column(&mut dw2, f + 1, f, column_sums(gd, d));
                         Ok((dx, dw1, dw2))
                     })
                 })
@@ -339,9 +352,7 @@ mod tests {
                 f + 1,
                 2,
             );
-            for (j, s) in column_sums(&g, d).into_iter().enumerate() {
-                dw2_0[j * (f + 1) + f] = s;
-            }
+            set_column(&mut dw2_0, f + 1, f, column_sums(&g, d));
             let mut dz = vec![0f32; rows * f];
             Gemm::new((rows, f, d), Mat::rows(&g, d), Mat::rows(&w2, f + 1)).run(&mut dz, f, 2);
             wide(GeluKeepGrad {
@@ -355,9 +366,7 @@ mod tests {
                 d + 1,
                 2,
             );
-            for (j, s) in column_sums(&dz, f).into_iter().enumerate() {
-                dw1_0[j * (d + 1) + d] = s;
-            }
+            set_column(&mut dw1_0, d + 1, d, column_sums(&dz, f));
             let mut dx0 = vec![0f32; rows * d];
             Gemm::new((rows, d, f), Mat::rows(&dz, f), Mat::rows(&w1, d + 1)).run(&mut dx0, d, 2);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();

@@ -120,11 +120,7 @@ impl<T: Real> Loop for SoftmaxRows<'_, T> {
     fn run(self) {
         let mut stats = self.stats.map(|s| s.chunks_exact_mut(2));
         for row in self.z.chunks_mut(self.l.max(1)) {
-            if let Some(b) = self.bias {
-                for (x, &bb) in row.iter_mut().zip(b) {
-                    *x += bb;
-                }
-            }
+            add_bias(row, self.bias);
             let mx = super::max(row);
             for x in row.iter_mut() {
                 *x = (*x - mx).exp_fast();
@@ -137,6 +133,17 @@ impl<T: Real> Loop for SoftmaxRows<'_, T> {
                 st[0] = mx;
                 st[1] = inv;
             }
+        }
+    }
+}
+
+/// `row += bias` (the softmaxes' key bias), the one place both [`SoftmaxRows`] and
+/// [`SoftmaxRecompute`] add it.
+#[inline(always)]
+fn add_bias<T: Real>(row: &mut [T], bias: Option<&[T]>) {
+    if let Some(b) = bias {
+        for (x, &bb) in row.iter_mut().zip(b) {
+            *x += bb;
         }
     }
 }
@@ -172,11 +179,7 @@ impl<T: Real> Loop for SoftmaxRecompute<'_, T> {
             .chunks_mut(self.cols.max(1))
             .zip(self.stats.chunks_exact(2))
         {
-            if let Some(b) = self.bias {
-                for (x, &bb) in row.iter_mut().zip(b) {
-                    *x += bb;
-                }
-            }
+            add_bias(row, self.bias);
             let (mx, inv) = (st[0], st[1]);
             for x in row.iter_mut() {
                 *x = (*x - mx).exp_fast() * inv;

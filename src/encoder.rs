@@ -274,8 +274,7 @@ impl Encoder {
                     .index_select(&ids.flatten_all()?, 0)?
                     .reshape((b, l, d))?;
                 // id 0 is padding: zero its embedding and its gradient, as nn.Embedding(padding_idx=0).
-                let keep = ids.ne(0u32)?.to_dtype(dtype)?.unsqueeze(2)?;
-                e.broadcast_mul(&keep)?
+                crate::ops::mask_rows(&e, &ids.ne(0u32)?)?
             }
             InputConfig::Pixels { mean, std } => {
                 let z = ((input.to_dtype(dtype)? / 255.0)? - mean)? / std;

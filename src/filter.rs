@@ -194,7 +194,7 @@ impl Filter for IdentityFilter {
         mask: Option<&Tensor>,
     ) -> Result<Option<Tensor>> {
         Ok(Some(match mask {
-            Some(m) => x.broadcast_mul(&m.to_dtype(x.dtype())?.unsqueeze(2)?)?,
+            Some(m) => crate::ops::mask_rows(x, m)?,
             None => x.clone(),
         }))
     }

@@ -40,6 +40,8 @@ pub enum Kernel {
     Conv,
     /// The max-pool filter ([`max_pool_merged`]).
     Pool,
+    /// Rows times a constant mask ([`mask_rows`]).
+    Mask,
 }
 
 impl Kernel {
@@ -55,6 +57,7 @@ impl Kernel {
             Kernel::Residual => "residual",
             Kernel::Conv => "conv",
             Kernel::Pool => "pool",
+            Kernel::Mask => "mask",
         }
     }
 
@@ -417,6 +420,18 @@ fn fused_attention(
             }
         }
     }
+}
+
+/// `x ⊙ m` row by row: `x` `[B, L, d]`, `mask` `[B, L]` (any dtype, taken as a constant:
+/// no gradient flows to it) → `[B, L, d]`, each row of `d` values times its mask value.
+pub fn mask_rows(x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    let m = mask.to_dtype(x.dtype())?;
+    if fused(Kernel::Mask, x) {
+        if let Some(y) = crate::kernels::mask_rows(x, &m)? {
+            return Ok(y);
+        }
+    }
+    x.broadcast_mul(&m.detach().unsqueeze(2)?)
 }
 
 /// Whether the merged-layout filters and attention of packing run fused for `x` (then the

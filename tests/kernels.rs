@@ -694,6 +694,60 @@ fn linear_matches_matmul_with_and_without_bias() {
 }
 
 #[test]
+fn mask_rows_matches_broadcast_mul_bit_for_bit_and_forms_no_mask_gradient() {
+    for dtype in [DType::F64, DType::F32] {
+        // rows of 37 (more rows than one parallel task holds), negative values under zeros
+        // of the mask (the sign of the zero must match too)
+        let (b, l, d) = (3usize, 300usize, 37usize);
+        let x = Var::from_tensor(&randn(&[b, l, d], 61, dtype)).unwrap();
+        let m: Vec<f64> = (0..b * l)
+            .map(|i| ((i * 7) % 5 != 0) as u8 as f64)
+            .collect();
+        let m = Tensor::from_vec(m, (b, l), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let mv = Var::from_tensor(&m).unwrap();
+        let r = randn(&[b, l, d], 62, dtype);
+        let (yf, gf) = grads(&[&x], &r, || {
+            kernels::mask_rows(x.as_tensor(), mv.as_tensor())
+                .unwrap()
+                .expect("fused")
+        });
+        let (yc, gc) = grads(&[&x], &r, || {
+            x.as_tensor()
+                .broadcast_mul(&m.unsqueeze(2).unwrap())
+                .unwrap()
+        });
+        assert_eq!(bits(&yf), bits(&yc), "{dtype:?} values");
+        assert_eq!(bits(&gf[0]), bits(&gc[0]), "{dtype:?} dx");
+        // the mask is a constant: even a Var mask gets no gradient
+        let y = kernels::mask_rows(x.as_tensor(), mv.as_tensor())
+            .unwrap()
+            .expect("fused");
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(mv.as_tensor()).is_none(), "{dtype:?} mask gradient");
+        // the ops-level function agrees with the kernel and takes any mask dtype
+        let yo = convluna::ops::mask_rows(x.as_tensor(), &m.to_dtype(DType::U8).unwrap()).unwrap();
+        assert_eq!(bits(&yo), bits(&yc), "{dtype:?} ops::mask_rows");
+    }
+    // what the kernel does not cover: other dtypes, mismatched shapes
+    let x = randn(&[2, 3, 4], 63, DType::F16);
+    let m = Tensor::ones((2, 3), DType::F16, &Device::Cpu).unwrap();
+    assert!(kernels::mask_rows(&x, &m).unwrap().is_none(), "f16");
+    let x = randn(&[2, 3, 4], 63, DType::F32);
+    let m = Tensor::ones((2, 4), DType::F32, &Device::Cpu).unwrap();
+    assert!(
+        kernels::mask_rows(&x, &m).unwrap().is_none(),
+        "mask [2, 4] for x [2, 3, 4]"
+    );
+    assert!(
+        convluna::ops::mask_rows(&x, &m).is_err(),
+        "the composite path errors"
+    );
+}
+
+#[test]
 fn ffn_matches_composite_with_and_without_dropout() {
     let (rows, d, f) = (7usize, 5usize, 9usize);
     for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 2e-5)] {

@@ -12,7 +12,8 @@
 //!   same at any stride, and [`max_pool_merged`] the max-pool filter (pads never enter a max);
 //! - [`layer_norm`], [`add_layer_norm`] (the LayerNorm of a residual sum, `LN(x + r)`, in one
 //!   op), [`bias_gelu`] and [`softmax_scaled`] (the softmax with its logit scale
-//!   and key bias, for callers that keep the logits).
+//!   and key bias, for callers that keep the logits);
+//! - [`mask_rows`]: rows times a constant `[B, L]` mask, with no gradient formed for the mask.
 //!
 //! Fewer, larger ops also matter because Candle's autograd accumulates every gradient into a
 //! fresh zero-filled tensor (a memset and an add per input of every op); one op in place of
@@ -63,6 +64,7 @@ mod ffn;
 mod gelu;
 mod layer_norm;
 mod linear;
+mod mask;
 mod matmul;
 mod pool;
 mod softmax;
@@ -74,6 +76,7 @@ pub use ffn::ffn;
 pub use gelu::bias_gelu;
 pub use layer_norm::{add_layer_norm, layer_norm};
 pub use linear::linear;
+pub use mask::mask_rows;
 pub(crate) use matmul::{Gemm, Mat, KC};
 pub use pool::max_pool_merged;
 pub use softmax::{softmax_scaled, Scale};

@@ -12,7 +12,8 @@
 # and in bf16 (documented tolerance 5e-2 of the scale); a short `lra` training run on CUDA;
 # then the encoder benchmark (4 layers, d = 128, m = 256, 16,384 tokens a step,
 # forward+backward) for ConvLuna / Luna / Transformer at L = 1K…16K against PyTorch eager on
-# the same GPU, alternating the two. Results: $OUT/*.log and $OUT/bench-gpu.jsonl.
+# the same GPU, alternating the two (LENS="1024 4096" picks the lengths). Results: $OUT/*.log and
+# $OUT/bench-gpu.jsonl.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-run}"
@@ -68,7 +69,7 @@ timeout 300 "$BUNDLE/lra" --device cuda --steps 300 --out "$OUT/lra-run" >> "$OU
 echo "exit $?" >> "$OUT/lra.log"
 
 echo "== encoder benchmark, CUDA, convluna vs PyTorch eager" | tee "$OUT/bench.log"
-for L in 1024 2048 4096 8192 16384; do
+for L in ${LENS:-1024 2048 4096 8192 16384}; do
   for fam in convluna luna transformer; do
     for impl in convluna pytorch; do
       if [ "$impl" = convluna ]; then

@@ -27,7 +27,7 @@ use candle_core::{
 use rayon::prelude::*;
 
 use super::linear::{column_sums, ColumnSums};
-use super::wide::{wide, GeluKeep, GeluKeepGrad};
+use super::wide::{wide, GeluKeep, GeluKeepCdf, GeluKeepGradCdf};
 use super::{rows_per_task, slice, with_data, zeros, Gemm, Mat, Real, KC};
 
 #[derive(Debug)]
@@ -91,20 +91,23 @@ impl<'a, T: Real> Affine<'a, T> {
     }
 }
 
-/// `op(out, z, keep)` over a `rows × f` block in parallel tasks of whole rows (`keep` from
-/// the block's first row): the GELU and its gradient of the backward's blocks.
+/// `op(out, c, z, keep)` over a `rows × f` block in parallel tasks of whole rows (`c` the
+/// block's `Φ(z)`, written by the GELU and read by its gradient; `keep` from the block's
+/// first row): the GELU and its gradient of the backward's blocks.
 fn par_rows_with<T: Real>(
     out: &mut [T],
+    c: &mut [T],
     z: &[T],
     keep: Option<&[f32]>,
     f: usize,
-    op: impl Fn(&mut [T], &[T], Option<&[f32]>) + Sync,
+    op: impl Fn(&mut [T], &mut [T], &[T], Option<&[f32]>) + Sync,
 ) {
     let rpt = rows_per_task(f);
     out.par_chunks_mut(f * rpt)
+        .zip(c.par_chunks_mut(f * rpt))
         .zip(z.par_chunks(f * rpt))
         .enumerate()
-        .for_each(|(ci, (o, z))| op(o, z, keep.map(|k| &k[ci * f * rpt..])));
+        .for_each(|(ci, ((o, c), z))| op(o, c, z, keep.map(|k| &k[ci * f * rpt..])));
 }
 
 /// Writes `sums` into column `col` of a matrix with `ld` columns (the bias column of a
@@ -168,16 +171,18 @@ impl Ffn {
                         let mut dx = zeros(rows * d);
                         let block = BWD_ROWS.min(rows) * f;
                         let (mut z, mut a, mut dz) = (zeros(block), zeros(block), zeros(block));
+                        let mut c = zeros(block);
                         let mut db1 = ColumnSums::new(f);
                         let fc1 = Affine::new(w1d, d, f);
                         for r0 in (0..rows).step_by(BWD_ROWS) {
                             let r = BWD_ROWS.min(rows - r0);
                             let (xb, gb) = (&xd[r0 * d..(r0 + r) * d], &gd[r0 * d..(r0 + r) * d]);
                             let (z, a, dz) = (&mut z[..r * f], &mut a[..r * f], &mut dz[..r * f]);
+                            let c = &mut c[..r * f];
                             let keep = keep.map(|k| &k[r0 * f..(r0 + r) * f]);
                             fc1.apply(z, xb, r, threads);
-                            par_rows_with(a, z, keep, f, |a, z, keep| {
-                                wide(GeluKeep { a, z, keep })
+                            par_rows_with(a, c, z, keep, f, |a, c, z, keep| {
+                                wide(GeluKeepCdf { a, c, z, keep })
                             });
                             // [dW₂ | ·] (+)= g_bᵀ·a_b
                             Gemm::new((d, f, r), Mat::rows(gb, d).t(), Mat::rows(a, f))
@@ -186,8 +191,8 @@ impl Ffn {
                             // g_a = g_b·W₂, then dz = g_a ⊙ keep ⊙ GELU′(z) in place
                             Gemm::new((r, f, d), Mat::rows(gb, d), Mat::rows(w2d, f + 1))
                                 .run(dz, f, threads);
-                            par_rows_with(dz, z, keep, f, |dz, z, keep| {
-                                wide(GeluKeepGrad { dz, z, keep })
+                            par_rows_with(dz, c, z, keep, f, |dz, c, z, keep| {
+                                wide(GeluKeepGradCdf { dz, z, c, keep })
                             });
                             db1.push(dz);
                             // [dW₁ | ·] (+)= dz_bᵀ·x_b
@@ -296,6 +301,7 @@ mod tests {
     use super::*;
 
     use super::super::test_data as data;
+    use super::super::wide::GeluKeepGrad;
 
     /// The blocked forward and backward against the same formulas over all rows at once
     /// (whole-matrix gemms, [`column_sums`]), bit for bit: rows spanning several blocks of

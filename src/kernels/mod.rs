@@ -160,19 +160,29 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     y * f32::from_bits(e)
 }
 
+/// `Φ(z) = (1 + erf(z/√2))/2`, the normal CDF: the factor GELU and its derivative share.
+#[inline(always)]
+pub(crate) fn gelu_cdf<T: Real>(z: T) -> T {
+    (T::one() + (z * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf()) * T::from_f64(0.5)
+}
+
 /// The exact (erf) GELU, `z·Φ(z)`.
 #[inline(always)]
 pub(crate) fn gelu<T: Real>(z: T) -> T {
-    let half = T::from_f64(0.5);
-    (T::one() + (z * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf()) * half * z
+    gelu_cdf(z) * z
 }
 
 /// d GELU / dz = `Φ(z) + z·φ(z)`.
 #[inline(always)]
 pub(crate) fn gelu_grad<T: Real>(z: T) -> T {
-    let half = T::from_f64(0.5);
-    let cdf = (T::one() + (z * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf()) * half;
-    let pdf = (-(z * z) * half).exp_fast() * T::from_f64(0.398_942_280_401_432_7);
+    gelu_grad_from_cdf(z, gelu_cdf(z))
+}
+
+/// d GELU / dz from `cdf` = [`gelu_cdf`]`(z)` (kept from the forward): `cdf + z·φ(z)`, the
+/// bits of [`gelu_grad`] without evaluating `erf` again.
+#[inline(always)]
+pub(crate) fn gelu_grad_from_cdf<T: Real>(z: T, cdf: T) -> T {
+    let pdf = (-(z * z) * T::from_f64(0.5)).exp_fast() * T::from_f64(0.398_942_280_401_432_7);
     cdf + z * pdf
 }
 

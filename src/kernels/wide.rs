@@ -16,7 +16,7 @@
 //! Each loop is a [`Loop`] whose `run` is `#[inline(always)]`, so that it is compiled into the
 //! wrapper that carries the target feature (a closure would be inlined only when small).
 
-use super::{gelu, gelu_grad, Real};
+use super::{gelu, gelu_cdf, gelu_grad, gelu_grad_from_cdf, Real};
 
 /// A vector width the loops here are compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,8 +120,7 @@ impl<T: Real> Loop for SoftmaxRows<'_, T> {
     fn run(self) {
         let mut stats = self.stats.map(|s| s.chunks_exact_mut(2));
         for row in self.z.chunks_mut(self.l.max(1)) {
-            add_bias(row, self.bias);
-            let mx = super::max(row);
+            let mx = add_bias_max(row, self.bias);
             for x in row.iter_mut() {
                 *x = (*x - mx).exp_fast();
             }
@@ -137,15 +136,43 @@ impl<T: Real> Loop for SoftmaxRows<'_, T> {
     }
 }
 
-/// `row += bias` (the softmaxes' key bias), the one place both [`SoftmaxRows`] and
-/// [`SoftmaxRecompute`] add it.
+/// `row += bias` (the softmaxes' key bias) and the row's maximum, in one pass: the values
+/// and the maximum of adding the bias and then taking [`super::max`] (its eight lanes, its
+/// comparisons, its order).
 #[inline(always)]
-fn add_bias<T: Real>(row: &mut [T], bias: Option<&[T]>) {
-    if let Some(b) = bias {
-        for (x, &bb) in row.iter_mut().zip(b) {
-            *x += bb;
+fn add_bias_max<T: Real>(row: &mut [T], bias: Option<&[T]>) -> T {
+    let b = match bias {
+        Some(b) if b.len() == row.len() => b,
+        Some(b) => {
+            for (x, &bb) in row.iter_mut().zip(b) {
+                *x += bb;
+            }
+            return super::max(row);
+        }
+        None => return super::max(row),
+    };
+    let mut acc = [T::neg_infinity(); 8];
+    let mut r8 = row.chunks_exact_mut(8);
+    let mut b8 = b.chunks_exact(8);
+    for (x, bb) in (&mut r8).zip(&mut b8) {
+        for i in 0..8 {
+            x[i] += bb[i];
+            acc[i] = if x[i] > acc[i] { x[i] } else { acc[i] };
         }
     }
+    let rest = r8.into_remainder().iter_mut().zip(b8.remainder());
+    let mut m = rest.fold(T::neg_infinity(), |m, (x, &bb)| {
+        *x += bb;
+        if *x > m {
+            *x
+        } else {
+            m
+        }
+    });
+    for v in acc {
+        m = if v > m { v } else { m };
+    }
+    m
 }
 
 /// Adds the bias row, then turns each row of `z` (rows of `l`) into its softmax:
@@ -179,10 +206,22 @@ impl<T: Real> Loop for SoftmaxRecompute<'_, T> {
             .chunks_mut(self.cols.max(1))
             .zip(self.stats.chunks_exact(2))
         {
-            add_bias(row, self.bias);
             let (mx, inv) = (st[0], st[1]);
-            for x in row.iter_mut() {
-                *x = (*x - mx).exp_fast() * inv;
+            match self.bias {
+                // the bias added in the same pass: `(z + b) − μ`, the forward's operations
+                Some(b) => {
+                    for (x, &bb) in row.iter_mut().zip(b) {
+                        *x = (*x + bb - mx).exp_fast() * inv;
+                    }
+                    for x in row.iter_mut().skip(b.len()) {
+                        *x = (*x - mx).exp_fast() * inv;
+                    }
+                }
+                None => {
+                    for x in row.iter_mut() {
+                        *x = (*x - mx).exp_fast() * inv;
+                    }
+                }
             }
         }
     }
@@ -275,13 +314,73 @@ impl<T: Real> Loop for GeluKeep<'_, T> {
     }
 }
 
-/// `dz ← dz ⊙ keep ⊙ GELU′(z)` in place (without `keep` when there is none).
+/// [`GeluKeep`] that also keeps `c ← Φ(z)` ([`gelu_cdf`]) for [`GeluKeepGradCdf`]: the same
+/// `a`, bit for bit (`GELU(z) = Φ(z)·z`).
+pub(crate) struct GeluKeepCdf<'a, T> {
+    pub(crate) a: &'a mut [T],
+    pub(crate) c: &'a mut [T],
+    pub(crate) z: &'a [T],
+    pub(crate) keep: Option<&'a [f32]>,
+}
+
+impl<T: Real> Loop for GeluKeepCdf<'_, T> {
+    #[inline(always)]
+    fn run(self) {
+        match self.keep {
+            Some(k) => {
+                let it = self.a.iter_mut().zip(self.c.iter_mut()).zip(self.z).zip(k);
+                for (((o, c), &v), &kk) in it {
+                    *c = gelu_cdf(v);
+                    *o = *c * v * T::from_f64(kk as f64);
+                }
+            }
+            None => {
+                for ((o, c), &v) in self.a.iter_mut().zip(self.c.iter_mut()).zip(self.z) {
+                    *c = gelu_cdf(v);
+                    *o = *c * v;
+                }
+            }
+        }
+    }
+}
+
+/// [`GeluKeepGrad`] with `Φ(z)` read from `c` instead of evaluated again: the same bits.
+pub(crate) struct GeluKeepGradCdf<'a, T> {
+    pub(crate) dz: &'a mut [T],
+    pub(crate) z: &'a [T],
+    pub(crate) c: &'a [T],
+    pub(crate) keep: Option<&'a [f32]>,
+}
+
+impl<T: Real> Loop for GeluKeepGradCdf<'_, T> {
+    #[inline(always)]
+    fn run(self) {
+        match self.keep {
+            Some(k) => {
+                let it = self.dz.iter_mut().zip(self.z).zip(self.c).zip(k);
+                for (((o, &v), &c), &kk) in it {
+                    *o = *o * T::from_f64(kk as f64) * gelu_grad_from_cdf(v, c);
+                }
+            }
+            None => {
+                for ((o, &v), &c) in self.dz.iter_mut().zip(self.z).zip(self.c) {
+                    *o *= gelu_grad_from_cdf(v, c);
+                }
+            }
+        }
+    }
+}
+
+/// `dz ← dz ⊙ keep ⊙ GELU′(z)` in place (without `keep` when there is none): the reference
+/// [`GeluKeepGradCdf`] is tested against (which reads `Φ(z)` instead of evaluating it).
+#[cfg(test)]
 pub(crate) struct GeluKeepGrad<'a, T> {
     pub(crate) dz: &'a mut [T],
     pub(crate) z: &'a [T],
     pub(crate) keep: Option<&'a [f32]>,
 }
 
+#[cfg(test)]
 impl<T: Real> Loop for GeluKeepGrad<'_, T> {
     #[inline(always)]
     fn run(self) {
@@ -449,6 +548,57 @@ mod tests {
                     },
                 );
                 dz
+            });
+            // with Φ(z) kept from the forward: the same a and dz as evaluating it twice
+            let reference = |l| {
+                let (mut a, mut dz) = (vec![0.0; n], g.clone());
+                at(
+                    l,
+                    GeluKeep {
+                        a: &mut a,
+                        z: h,
+                        keep: k,
+                    },
+                );
+                at(
+                    l,
+                    GeluKeepGrad {
+                        dz: &mut dz,
+                        z: h,
+                        keep: k,
+                    },
+                );
+                a.extend(dz);
+                a
+            };
+            let base = reference(Level::Base);
+            same_bits_at_every_width("gelu keep, gelu keep grad from the cdf", |l| {
+                let (mut a, mut c, mut dz) = (vec![0.0; n], vec![0.0; n], g.clone());
+                at(
+                    l,
+                    GeluKeepCdf {
+                        a: &mut a,
+                        c: &mut c,
+                        z: h,
+                        keep: k,
+                    },
+                );
+                at(
+                    l,
+                    GeluKeepGradCdf {
+                        dz: &mut dz,
+                        z: h,
+                        c: &c,
+                        keep: k,
+                    },
+                );
+                a.extend(dz);
+                let bad = a
+                    .iter()
+                    .zip(&base)
+                    .position(|(x, y)| x.to_bits() != y.to_bits() && !(x.is_nan() && y.is_nan()));
+                assert_eq!(bad, None, "kept cdf vs evaluated twice at {l:?}");
+                a
             });
         }
         // the attention's softmax, rows of 37 with and without a bias (large negatives in it)

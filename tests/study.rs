@@ -198,7 +198,7 @@ fn runs_are_recorded_skipped_resumed_and_reported() {
     report(&m2, &all, &paths).unwrap();
     let md2 = std::fs::read_to_string(&paths.markdown).unwrap();
     assert!(md2.contains("4 of 10 runs"), "{md2}");
-    assert!(md2.contains("pending: convluna-proj"), "{md2}");
+    assert!(md2.contains("no run yet of convluna-proj"), "{md2}");
     assert!(md2.contains("listops-b 0 of 4"), "{md2}");
     assert!(md2.contains("| convluna-proj | pending |"), "{md2}");
     assert!(md2.contains("pending: no runs of convluna-proj"), "{md2}");

@@ -202,7 +202,7 @@ fn status(md: &mut String, ctx: &Ctx) {
                 t.seeds(&m.seeds).len()
             );
             if !pending.is_empty() {
-                let _ = write!(s, ", pending: {}", pending.join(", "));
+                let _ = write!(s, ", no run yet of {}", pending.join(", "));
             }
             s
         })

@@ -5,36 +5,30 @@
 //! backward of a product also forms the mask's gradient (`g ⊙ x`, a `[B, L, d]` product, a
 //! zero fill and an add for a constant nobody reads); this op returns none.
 
+use super::{rows_per_task, slice, with_data, Real};
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType,
 };
-use rayon::prelude::*;
-
-use super::{rows_per_task, slice, with_data, Real};
 
 #[derive(Clone, Copy, Debug)]
 struct MaskRows;
 
-/// `x` (rows of `d`) times `m` (one value per row).
+/// `x` (rows of `d`) times `m` (one value per row), written straight into fresh storage.
 fn forward<T: Real>(x: &[T], m: &[T], d: usize) -> Vec<T> {
-    let rpt = rows_per_task(d);
-    let mut y: Vec<T> = Vec::with_capacity(x.len());
-    y.spare_capacity_mut()[..x.len()]
-        .par_chunks_mut(rpt * d.max(1))
-        .zip(x.par_chunks(rpt * d.max(1)))
-        .enumerate()
-        .for_each(|(ci, (yc, xc))| {
-            let rows = yc.chunks_mut(d.max(1)).zip(xc.chunks(d.max(1)));
+    let (d, rpt) = (d.max(1), rows_per_task(d));
+    // SAFETY: each chunk is rows `ci·rpt ..` of the output, and every element of its rows is
+    // written (x and the output have the same length).
+    unsafe {
+        super::par_filled(x.len(), rpt * d, |ci, yc| {
+            let rows = yc.chunks_mut(d).zip(x[ci * rpt * d..].chunks(d));
             for (ri, (yr, xr)) in rows.enumerate() {
                 let mi = m[ci * rpt + ri];
                 for (o, &v) in yr.iter_mut().zip(xr) {
                     o.write(v * mi);
                 }
             }
-        });
-    // SAFETY: the chunks cover the first x.len() elements and every one was written.
-    unsafe { y.set_len(x.len()) };
-    y
+        })
+    }
 }
 
 impl CustomOp2 for MaskRows {

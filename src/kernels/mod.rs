@@ -249,7 +249,7 @@ pub(crate) fn max<T: Real>(a: &[T]) -> T {
 pub(crate) fn zeros<T: Real>(n: usize) -> Vec<T> {
     // SAFETY: the closure writes every element of its chunk.
     unsafe {
-        par_filled(n, 1 << 16, |c| {
+        par_filled(n, 1 << 16, |_, c| {
             for x in c {
                 x.write(T::zero());
             }
@@ -267,7 +267,7 @@ pub(crate) fn tiled<T: Real>(n: usize, pattern: &[T]) -> Vec<T> {
     // SAFETY: the closure writes every element of its chunk (`cycle` of a non-empty pattern
     // never runs out; with an empty one n is 0 and there is no chunk).
     unsafe {
-        par_filled(n, ((1 << 16) / p).max(1) * p, |c| {
+        par_filled(n, ((1 << 16) / p).max(1) * p, |_, c| {
             for (x, &y) in c.iter_mut().zip(pattern.iter().cycle()) {
                 x.write(y);
             }
@@ -275,19 +275,21 @@ pub(crate) fn tiled<T: Real>(n: usize, pattern: &[T]) -> Vec<T> {
     }
 }
 
-/// A buffer of `n` elements whose chunks of `chunk` elements `fill` initialises in parallel.
+/// A buffer of `n` elements whose chunks of `chunk` elements `fill(i, chunk_i)` initialises
+/// in parallel (`i` the chunk's index: it starts at element `i·chunk`).
 ///
 /// # Safety
 /// `fill` must write every element of the chunk it is given.
 unsafe fn par_filled<T: Real>(
     n: usize,
     chunk: usize,
-    fill: impl Fn(&mut [std::mem::MaybeUninit<T>]) + Sync,
+    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync,
 ) -> Vec<T> {
     let mut v: Vec<T> = Vec::with_capacity(n);
     v.spare_capacity_mut()[..n]
         .par_chunks_mut(chunk.max(1))
-        .for_each(&fill);
+        .enumerate()
+        .for_each(|(i, c)| fill(i, c));
     // SAFETY: by the caller's contract `fill` initialised every element of every chunk.
     unsafe { v.set_len(n) };
     v

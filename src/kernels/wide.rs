@@ -448,17 +448,21 @@ mod tests {
         v.iter().map(|x| x.to_bits()).collect()
     }
 
+    /// The first element whose bits differ (any NaN equals any NaN: its sign and payload are
+    /// the one latitude, see the module docs).
+    fn first_difference(got: &[f32], base: &[f32]) -> Option<usize> {
+        got.iter()
+            .zip(base)
+            .position(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan()))
+    }
+
     /// Runs `make(level)` at every level and checks each output against the baseline's.
     fn same_bits_at_every_width<F: FnMut(Level) -> Vec<f32>>(what: &str, mut make: F) {
         let base = make(Level::Base);
         // (a level the CPU lacks falls back to the baseline)
         for level in [Level::Avx2, Level::Avx512] {
             let got = make(level);
-            let bad = got
-                .iter()
-                .zip(&base)
-                .position(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan()));
-            if let Some(i) = bad {
+            if let Some(i) = first_difference(&got, &base) {
                 panic!(
                     "{what} at {level:?}: element {i} of {}: {:e} (bits {:#x}), baseline {:e} (bits {:#x})",
                     got.len(),
@@ -593,10 +597,7 @@ mod tests {
                     },
                 );
                 a.extend(dz);
-                let bad = a
-                    .iter()
-                    .zip(&base)
-                    .position(|(x, y)| x.to_bits() != y.to_bits() && !(x.is_nan() && y.is_nan()));
+                let bad = first_difference(&a, &base);
                 assert_eq!(bad, None, "kept cdf vs evaluated twice at {l:?}");
                 a
             });

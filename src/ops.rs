@@ -70,7 +70,8 @@ impl Kernel {
 
 /// Whether `kernel` runs fused for tensors like `t`: a CPU tensor of f32 or f64, the kernel
 /// not switched off by `CONVLUNA_NO_FUSED`, and (for the gemm-bound kernels) no vendor BLAS
-/// in the build. The only place this decision is made.
+/// in the build. The only place this decision is made. The first CPU tensor it sees primes
+/// glibc's malloc thresholds ([`crate::kernels::prime_glibc_malloc`]).
 pub fn fused(kernel: Kernel, t: &Tensor) -> bool {
     use std::sync::OnceLock;
     static OFF: OnceLock<Vec<String>> = OnceLock::new();
@@ -84,14 +85,17 @@ pub fn fused(kernel: Kernel, t: &Tensor) -> bool {
             })
             .unwrap_or_default()
     });
+    if !crate::kernels::fusable(t) {
+        return false;
+    }
+    // the first CPU op of the process sets glibc's adaptive thresholds (kernels::malloc)
+    crate::kernels::prime_once();
     let blas = cfg!(any(feature = "mkl", feature = "accelerate"));
     if blas && kernel.is_gemm() {
         return false;
     }
-    crate::kernels::fusable(t)
-        && !off
-            .iter()
-            .any(|o| o == kernel.name() || o == "all" || o == "1")
+    !off.iter()
+        .any(|o| o == kernel.name() || o == "all" || o == "1")
 }
 
 /// Computes `f` in f32 for half-precision inputs and casts back.

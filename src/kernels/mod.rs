@@ -36,8 +36,10 @@
 //! AVX-512F builds when the CPU has them, picked at run time, with the same bits as the
 //! baseline build (`CONVLUNA_NO_WIDE=1` turns this off).
 //!
-//! [`tune_glibc_malloc`] asks glibc to keep freed memory instead of returning it to the
-//! kernel, which removes most page faults of a training step (see BENCHMARKS.md).
+//! The first fused op of a process calls [`prime_glibc_malloc`], which sets glibc's adaptive
+//! malloc thresholds the way freeing one large block would, so that the tensors of a training
+//! step come from the heap instead of fresh mappings; [`tune_glibc_malloc`] (opt-in) goes
+//! further and keeps all freed memory (see BENCHMARKS.md).
 
 /// The kernels' one dtype dispatch: runs `$body` with `$T` the Rust type of a CPU float
 /// dtype (f32 or f64); any other dtype is Candle's `UnsupportedDTypeForOp` for op `$op`.
@@ -64,6 +66,7 @@ mod ffn;
 mod gelu;
 mod layer_norm;
 mod linear;
+mod malloc;
 mod mask;
 mod matmul;
 mod pool;
@@ -76,6 +79,8 @@ pub use ffn::ffn;
 pub use gelu::bias_gelu;
 pub use layer_norm::{add_layer_norm, layer_norm};
 pub use linear::linear;
+pub(crate) use malloc::prime_once;
+pub use malloc::{prime_glibc_malloc, tune_glibc_malloc};
 pub use mask::mask_rows;
 pub(crate) use matmul::{Gemm, Mat, KC};
 pub use pool::max_pool_merged;
@@ -397,37 +402,6 @@ pub(crate) fn scalar(t: &Tensor) -> candle_core::Result<f64> {
         .to_dtype(DType::F64)?
         .to_vec1::<f64>()
         .map(|v| v[0])
-}
-
-/// Tells glibc's malloc to keep freed memory (no `mmap` for large blocks, no trimming, a
-/// 1 GiB top pad), as `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=…:
-/// glibc.malloc.top_pad=1073741824` does. Candle allocates a fresh buffer for every op; with the
-/// stock settings each large buffer is a fresh `mmap` whose pages fault in on first touch and
-/// are returned on free, which costs a large share of a CPU training step. Call it first
-/// thing in `main`. Returns false where it does nothing (not glibc).
-pub fn tune_glibc_malloc() -> bool {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn mallopt(
-                param: std::os::raw::c_int,
-                value: std::os::raw::c_int,
-            ) -> std::os::raw::c_int;
-        }
-        const M_TRIM_THRESHOLD: i32 = -1;
-        const M_TOP_PAD: i32 = -2;
-        const M_MMAP_MAX: i32 = -4;
-        // SAFETY: mallopt only changes allocator parameters.
-        unsafe {
-            mallopt(M_MMAP_MAX, 0) == 1
-                && mallopt(M_TRIM_THRESHOLD, i32::MAX) == 1
-                && mallopt(M_TOP_PAD, 1 << 30) == 1
-        }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
-    }
 }
 
 /// Reproducible test inputs in [−1, 1) (xorshift), for the kernels' unit tests.

@@ -569,32 +569,36 @@ fn verdict_between(ctx: &Ctx) -> (String, String) {
     (verdict, nums)
 }
 
+/// The correlations of memory diversity and accuracy across runs: (tasks tested, significantly
+/// positive, significantly negative) after Holm's correction.
+fn correlation_counts(ctx: &Ctx) -> (usize, usize, usize) {
+    let tested: Vec<_> = ctx
+        .mem
+        .correlations
+        .iter()
+        .filter(|c| c.r.is_some())
+        .collect();
+    let sig = |positive: bool| {
+        tested
+            .iter()
+            .filter(|c| c.holm < ALPHA && c.r.is_some_and(|r| (r.0 > 0.0) == positive))
+            .count()
+    };
+    (tested.len(), sig(true), sig(false))
+}
+
 /// The correlation of memory diversity and accuracy across runs: (verdict, numbers, phrase).
 fn verdict_correlation(ctx: &Ctx) -> (String, String, String) {
     let cs = &ctx.mem.correlations;
-    let tested: Vec<_> = cs.iter().filter(|c| c.r.is_some()).collect();
-    let pos = tested
-        .iter()
-        .filter(|c| c.holm < ALPHA && c.r.is_some_and(|r| r.0 > 0.0))
-        .count();
-    let neg = tested
-        .iter()
-        .filter(|c| c.holm < ALPHA && c.r.is_some_and(|r| r.0 < 0.0))
-        .count();
-    let verdict = if tested.is_empty() {
+    let (tested, pos, neg) = correlation_counts(ctx);
+    let verdict = if tested == 0 {
         "**pending**".to_string()
-    } else if pos == tested.len() {
-        format!("**yes** (significant on {pos} of {} tasks)", tested.len())
+    } else if pos == tested {
+        format!("**yes** (significant on {pos} of {tested} tasks)")
     } else if pos == 0 && neg == 0 {
-        format!(
-            "**no**: no significant correlation on any of {} tasks",
-            tested.len()
-        )
+        format!("**no**: no significant correlation on any of {tested} tasks")
     } else {
-        format!(
-            "**mixed**: positive on {pos}, negative on {neg} of {} tasks",
-            tested.len()
-        )
+        format!("**mixed**: positive on {pos}, negative on {neg} of {tested} tasks")
     };
     let list = cs
         .iter()
@@ -688,7 +692,17 @@ fn bottom_line(md: &mut String, ctx: &Ctx) {
         .filter(|t| t.est.as_ref().is_some_and(|e| e.est > 0.0))
         .map(|t| format!("{} ({})", pretty(&t.terms[0].1), ctx.task(t.task)))
         .collect();
-    let (cv, _, _) = verdict_correlation(ctx);
+    let (tested, pos, neg) = correlation_counts(ctx);
+    let significance = if tested == 0 {
+        "not testable yet".to_string()
+    } else if pos == 0 && neg == 0 {
+        format!("significant on none of {tested} tasks after Holm's correction")
+    } else {
+        format!(
+            "significantly positive on {pos} and negative on {neg} of {tested} tasks after \
+             Holm's correction"
+        )
+    };
     let list = |v: &[String]| {
         if v.is_empty() {
             "none".to_string()
@@ -701,7 +715,7 @@ fn bottom_line(md: &mut String, ctx: &Ctx) {
         "3. **Memory:** {deg}; at the best checkpoint ConvLuna's rank ÷ m minus Luna's: {} \
          (`*` significant). Significantly more diverse memory than Luna: {}; significantly \
          more accurate than Luna: {}. Across runs, memory diversity and test accuracy \
-         correlate {} — {}.\n",
+         correlate {} ({significance}).\n",
         list(&between),
         list(&diverse),
         list(&accurate),
@@ -710,7 +724,6 @@ fn bottom_line(md: &mut String, ctx: &Ctx) {
         } else {
             format!("r = {corr}")
         },
-        cv.replace("**", "")
     );
 }
 

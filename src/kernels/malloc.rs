@@ -8,8 +8,10 @@
 //! step allocates and frees tens of `[B, L, d]` tensors (8 MiB at 16,384 tokens and d = 128)
 //! and, with a batch of sequences, many `[B, m, d]` ones of 1–2 MiB. Whether they reuse the
 //! heap or fault in fresh pages every step then depends on the largest block the program
-//! happened to free first: one 16 MiB buffer freed early makes the difference between about
-//! 27 and 85 thousand page faults a step (BENCHMARKS.md, "Allocator").
+//! happened to free first. Measured on Luna training (BENCHMARKS.md, "Stock allocator against
+//! the tuned one"): 106,833 page faults a step at a batch of 16 sequences, where nothing
+//! larger than 8 MiB had been freed, 42,887 at one sequence, where a 16 MiB buffer had; with
+//! the prime below, 9,908 and none.
 //!
 //! [`prime_glibc_malloc`] makes that state deterministic: it allocates and frees one mmapped
 //! block just under 32 MiB, which moves both thresholds where glibc's own adaptation would

@@ -19,8 +19,9 @@
 //! It changes no setting the program chose: an explicit `mallopt` or `GLIBC_TUNABLES`
 //! threshold turns glibc's adaptation off, and then the call changes nothing. The fused
 //! kernels call it once per process, on their first CPU op (`CONVLUNA_NO_MALLOC_PRIME=1`
-//! skips that). [`tune_glibc_malloc`] is the stronger, opt-in setting: never `mmap`, never
-//! trim, so the process keeps its peak memory.
+//! skips that). Its cost: up to twice 32 MiB of freed memory per malloc arena may stay in the
+//! heap instead of going back to the system. [`tune_glibc_malloc`] is the stronger, opt-in
+//! setting: never `mmap`, never trim, so the process keeps its peak memory.
 
 /// Sets glibc's adaptive malloc thresholds as freeing a 32 MiB block would (see the module
 /// docs): allocates one block of just under 32 MiB (never touched, so no page is faulted in)

@@ -149,6 +149,12 @@ fn runs_are_recorded_skipped_resumed_and_reported() {
     // Runs stopped by their step cap are marked as such.
     assert!(md.contains("6 (cap)"), "{md}");
     assert!(md.contains("**Step cap:** 4 of 4 runs"), "{md}");
+    // runs stopped by the cap: the curves are not presented as plateaus
+    assert!(
+        md.contains("every run stopped at its step cap, so a flat tail shows where the schedule"),
+        "{md}"
+    );
+    assert!(!md.contains("a flat tail is the plateau"), "{md}");
     // Written twice from the same results, the report is the same file.
     report(&m, &all, &paths).unwrap();
     assert_eq!(std::fs::read_to_string(&paths.markdown).unwrap(), md);

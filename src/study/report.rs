@@ -1220,11 +1220,25 @@ fn task_section(md: &mut String, written: &mut Vec<PathBuf>, ctx: &Ctx, ti: usiz
             }],
             1,
         )?;
+        let p = ctx.plateau[ti];
+        let tail = if p.at_cap == 0 {
+            "every run stopped on its patience, so a flat tail is the plateau".to_string()
+        } else if p.at_cap == p.runs {
+            "every run stopped at its step cap, so a flat tail shows where the schedule ended \
+             training, not that accuracy had stopped improving: see the step-cap line above"
+                .to_string()
+        } else {
+            format!(
+                "{} of {} runs stopped at their step cap rather than on their patience, so a \
+                 flat tail is a plateau only as far as the step-cap line above says those runs \
+                 had stopped gaining",
+                p.at_cap, p.runs
+            )
+        };
         let _ = writeln!(
             md,
             "Validation curves (each point the mean over the seeds that reached that step, step \
-             0 included where known; runs stop on their patience, so a flat tail is the \
-             plateau):\n\n![{} validation]({})\n",
+             0 included where known; {tail}):\n\n![{} validation]({})\n",
             task.name,
             rel(&paths.markdown, &f)
         );

@@ -188,8 +188,9 @@ unsafe impl<T: Send> Send for SharedMut<T> {}
 unsafe impl<T: Send> Sync for SharedMut<T> {}
 
 impl<T> SharedMut<T> {
-    fn new(v: &mut [T]) -> Self {
-        Self(v.as_mut_ptr(), v.len())
+    /// Over a buffer not yet initialised, for outputs the tasks overwrite in full.
+    fn uninit(v: &mut [std::mem::MaybeUninit<T>]) -> Self {
+        Self(v.as_mut_ptr().cast(), v.len())
     }
 }
 
@@ -264,9 +265,14 @@ fn forward<T: Real>(
 ) -> (Vec<T>, Vec<T>) {
     let Dims { n, l, dv, .. } = d;
     let total = d.slices() * n * l;
+    let ny = d.slices() * n * dv;
+    if total == 0 {
+        // no keys (or no queries): no slice task runs, and the output is zeros
+        return (super::zeros(ny), Vec::new());
+    }
     let mut w: Vec<T> = Vec::with_capacity(total);
-    let mut y = super::zeros(d.slices() * n * dv);
-    let yp = SharedMut::new(&mut y);
+    let mut y: Vec<T> = Vec::with_capacity(ny);
+    let yp = SharedMut::uninit(&mut y.spare_capacity_mut()[..ny]);
     w.spare_capacity_mut()[..total]
         .par_chunks_mut(n * l)
         .enumerate()
@@ -289,8 +295,12 @@ fn forward<T: Real>(
                 )
             }
         });
-    // SAFETY: every chunk of the first `total` elements was written above.
-    unsafe { w.set_len(total) };
+    // SAFETY: every chunk of the first `total` elements was written above, and every slice
+    // wrote all n rows of its d_v columns of y (the w·v product overwrites).
+    unsafe {
+        w.set_len(total);
+        y.set_len(ny);
+    }
     (y, w)
 }
 
@@ -312,8 +322,9 @@ fn forward_stats<T: Real>(
     let Dims { n, l, dv, .. } = d;
     let rb = rows_per_block(n, l, block_logits);
     let mut stats = super::zeros(d.slices() * n * 2);
-    let mut y = super::zeros(d.slices() * n * dv);
-    let yp = SharedMut::new(&mut y);
+    let ny = d.slices() * n * dv;
+    let mut y: Vec<T> = Vec::with_capacity(ny);
+    let yp = SharedMut::uninit(&mut y.spare_capacity_mut()[..ny]);
     stats.par_chunks_mut(n * 2).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
         |(z, scratch), (s, st)| {
@@ -340,6 +351,9 @@ fn forward_stats<T: Real>(
             }
         },
     );
+    // SAFETY: every slice wrote all n rows (blocks of rb) of its d_v columns of y (the w·v
+    // product overwrites).
+    unsafe { y.set_len(ny) };
     (y, stats)
 }
 
@@ -394,13 +408,26 @@ fn backward<T: Real>(
     let Dims {
         h, n, l, dk, dv, ..
     } = d;
-    let mut dq = super::zeros(q.len());
-    let mut dkv = super::zeros(k.len());
-    let mut dvv = super::zeros(v.len());
+    if n == 0 || l == 0 {
+        // no tile runs: every gradient is zero
+        return Grads {
+            dq: super::zeros(q.len()),
+            dk: super::zeros(k.len()),
+            dv: super::zeros(v.len()),
+        };
+    }
+    // Each slice's first tile of a row block (c0 = 0) overwrites its rows of dq, and the
+    // first tile of a column block (r0 = 0) its rows of dk and dv; with n, L > 0 every row of
+    // every slice gets one, so the gradients need no zero fill.
+    let (mut dq, mut dkv, mut dvv): (Vec<T>, Vec<T>, Vec<T>) = (
+        Vec::with_capacity(q.len()),
+        Vec::with_capacity(k.len()),
+        Vec::with_capacity(v.len()),
+    );
     let (dqp, dkp, dvp) = (
-        SharedMut::new(&mut dq),
-        SharedMut::new(&mut dkv),
-        SharedMut::new(&mut dvv),
+        SharedMut::uninit(&mut dq.spare_capacity_mut()[..q.len()]),
+        SharedMut::uninit(&mut dkv.spare_capacity_mut()[..k.len()]),
+        SharedMut::uninit(&mut dvv.spare_capacity_mut()[..v.len()]),
     );
     (0..d.slices()).into_par_iter().for_each_init(
         || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
@@ -500,6 +527,12 @@ fn backward<T: Real>(
             }
         },
     );
+    // SAFETY: every element was written by its first tile (above).
+    unsafe {
+        dq.set_len(q.len());
+        dkv.set_len(k.len());
+        dvv.set_len(v.len());
+    }
     Grads {
         dq,
         dk: dkv,

@@ -19,6 +19,7 @@
 //! weight gradients add their row blocks in the order of one gemm over all rows (see
 //! [`super::matmul`]), so the results are those of the unblocked computation, bit for bit.
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use candle_core::{
@@ -89,6 +90,13 @@ impl<'a, T: Real> Affine<'a, T> {
         let (wb, inp, out) = (self.wb, self.inp, self.out);
         super::linear::forward_into(z, lhs, wb, inp + 1, &self.b, (rows, inp, out), threads)
     }
+
+    /// [`Affine::apply`] into a destination that may be uninitialised (all of it written).
+    fn apply_uninit(&self, z: &mut [MaybeUninit<T>], lhs: &[T], rows: usize, threads: usize) {
+        let (wb, inp, out) = (self.wb, self.inp, self.out);
+        let dims = (rows, inp, out);
+        super::linear::forward_into_uninit(z, lhs, wb, inp + 1, &self.b, dims, threads)
+    }
 }
 
 /// `op(out, c, z, keep)` over a `rows × f` block in parallel tasks of whole rows (`c` the
@@ -125,20 +133,23 @@ impl Ffn {
         let Dims { rows, d, f } = dm;
         let keep = self.keep.as_deref().map(|k| k.as_slice());
         let (fc1, fc2) = (Affine::new(w1, d, f), Affine::new(w2, f, d));
-        let mut y = zeros(rows * d);
-        y.par_chunks_mut(FWD_ROWS * d).enumerate().for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(z, a), (bi, yb)| {
-                let (r0, r) = (bi * FWD_ROWS, yb.len() / d);
-                z.resize(r * f, T::zero());
-                a.resize(r * f, T::zero());
-                fc1.apply(z, &x[r0 * d..(r0 + r) * d], r, 1);
-                let keep = keep.map(|k| &k[r0 * f..]);
-                wide(GeluKeep { a, z, keep });
-                fc2.apply(yb, a, r, 1);
-            },
-        );
-        Ok(y)
+        let fill = |y: &mut [MaybeUninit<T>]| {
+            y.par_chunks_mut(FWD_ROWS * d).enumerate().for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(z, a), (bi, yb)| {
+                    let (r0, r) = (bi * FWD_ROWS, yb.len() / d);
+                    z.resize(r * f, T::zero());
+                    a.resize(r * f, T::zero());
+                    fc1.apply(z, &x[r0 * d..(r0 + r) * d], r, 1);
+                    let keep = keep.map(|k| &k[r0 * f..]);
+                    wide(GeluKeep { a, z, keep });
+                    fc2.apply_uninit(yb, a, r, 1);
+                },
+            )
+        };
+        // SAFETY: each task's fc2 writes all of its r·d elements, and the tasks cover y (r is
+        // its chunk's length ÷ d).
+        Ok(unsafe { super::written(rows * d, fill) })
     }
 
     /// Blocks of [`BWD_ROWS`] rows, one after another: fc1 and GELU recomputed (the same bits
@@ -168,7 +179,8 @@ impl Ffn {
                     with_data::<T, _>(w2, |w2d| {
                         let mut dw1 = vec![T::zero(); f * (d + 1)];
                         let mut dw2 = vec![T::zero(); d * (f + 1)];
-                        let mut dx = zeros(rows * d);
+                        // written block by block below, every row once
+                        let mut dx: Vec<T> = Vec::with_capacity(rows * d);
                         let block = BWD_ROWS.min(rows) * f;
                         let (mut z, mut a, mut dz) = (zeros(block), zeros(block), zeros(block));
                         let mut c = zeros(block);
@@ -200,12 +212,16 @@ impl Ffn {
                                 .accumulate(r0 > 0)
                                 .run(&mut dw1, d + 1, threads);
                             // dx_b = dz·W₁
-                            Gemm::new((r, d, f), Mat::rows(dz, f), Mat::rows(w1d, d + 1)).run(
-                                &mut dx[r0 * d..(r0 + r) * d],
-                                d,
-                                threads,
-                            );
+                            Gemm::new((r, d, f), Mat::rows(dz, f), Mat::rows(w1d, d + 1))
+                                .run_uninit(
+                                    &mut dx.spare_capacity_mut()[r0 * d..(r0 + r) * d],
+                                    d,
+                                    threads,
+                                );
                         }
+                        // SAFETY: the blocks of rows cover 0..rows, and each product wrote
+                        // all r·d elements of its block.
+                        unsafe { dx.set_len(rows * d) };
                         set_column(&mut dw1, d + 1, d, db1.finish());
                         set_column(&mut dw2, f + 1, f, column_sums(gd, d));
                         Ok((dx, dw1, dw2))

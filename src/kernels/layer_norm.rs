@@ -6,6 +6,7 @@ use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor,
 };
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use super::{rows_per_task, slice, sum, with_data, Real};
 
@@ -40,10 +41,10 @@ fn stats<T: Real>(xr: &[T], eps: T) -> (T, T) {
 
 /// One row of the forward: `yr ← (xr − μ)·rstd·w + b`.
 #[inline]
-fn row_forward<T: Real>(yr: &mut [T], xr: &[T], w: &[T], b: &[T], eps: T) {
+fn row_forward<T: Real>(yr: &mut [MaybeUninit<T>], xr: &[T], w: &[T], b: &[T], eps: T) {
     let (mean, rstd) = stats(xr, eps);
     for (((o, &v), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-        *o = (v - mean) * rstd * wv + bv;
+        o.write((v - mean) * rstd * wv + bv);
     }
 }
 
@@ -51,7 +52,7 @@ fn row_forward<T: Real>(yr: &mut [T], xr: &[T], w: &[T], b: &[T], eps: T) {
 /// `[dγ, dβ]` to `acc`; `xhat` is scratch of length d.
 #[inline]
 fn row_backward<T: Real>(
-    dr: &mut [T],
+    dr: &mut [MaybeUninit<T>],
     xr: &[T],
     gr: &[T],
     w: &[T],
@@ -75,7 +76,7 @@ fn row_backward<T: Real>(
     }
     let (m1, m2) = (s1 * inv_d, s2 * inv_d);
     for i in 0..d {
-        dr[i] = rstd * (gr[i] * w[i] - m1 - xhat[i] * m2);
+        dr[i].write(rstd * (gr[i] * w[i] - m1 - xhat[i] * m2));
     }
 }
 
@@ -101,16 +102,17 @@ fn rows_of<T: Real>(x: &[T], r: Option<&[T]>, d: usize, mut f: impl FnMut(usize,
 fn forward<T: Real>(x: &[T], r: Option<&[T]>, w: &[T], b: &[T], eps: f64) -> Vec<T> {
     let d = w.len();
     let eps = T::from_f64(eps);
-    let mut y = super::zeros(x.len());
     let rpt = rows_per_task(d);
-    y.par_chunks_mut(d * rpt).enumerate().for_each(|(t, yc)| {
-        let span = t * d * rpt..t * d * rpt + yc.len();
-        let rc = r.map(|r| &r[span.clone()]);
-        rows_of(&x[span], rc, d, |i, xr| {
-            row_forward(&mut yc[i * d..(i + 1) * d], xr, w, b, eps)
-        });
-    });
-    y
+    // SAFETY: each chunk is whole rows of x, and row_forward writes all d values of each.
+    unsafe {
+        super::par_filled(x.len(), d * rpt, |t, yc| {
+            let span = t * d * rpt..t * d * rpt + yc.len();
+            let rc = r.map(|r| &r[span.clone()]);
+            rows_of(&x[span], rc, d, |i, xr| {
+                row_forward(&mut yc[i * d..(i + 1) * d], xr, w, b, eps)
+            });
+        })
+    }
 }
 
 /// Returns the gradient of the input (of `x`, or of `x + r`) and the concatenation
@@ -118,29 +120,35 @@ fn forward<T: Real>(x: &[T], r: Option<&[T]>, w: &[T], b: &[T], eps: f64) -> Vec
 fn backward<T: Real>(x: &[T], r: Option<&[T]>, w: &[T], g: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
     let d = w.len();
     let eps = T::from_f64(eps);
-    let mut dx = super::zeros(x.len());
+    let mut dx: Vec<T> = Vec::with_capacity(x.len());
     let rpt = rows_per_task(d);
-    let parts = dx.par_chunks_mut(d * rpt).enumerate().map(|(t, dc)| {
-        let span = t * d * rpt..t * d * rpt + dc.len();
-        let gc = &g[span.clone()];
-        let rc = r.map(|r| &r[span.clone()]);
-        let mut acc = vec![T::zero(); 2 * d];
-        let mut xhat = vec![T::zero(); d];
-        rows_of(&x[span], rc, d, |i, xr| {
-            let rows = i * d..(i + 1) * d;
-            row_backward(
-                &mut dc[rows.clone()],
-                xr,
-                &gc[rows],
-                w,
-                eps,
-                &mut acc,
-                &mut xhat,
-            )
+    let parts = dx.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(d * rpt)
+        .enumerate()
+        .map(|(t, dc)| {
+            let span = t * d * rpt..t * d * rpt + dc.len();
+            let gc = &g[span.clone()];
+            let rc = r.map(|r| &r[span.clone()]);
+            let mut acc = vec![T::zero(); 2 * d];
+            let mut xhat = vec![T::zero(); d];
+            rows_of(&x[span], rc, d, |i, xr| {
+                let rows = i * d..(i + 1) * d;
+                row_backward(
+                    &mut dc[rows.clone()],
+                    xr,
+                    &gc[rows],
+                    w,
+                    eps,
+                    &mut acc,
+                    &mut xhat,
+                )
+            });
+            acc
         });
-        acc
-    });
     let dwb = super::ordered_sum(parts, 2 * d);
+    // SAFETY: ordered_sum ran every task; each chunk is whole rows of x, and row_backward
+    // wrote all d values of each.
+    unsafe { dx.set_len(x.len()) };
     (dx, dwb)
 }
 

@@ -47,15 +47,17 @@ pub(crate) fn forward<T: Real>(
     out: usize,
     threads: usize,
 ) -> Vec<T> {
-    // the bias rows (or zeros), onto which the gemm accumulates x·Wᵀ
-    let mut y = match b {
-        Some(b) => super::tiled(rows * out, b),
-        None => super::zeros(rows * out),
-    };
-    Gemm::new((rows, out, inp), Mat::rows(x, inp), Mat::rows(w, w_rs).t())
-        .accumulate(b.is_some())
-        .run(&mut y, out, threads);
-    y
+    let product = Gemm::new((rows, out, inp), Mat::rows(x, inp), Mat::rows(w, w_rs).t());
+    match b {
+        // the bias rows, onto which the gemm accumulates x·Wᵀ
+        Some(b) => {
+            let mut y = super::tiled(rows * out, b);
+            product.accumulate(true).run(&mut y, out, threads);
+            y
+        }
+        // SAFETY: the product writes all rows × out elements.
+        None => unsafe { super::written(rows * out, |y| product.run_uninit(y, out, threads)) },
+    }
 }
 
 /// [`forward`] with a bias, into `y` (`rows × out`, overwritten): the same bits.
@@ -66,12 +68,36 @@ pub(crate) fn forward_into<T: Real>(
     w: &[T],
     w_rs: usize,
     b: &[T],
+    dims: (usize, usize, usize),
+    threads: usize,
+) {
+    // SAFETY: a view of initialised values as possibly uninitialised ones, through which only
+    // values are written.
+    let y = unsafe { &mut *(y as *mut [T] as *mut [std::mem::MaybeUninit<T>]) };
+    forward_into_uninit(y, x, w, w_rs, b, dims, threads)
+}
+
+/// [`forward_into`] into a destination that may be uninitialised: the bias rows are written
+/// first, then the gemm accumulates onto them (the same bits).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_into_uninit<T: Real>(
+    y: &mut [std::mem::MaybeUninit<T>],
+    x: &[T],
+    w: &[T],
+    w_rs: usize,
+    b: &[T],
     (rows, inp, out): (usize, usize, usize),
     threads: usize,
 ) {
-    for row in y[..rows * out].chunks_mut(out.max(1)) {
-        row.copy_from_slice(b);
+    assert_eq!(b.len(), out, "linear: bias length");
+    let y = &mut y[..rows * out];
+    for row in y.chunks_mut(out.max(1)) {
+        for (o, &v) in row.iter_mut().zip(b) {
+            o.write(v);
+        }
     }
+    // SAFETY: every element of `y` was written just above (rows of `out` bias values).
+    let y = unsafe { &mut *(y as *mut [std::mem::MaybeUninit<T>] as *mut [T]) };
     Gemm::new((rows, out, inp), Mat::rows(x, inp), Mat::rows(w, w_rs).t())
         .accumulate(true)
         .run(y, out, threads);
@@ -195,10 +221,12 @@ impl Linear {
         with_data::<T, _>(g, |gd| {
             let dx = if x.track_op() {
                 let dx = with_data::<T, _>(w, |wd| {
-                    let mut dx = super::zeros(rows * inp);
-                    Gemm::new((rows, inp, out), Mat::rows(gd, out), Mat::rows(wd, inp))
-                        .run(&mut dx, inp, threads);
-                    Ok(dx)
+                    let product =
+                        Gemm::new((rows, inp, out), Mat::rows(gd, out), Mat::rows(wd, inp));
+                    // SAFETY: the product writes all rows × inp elements.
+                    Ok(unsafe {
+                        super::written(rows * inp, |dx| product.run_uninit(dx, inp, threads))
+                    })
                 })?;
                 Some(Tensor::from_vec(dx, x.shape(), x.device())?)
             } else {

@@ -114,11 +114,20 @@ impl<'a, T: Real> Gemm<'a, T> {
     /// pool (the per-slice callers pass 1 and parallelise over slices). The bits do not
     /// depend on `threads`.
     pub(crate) fn run(&self, dst: &mut [T], dst_rs: usize, threads: usize) {
+        // SAFETY: `dst` is borrowed mutably (so it cannot alias lhs or rhs) for its length.
+        unsafe { self.run_checked(dst.as_mut_ptr(), dst.len(), dst_rs, threads) }
+    }
+
+    /// [`Gemm::run`] into `len` elements at `dst`, their extent checked.
+    ///
+    /// # Safety
+    /// `dst` must be valid for `len` writes and not alias lhs or rhs.
+    unsafe fn run_checked(&self, dst: *mut T, len: usize, dst_rs: usize, threads: usize) {
         if self.m == 0 || self.n == 0 {
             return;
         }
         assert!(
-            (self.m - 1) * dst_rs + self.n - 1 < dst.len(),
+            (self.m - 1) * dst_rs + self.n - 1 < len,
             "gemm: dst out of bounds"
         );
         let par = if threads > 1 {
@@ -126,9 +135,24 @@ impl<'a, T: Real> Gemm<'a, T> {
         } else {
             gemm::Parallelism::None
         };
-        // SAFETY: dst's extent is checked above, and `dst` is borrowed mutably so it cannot
-        // alias lhs or rhs.
-        unsafe { self.run_raw(dst.as_mut_ptr(), dst_rs, par) }
+        self.run_raw(dst, dst_rs, par)
+    }
+
+    /// [`Gemm::run`] (overwriting, not accumulating) into a destination that may be
+    /// uninitialised: every element of the `m × n` product is written (row stride `dst_rs`)
+    /// and none is read first.
+    pub(crate) fn run_uninit(
+        &self,
+        dst: &mut [std::mem::MaybeUninit<T>],
+        dst_rs: usize,
+        threads: usize,
+    ) {
+        assert!(!self.accumulate, "gemm: an accumulating product reads dst");
+        // SAFETY: `dst` is borrowed mutably for its length; without accumulation the first
+        // depth block writes every element without reading it (gemm's `read_dst = false`, the
+        // scalar path's plain store, the zero fill of k = 0), and the later blocks read only
+        // what the first wrote.
+        unsafe { self.run_checked(dst.as_mut_ptr().cast(), dst.len(), dst_rs, threads) }
     }
 
     /// [`Gemm::run`] on one thread into a destination given by pointer, for callers whose
@@ -335,6 +359,42 @@ mod tests {
     #[test]
     fn gemm_matches_the_fixed_order_reference_f64() {
         check::<f64>();
+    }
+
+    /// `run_uninit` never reads its destination: over a destination full of NaN (what
+    /// uninitialised memory may hold) it gives `run`'s bits, on every path (the scalar small
+    /// shapes, one and several depth blocks, a last block of one or two, k = 0).
+    #[test]
+    fn run_uninit_writes_without_reading() {
+        for (si, &(m, n, k)) in [
+            (3, 4, 5),
+            (37, 41, 1300),
+            (64, 64, 600),
+            (20, 30, 514),
+            (2, 3, 0),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let lhs = data::<f32>(m * k, si as u64);
+            let rhs = data::<f32>(k * n, 100 + si as u64);
+            let g = Gemm::new((m, n, k), Mat::rows(&lhs, k), Mat::rows(&rhs, n)).scale(0.5);
+            let dst_rs = n + 2;
+            for threads in [1, 2] {
+                let mut want = vec![0f32; m * dst_rs];
+                g.run(&mut want, dst_rs, threads);
+                let mut got = vec![std::mem::MaybeUninit::new(f32::NAN); m * dst_rs];
+                g.run_uninit(&mut got, dst_rs, threads);
+                for r in 0..m {
+                    for c in 0..n {
+                        // SAFETY: initialised with NaN above, and overwritten by the product
+                        let a = unsafe { got[r * dst_rs + c].assume_init() };
+                        let b = want[r * dst_rs + c];
+                        assert_eq!(a.to_bits(), b.to_bits(), "{m}×{n}×{k} ({r}, {c})");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

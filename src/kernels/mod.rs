@@ -280,12 +280,28 @@ pub(crate) fn tiled<T: Real>(n: usize, pattern: &[T]) -> Vec<T> {
     }
 }
 
+/// A buffer of `n` elements handed to `fill` uninitialised, for outputs that a gemm or a row
+/// loop overwrites anyway (a zero fill first would be one more pass over the whole buffer).
+///
+/// # Safety
+/// `fill` must write every one of the `n` elements.
+pub(crate) unsafe fn written<T: Real>(
+    n: usize,
+    fill: impl FnOnce(&mut [std::mem::MaybeUninit<T>]),
+) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    fill(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: by the caller's contract `fill` initialised every element.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// A buffer of `n` elements whose chunks of `chunk` elements `fill(i, chunk_i)` initialises
 /// in parallel (`i` the chunk's index: it starts at element `i·chunk`).
 ///
 /// # Safety
 /// `fill` must write every element of the chunk it is given.
-unsafe fn par_filled<T: Real>(
+pub(crate) unsafe fn par_filled<T: Real>(
     n: usize,
     chunk: usize,
     fill: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync,

@@ -120,35 +120,35 @@ fn forward<T: Real>(x: &[T], r: Option<&[T]>, w: &[T], b: &[T], eps: f64) -> Vec
 fn backward<T: Real>(x: &[T], r: Option<&[T]>, w: &[T], g: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
     let d = w.len();
     let eps = T::from_f64(eps);
-    let mut dx: Vec<T> = Vec::with_capacity(x.len());
     let rpt = rows_per_task(d);
-    let parts = dx.spare_capacity_mut()[..x.len()]
-        .par_chunks_mut(d * rpt)
-        .enumerate()
-        .map(|(t, dc)| {
-            let span = t * d * rpt..t * d * rpt + dc.len();
-            let gc = &g[span.clone()];
-            let rc = r.map(|r| &r[span.clone()]);
-            let mut acc = vec![T::zero(); 2 * d];
-            let mut xhat = vec![T::zero(); d];
-            rows_of(&x[span], rc, d, |i, xr| {
-                let rows = i * d..(i + 1) * d;
-                row_backward(
-                    &mut dc[rows.clone()],
-                    xr,
-                    &gc[rows],
-                    w,
-                    eps,
-                    &mut acc,
-                    &mut xhat,
-                )
+    let mut dwb = Vec::new();
+    // SAFETY: each chunk is whole rows of x, and row_backward writes all d values of each;
+    // ordered_sum runs every task.
+    let dx = unsafe {
+        super::written(x.len(), |dx| {
+            let parts = dx.par_chunks_mut(d * rpt).enumerate().map(|(t, dc)| {
+                let span = t * d * rpt..t * d * rpt + dc.len();
+                let gc = &g[span.clone()];
+                let rc = r.map(|r| &r[span.clone()]);
+                let mut acc = vec![T::zero(); 2 * d];
+                let mut xhat = vec![T::zero(); d];
+                rows_of(&x[span], rc, d, |i, xr| {
+                    let rows = i * d..(i + 1) * d;
+                    row_backward(
+                        &mut dc[rows.clone()],
+                        xr,
+                        &gc[rows],
+                        w,
+                        eps,
+                        &mut acc,
+                        &mut xhat,
+                    )
+                });
+                acc
             });
-            acc
-        });
-    let dwb = super::ordered_sum(parts, 2 * d);
-    // SAFETY: ordered_sum ran every task; each chunk is whole rows of x, and row_backward
-    // wrote all d values of each.
-    unsafe { dx.set_len(x.len()) };
+            dwb = super::ordered_sum(parts, 2 * d);
+        })
+    };
     (dx, dwb)
 }
 

@@ -310,16 +310,34 @@ fn features() -> Vec<&'static str> {
     .collect()
 }
 
-/// f32 matmul throughput of Candle's CPU backend on square and model-shaped products.
+/// f32 matmul throughput of Candle's CPU backend on square and model-shaped products: the
+/// linear layers' shapes, and the attention's thin ones (d_h = 32 deep or wide, as batches of
+/// enough products to hide the call).
 fn matmul_peak(dev: &Device, threads: usize) -> anyhow::Result<()> {
     for &(m, k, n) in &[
         (2048usize, 2048usize, 2048usize),
         (16384, 128, 512),
         (16384, 512, 128),
         (16384, 128, 128),
+        (256, 256, 32),
+        (4096, 256, 32),
+        (256, 4096, 32),
+        (256, 32, 256),
+        (4096, 32, 256),
     ] {
-        let x = Tensor::randn(0f32, 1.0, (m, k), dev)?;
-        let y = Tensor::randn(0f32, 1.0, (k, n), dev)?;
+        let batch = (1usize << 27) / (m * k * n).max(1);
+        let (x, y) = if batch > 1 {
+            (
+                Tensor::randn(0f32, 1.0, (batch, m, k), dev)?,
+                Tensor::randn(0f32, 1.0, (batch, k, n), dev)?,
+            )
+        } else {
+            (
+                Tensor::randn(0f32, 1.0, (m, k), dev)?,
+                Tensor::randn(0f32, 1.0, (k, n), dev)?,
+            )
+        };
+        let batch = batch.max(1);
         let _ = x.matmul(&y)?;
         let mut best = f64::MAX;
         for _ in 0..10 {
@@ -328,8 +346,8 @@ fn matmul_peak(dev: &Device, threads: usize) -> anyhow::Result<()> {
             best = best.min(t.elapsed().as_secs_f64());
         }
         println!(
-            "{{\"impl\":\"convluna\",\"mode\":\"matmul\",\"shape\":\"{m}x{k}x{n}\",\"threads\":{threads},\"gflops\":{:.2},\"cpu\":{},\"isa\":\"{}\"}}",
-            2.0 * (m * k * n) as f64 / best / 1e9,
+            "{{\"impl\":\"convluna\",\"mode\":\"matmul\",\"shape\":\"{m}x{k}x{n}\",\"batch\":{batch},\"threads\":{threads},\"gflops\":{:.2},\"cpu\":{},\"isa\":\"{}\"}}",
+            2.0 * (batch * m * k * n) as f64 / best / 1e9,
             serde_json::Value::from(cpu_model()),
             isa(),
         );

@@ -140,15 +140,22 @@ pub(crate) fn erf_f32(x: f32) -> f32 {
 
 /// `exp(x)` for f32 in branch-free arithmetic that the compiler vectorises (Cephes' expf
 /// polynomial after a reduction by ln 2; relative error about 2·10⁻⁷, like libm's to within
-/// an ulp or two). Inputs below −87.3 give ~1e−38 instead of underflowing to 0, which is
-/// negligible against a softmax denominator ≥ 1; NaN propagates.
+/// an ulp or two). Inputs below −87.3 give exactly 0 (e^x < 1.2·10⁻³⁸ there; libm would give
+/// a subnormal down to −103.97); NaN propagates.
+///
+/// The 0 matters for speed, not accuracy: a masked key's logit (−10⁹) used to give e^−87.3 ≈
+/// 1.2·10⁻³⁸, which the softmax's 1/Σ turned into a subnormal weight, and every product that
+/// reads such a weight (`w·v`, and the backward's) takes a microcode assist per operation —
+/// a ListOps Transformer trained 11× slower for it (BENCHMARKS.md).
 #[inline(always)]
 pub(crate) fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
-    let x = x.clamp(-87.3, 88.0);
+    const FLOOR: f32 = -87.3;
+    let underflow = x < FLOOR;
+    let x = x.clamp(FLOOR, 88.0);
     let t = x * LOG2E + ROUND; // n + 1.5·2²³: its low mantissa bits hold n
     let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
@@ -162,7 +169,13 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     // 2ⁿ from t's bits with integer ops (n ∈ [−126, 127] after the clamp): `n as i32` would
     // be a saturating scalar conversion per lane and stop the loop from vectorising.
     let e = t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23;
-    y * f32::from_bits(e)
+    let y = y * f32::from_bits(e);
+    // a select, not a branch: the loops that call this still vectorise
+    if underflow {
+        0.0
+    } else {
+        y
+    }
 }
 
 /// `Φ(z) = (1 + erf(z/√2))/2`, the normal CDF: the factor GELU and its derivative share.
@@ -456,5 +469,38 @@ mod tests {
         assert!(erf_f32(f32::NAN).is_nan());
         assert_eq!(erf_f32(f32::INFINITY), 1.0);
         assert_eq!(erf_f32(f32::NEG_INFINITY), -1.0);
+    }
+
+    /// Below the floor exp gives exactly 0 (a masked key's −10⁹), and from the floor up a
+    /// normal number: no subnormal ever comes out (one used to, ×1/Σ in the softmax, and made
+    /// every product reading it take a microcode assist per operation).
+    #[test]
+    fn exp_underflows_to_zero_never_to_a_subnormal() {
+        for x in [-87.31f32, -90.0, -103.0, -1e9, f32::MIN, f32::NEG_INFINITY] {
+            assert_eq!(exp_f32(x).to_bits(), 0, "exp({x})");
+        }
+        for i in 0..=7_300 {
+            let x = -87.3 + i as f32 * 1e-3; // −87.3 … −80
+            assert!(exp_f32(x).is_normal(), "exp({x}) = {:e}", exp_f32(x));
+        }
+        assert!(exp_f32(f32::NAN).is_nan());
+        // a softmax row with masked keys: their weights are exactly 0, none subnormal
+        let mut row = vec![0.5f32, -1.0, 2.0, 0.0, 1.5, -0.25, 3.0, 1.0, -2.0, 0.75];
+        let bias: Vec<f32> = (0..row.len())
+            .map(|j| if j % 3 == 1 { -1e9 } else { 0.0 })
+            .collect();
+        wide::wide(wide::SoftmaxRows {
+            z: &mut row,
+            l: 10,
+            bias: Some(&bias),
+            stats: None,
+        });
+        for (j, w) in row.iter().enumerate() {
+            if j % 3 == 1 {
+                assert_eq!(w.to_bits(), 0, "masked key {j}: {w:e}");
+            } else {
+                assert!(w.is_normal(), "key {j}: {w:e}");
+            }
+        }
     }
 }

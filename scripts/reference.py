@@ -1021,21 +1021,27 @@ def cpu_model() -> str:
 
 
 def matmul_peak() -> None:
-    """Prints PyTorch's f32 matmul throughput at 2048³ and on the encoder's shapes (best of
-    10), with the BLAS it was built with and the CPU capability it dispatches to."""
+    """Prints PyTorch's f32 matmul throughput at 2048³, on the encoder's linear shapes and on
+    the attention's thin ones (d_h = 32 deep or wide, as batches of enough products to hide
+    the call: the same shapes and batches as `bench_encoder --mode matmul`), best of 10, with
+    the BLAS it was built with and the CPU capability it dispatches to."""
     import time
 
     blas = blas_name()
-    for (m, k, n) in [(2048, 2048, 2048), (16384, 128, 512), (16384, 512, 128), (16384, 128, 128)]:
-        x, y = torch.randn(m, k), torch.randn(k, n)
+    for (m, k, n) in [(2048, 2048, 2048), (16384, 128, 512), (16384, 512, 128), (16384, 128, 128),
+                      (256, 256, 32), (4096, 256, 32), (256, 4096, 32), (256, 32, 256), (4096, 32, 256)]:
+        batch = max(1, (1 << 27) // (m * k * n))
+        lead = (batch,) if batch > 1 else ()
+        x, y = torch.randn(*lead, m, k), torch.randn(*lead, k, n)
         x @ y
         best = float("inf")
         for _ in range(10):
             t = time.perf_counter()
             x @ y
             best = min(best, time.perf_counter() - t)
-        print(json.dumps({"impl": "pytorch", "mode": "matmul", "shape": f"{m}x{k}x{n}",
-                          "threads": torch.get_num_threads(), "gflops": round(2 * m * k * n / best / 1e9, 2),
+        print(json.dumps({"impl": "pytorch", "mode": "matmul", "shape": f"{m}x{k}x{n}", "batch": batch,
+                          "threads": torch.get_num_threads(),
+                          "gflops": round(2 * batch * m * k * n / best / 1e9, 2),
                           "blas": blas, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_model(),
                           "torch": torch.__version__,
                           "mkl_enable_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", "")}),

@@ -66,10 +66,13 @@ fn dims(x: &Shape, w1: &Shape, w2: &Shape) -> candle_core::Result<Dims> {
 /// same bits).
 const FWD_ROWS: usize = 128;
 
-/// Rows per block of the backward: [`KC`], so that the weight gradients, sums over all rows
-/// accumulated block after block, add the depth blocks one gemm over all the rows would add,
-/// in the same order — the same bits.
-const BWD_ROWS: usize = KC;
+/// Rows per block of the backward: a multiple of [`KC`], so that the weight gradients, sums
+/// over all rows accumulated block after block, add the depth blocks one gemm over all the
+/// rows would add, in the same order — the same bits. Four depth blocks per block let the
+/// weight gradients' products run in bands of the output, one thread each
+/// ([`Gemm::run`]), instead of gemm's threads meeting after every 512 rows; the block's
+/// `[rows, f]` buffers take 4 × 2,048 × f values (16 MiB at f = 512).
+const BWD_ROWS: usize = 4 * KC;
 
 /// One layer `[W | b]` `[out, inp+1]` with its bias column `b` read out once.
 struct Affine<'a, T> {

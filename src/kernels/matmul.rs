@@ -411,6 +411,41 @@ mod tests {
         }
     }
 
+    /// Timing, not a check (`cargo test --release --lib time_bands -- --ignored --nocapture`,
+    /// with `RAYON_NUM_THREADS=2`): the weight-gradient shapes (out × in summed over 16,384
+    /// rows, lhs transposed) through gemm's threads per depth block, in bands
+    /// ([`Gemm::run`]), and on one thread, in GFLOP/s; the three give the same bits.
+    #[test]
+    #[ignore]
+    fn time_bands() {
+        for (m, n) in [(128, 128), (512, 128), (128, 512)] {
+            let k = 16384;
+            let (g, x) = (data::<f32>(k * m, 1), data::<f32>(k * n, 2));
+            let p = Gemm::new((m, n, k), Mat::rows(&g, m).t(), Mat::rows(&x, n));
+            let gflops = |f: &dyn Fn(&mut [f32])| {
+                let mut dst = vec![0f32; m * n];
+                let t = std::time::Instant::now();
+                f(&mut dst);
+                (
+                    2.0 * (m * n * k) as f64 / t.elapsed().as_secs_f64() / 1e9,
+                    dst,
+                )
+            };
+            for _ in 0..3 {
+                let (per_block, a) = gflops(&|d: &mut [f32]| unsafe {
+                    p.run_raw(d.as_mut_ptr(), n, gemm::Parallelism::Rayon(2))
+                });
+                let (bands, b) = gflops(&|d: &mut [f32]| p.run(d, n, 2));
+                let (one, c) = gflops(&|d: &mut [f32]| p.run(d, n, 1));
+                assert!(a == b && b == c, "{m}×{n}×{k}: the three differ");
+                eprintln!(
+                    "{m}×{n}×{k}: gemm's threads per block {per_block:.0}, bands {bands:.0}, \
+                     one thread {one:.0} GFLOP/s"
+                );
+            }
+        }
+    }
+
     #[test]
     fn gemm_matches_the_fixed_order_reference_f32() {
         check::<f32>();

@@ -70,13 +70,13 @@ impl Kernel {
 
 /// Whether `kernel` runs fused for tensors like `t`: a CPU tensor of f32 or f64, the kernel
 /// not switched off by `CONVLUNA_NO_FUSED`, and (for the gemm-bound kernels) not an
-/// `accelerate` build. The only place this decision is made.
+/// `accelerate` build. The only place this decision is made. The first CPU tensor it sees
+/// primes glibc's malloc thresholds ([`crate::kernels::prime_glibc_malloc`]).
 ///
 /// Under the `mkl` feature every kernel stays on: standing aside for MKL's matmul meant the
 /// composite ops, and those ran 3.2–4.8× slower than the fused kernels on gemm (medians, AMD
 /// EPYC Zen 4, BENCHMARKS.md); MKL still serves Candle's own matmul wherever a composite op
-/// runs. The first CPU tensor it sees primes
-/// glibc's malloc thresholds ([`crate::kernels::prime_glibc_malloc`]).
+/// runs.
 pub fn fused(kernel: Kernel, t: &Tensor) -> bool {
     use std::sync::OnceLock;
     static OFF: OnceLock<Vec<String>> = OnceLock::new();
@@ -95,8 +95,7 @@ pub fn fused(kernel: Kernel, t: &Tensor) -> bool {
     }
     // the first CPU op of the process sets glibc's adaptive thresholds (kernels::malloc)
     crate::kernels::prime_once();
-    let blas = cfg!(feature = "accelerate");
-    if blas && kernel.is_gemm() {
+    if cfg!(feature = "accelerate") && kernel.is_gemm() {
         return false;
     }
     !off.iter()

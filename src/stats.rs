@@ -16,6 +16,27 @@ pub fn std_dev(x: &[f64]) -> f64 {
     (x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (x.len() - 1) as f64).sqrt()
 }
 
+/// A spread at most this fraction of the values' magnitude is floating-point rounding, not
+/// data: e.g. 0.353 − 0.280 and 0.365 − 0.292 differ by 6·10⁻¹⁷ in `f64` although both are
+/// 0.073, and a t-test on that "spread" would report p ≈ 0.
+const ROUNDING: f64 = 1e-9;
+
+/// The largest |v| of `x` (0 when empty).
+fn magnitude(x: &[f64]) -> f64 {
+    x.iter().fold(0.0, |m: f64, v| m.max(v.abs()))
+}
+
+/// [`std_dev`] of values computed from inputs of magnitude `scale`, or 0 when it is within
+/// rounding of zero at that scale ([`ROUNDING`]).
+fn spread(x: &[f64], scale: f64) -> f64 {
+    let s = std_dev(x);
+    if s <= ROUNDING * scale {
+        0.0
+    } else {
+        s
+    }
+}
+
 /// ln Γ(x) (Lanczos, g = 7).
 fn ln_gamma(x: f64) -> f64 {
     const C: [f64; 9] = [
@@ -153,8 +174,8 @@ fn welch_se_df(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
         return None;
     }
     let (va, vb) = (
-        std_dev(a).powi(2) / a.len() as f64,
-        std_dev(b).powi(2) / b.len() as f64,
+        spread(a, magnitude(a)).powi(2) / a.len() as f64,
+        spread(b, magnitude(b)).powi(2) / b.len() as f64,
     );
     if va + vb == 0.0 {
         return None;
@@ -164,12 +185,22 @@ fn welch_se_df(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
 }
 
 /// One-sample t-test of mean zero (e.g. paired differences): (mean, 95 % CI half-width,
-/// two-sided p). `None` with fewer than two values or zero variance.
+/// two-sided p). `None` with fewer than two values or zero variance (a spread within rounding
+/// of the values' magnitude counts as zero; see [`one_sample_at`] for differences of larger
+/// values).
 pub fn one_sample(d: &[f64]) -> Option<(f64, f64, f64)> {
+    one_sample_at(d, magnitude(d))
+}
+
+/// [`one_sample`] for values `d` computed from inputs of magnitude `scale` (e.g. differences
+/// or contrasts of accuracies: `scale` is the largest accuracy times its coefficient): a
+/// spread within 10⁻⁹ × `scale` of zero is rounding, and the test is `None` as for
+/// constant values.
+pub fn one_sample_at(d: &[f64], scale: f64) -> Option<(f64, f64, f64)> {
     if d.len() < 2 {
         return None;
     }
-    let se = std_dev(d) / (d.len() as f64).sqrt();
+    let se = spread(d, scale.max(magnitude(d))) / (d.len() as f64).sqrt();
     if se == 0.0 {
         return None;
     }
@@ -186,7 +217,7 @@ pub fn paired(a: &[f64], b: &[f64]) -> Option<(f64, f64, f64)> {
         return None;
     }
     let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
-    one_sample(&d)
+    one_sample_at(&d, magnitude(a).max(magnitude(b)))
 }
 
 /// Welch-type test of a linear contrast `Σ c_k · mean(x_k)` of independent groups
@@ -203,7 +234,7 @@ pub fn contrast(groups: &[(f64, &[f64])]) -> Option<(f64, f64, f64)> {
         .iter()
         .map(|(c, x)| {
             (
-                c * c * std_dev(x).powi(2) / x.len() as f64,
+                c * c * spread(x, magnitude(x)).powi(2) / x.len() as f64,
                 (x.len() - 1) as f64,
             )
         })
@@ -250,7 +281,8 @@ pub fn hedges_g(a: &[f64], b: &[f64]) -> Option<f64> {
     if a.len() < 2 || b.len() < 2 {
         return None;
     }
-    let sp = (((na - 1.0) * std_dev(a).powi(2) + (nb - 1.0) * std_dev(b).powi(2))
+    let sp = (((na - 1.0) * spread(a, magnitude(a)).powi(2)
+        + (nb - 1.0) * spread(b, magnitude(b)).powi(2))
         / (na + nb - 2.0))
         .sqrt();
     if sp == 0.0 {
@@ -361,6 +393,24 @@ mod tests {
             paired(&[2.0, 3.0], &[1.0, 2.0]).is_none(),
             "constant differences"
         );
+        // equal differences that rounding makes unequal (0.073 − 6·10⁻¹⁷ and 0.073 + 10⁻¹⁷)
+        // are constant too, not p ≈ 0
+        let (a, b) = ([0.353, 0.365], [0.28, 0.292]);
+        assert_ne!(a[0] - b[0], a[1] - b[1], "the case needs rounding");
+        assert!(paired(&a, &b).is_none());
+        let d = [a[0] - b[0], a[1] - b[1]];
+        assert!(one_sample_at(&d, 0.365).is_none());
+        assert!(
+            one_sample(&[1e-17, 2e-17, 4e-17]).is_some(),
+            "tiny values, real spread"
+        );
+        assert!(
+            one_sample_at(&[1e-17, 2e-17, 4e-17], 0.3).is_none(),
+            "rounding at 0.3"
+        );
+        let x = [0.1 + 0.2, 0.3, 0.3];
+        assert!(welch(&x, &x).is_none() && contrast(&[(1.0, &x)]).is_none());
+        assert!(hedges_g(&x, &x).is_none());
         // pairing removes the between-seed spread that Welch keeps
         let a = [0.30, 0.35, 0.40, 0.45];
         let b = [0.290, 0.338, 0.389, 0.437];

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::{EvalPoint, Manifest, RunResult, TaskSpec};
-use crate::stats::{contrast, hedges_g, holm, mean, one_sample, pearson};
+use crate::stats::{contrast, hedges_g, holm, mean, one_sample_at, pearson};
 
 /// Significance level of the verdicts (after Holm's correction).
 pub(super) const ALPHA: f64 = 0.05;
@@ -78,7 +78,14 @@ pub(super) fn estimate(
                     .sum()
             })
             .collect();
-        let t = one_sample(&d);
+        // the per-seed contrast is a sum of accuracies times coefficients: its spread is
+        // rounding below 10⁻⁹ of the largest term, not a difference between seeds
+        let scale = arms
+            .iter()
+            .zip(&plain)
+            .flat_map(|((c, _), x)| x.iter().map(move |v| (c * v).abs()))
+            .fold(0.0, f64::max);
+        let t = one_sample_at(&d, scale);
         return Some(Estimate {
             est: if d.is_empty() { naive } else { mean(&d) },
             ci: t.map(|t| t.1),
@@ -481,7 +488,12 @@ pub(super) fn memory(manifest: &Manifest, groups: &Groups) -> Memory {
                         end: mean(&pairs.iter().map(|p| p.1).collect::<Vec<_>>()),
                         from_step0: pairs.iter().filter(|p| p.2).count(),
                         n: pairs.len(),
-                        diff: one_sample(&d),
+                        diff: one_sample_at(
+                            &d,
+                            pairs
+                                .iter()
+                                .fold(0.0, |m, p| m.max(p.0.abs()).max(p.1.abs())),
+                        ),
                         holm: f64::NAN,
                     });
                 }

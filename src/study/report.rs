@@ -382,7 +382,12 @@ fn relation(outs: &[Outcome], subject: &str, object: &str) -> String {
     let tested: Vec<&Outcome> = outs.iter().filter(|o| o.tested()).collect();
     let nums = outs
         .iter()
-        .filter_map(|o| o.est.map(|e| format!("{} {e:+.1}", o.task)))
+        .filter_map(|o| {
+            o.est.map(|e| {
+                let untested = if o.tested() { "" } else { " not testable yet" };
+                format!("{} {e:+.1}{untested}", o.task)
+            })
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let better: Vec<&str> = tested

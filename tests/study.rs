@@ -158,6 +158,26 @@ fn runs_are_recorded_skipped_resumed_and_reported() {
     // Written twice from the same results, the report is the same file.
     report(&m, &all, &paths).unwrap();
     assert_eq!(std::fs::read_to_string(&paths.markdown).unwrap(), md);
+    assert!(!md.contains("## Retired tasks"), "{md}");
+    // Results of a task no longer in the manifest are shown in their own table and counted
+    // nowhere else: not in the status, the tests or the step-cap line.
+    let mut with_old = all.clone();
+    with_old.extend(all.iter().cloned().map(|mut r| {
+        r.task = "listops-old".into();
+        r
+    }));
+    report(&m, &with_old, &paths).unwrap();
+    let mdr = std::fs::read_to_string(&paths.markdown).unwrap();
+    let retired = mdr
+        .split("## Retired tasks")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{mdr}"));
+    let retired = retired.split("## Every run").next().unwrap();
+    assert!(retired.contains("| listops-old | luna |"), "{retired}");
+    assert!(retired.contains("| listops-old | convluna |"), "{retired}");
+    assert!(retired.contains(" (2) | 2 of 2 |"), "{retired}");
+    assert!(mdr.contains("4 of 4 runs") && mdr.contains("**Step cap:** 4 of 4 runs"));
+    assert!(mdr.contains("Not counted: 4 results of tasks no longer in the study (`listops-old`"));
     // With one seed per arm no comparison can be tested, and the verdict says so instead of
     // calling the difference not significant.
     let seed0: Vec<_> = all.iter().filter(|r| r.seed == 0).cloned().collect();

@@ -137,6 +137,7 @@ pub fn report(
     for ti in 0..manifest.tasks.len() {
         task_section(&mut md, &mut written, &ctx, ti)?;
     }
+    retired_tasks(&mut md, &ctx);
     every_run(&mut md, &ctx);
     write_atomic(&paths.markdown, md.as_bytes())?;
     written.push(paths.markdown.clone());
@@ -1299,6 +1300,67 @@ fn task_plateau(md: &mut String, ctx: &Ctx, ti: usize) {
         );
     }
     let _ = writeln!(md, "{s}\n");
+}
+
+/// The results of tasks no longer in the manifest (e.g. a task whose runs ended at a step cap
+/// under a cosine decay, retired once its twin under a constant schedule is complete): each
+/// arm's test accuracy and how its runs ended, outside the verdicts, tests and step-cap line.
+fn retired_tasks(md: &mut String, ctx: &Ctx) {
+    let mut by_task: BTreeMap<&str, BTreeMap<&str, Vec<&RunResult>>> = BTreeMap::new();
+    for r in ctx.all {
+        if !ctx.manifest.tasks.iter().any(|t| t.name == r.task) {
+            let arms = by_task.entry(r.task.as_str()).or_default();
+            arms.entry(r.arm.as_str()).or_default().push(r);
+        }
+    }
+    if by_task.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Retired tasks
+"
+    );
+    let _ = writeln!(
+        md,
+        "Results of tasks no longer in the study, kept in `results.jsonl` and shown here only: \
+         they enter no verdict, test, Holm family or step-cap line (the notes under Setup say \
+         why each was retired). Test accuracy, mean ± 95 % CI over seeds (%); `at cap`: runs \
+         that used all their steps, `rising`: of those, still gaining more than {:.0} point in \
+         their last quarter.\n",
+        100.0 * RISING
+    );
+    let _ = writeln!(
+        md,
+        "| task | arm | test accuracy (seeds) | at cap | rising |\n|---|---|---|---|---|"
+    );
+    for (task, arms) in &by_task {
+        // the manifest's arm order, then arms it no longer has
+        let mut names: Vec<&str> = arms.keys().copied().collect();
+        names.sort_by_key(|a| (ctx.arm(a).unwrap_or(usize::MAX), *a));
+        for arm in names {
+            let runs = &arms[arm];
+            let acc: Vec<f64> = runs.iter().map(|r| r.test_acc).collect();
+            let capped: Vec<&&RunResult> = runs.iter().filter(|r| !r.stopped_early).collect();
+            let rising = capped
+                .iter()
+                .filter(|r| late_gain(r).is_some_and(|g| g > RISING))
+                .count();
+            let seeds = if acc.len() < 2 {
+                String::new()
+            } else {
+                format!(" ({})", acc.len())
+            };
+            let _ = writeln!(
+                md,
+                "| {task} | {arm} | {}{seeds} | {} of {} | {rising} |",
+                pm(&acc),
+                capped.len(),
+                runs.len()
+            );
+        }
+    }
+    let _ = writeln!(md);
 }
 
 fn every_run(md: &mut String, ctx: &Ctx) {

@@ -166,7 +166,11 @@ fn runs_are_recorded_skipped_resumed_and_reported() {
         r.task = "listops-old".into();
         r
     }));
+    let old_plot = paths.plots.join("listops-old-accuracy.svg");
+    std::fs::write(&old_plot, "<svg/>").unwrap();
     report(&m, &with_old, &paths).unwrap();
+    assert!(!old_plot.exists(), "a retired task's plot was left");
+    assert!(mine.exists());
     let mdr = std::fs::read_to_string(&paths.markdown).unwrap();
     let retired = mdr
         .split("## Retired tasks")

@@ -141,7 +141,7 @@ pub fn report(
     every_run(&mut md, &ctx);
     write_atomic(&paths.markdown, md.as_bytes())?;
     written.push(paths.markdown.clone());
-    remove_stale_plots(manifest, paths, &written)?;
+    remove_stale_plots(manifest, &results, paths, &written)?;
     Ok(written)
 }
 
@@ -1508,23 +1508,28 @@ pub fn late_gain(r: &RunResult) -> Option<f64> {
 }
 
 /// Removes the plots of an earlier report that this one did not write (e.g. of runs since
-/// dropped from the results): SVG files in the plots folder whose names start with one of
-/// the manifest's task names.
+/// dropped from the results, or of a task since retired): SVG files in the plots folder whose
+/// names start with the name of one of the manifest's tasks or of a task in the results.
 fn remove_stale_plots(
     manifest: &Manifest,
+    results: &[RunResult],
     paths: &ReportPaths,
     written: &[std::path::PathBuf],
 ) -> Result<()> {
+    // the manifest's tasks and the retired ones, whose plots no section draws any more
+    let tasks: Vec<&str> = manifest
+        .tasks
+        .iter()
+        .map(|t| t.name.as_str())
+        .chain(results.iter().map(|r| r.task.as_str()))
+        .collect();
     let entries = std::fs::read_dir(&paths.plots).map_err(|e| Error::io(&paths.plots, e))?;
     for e in entries {
         let e = e.map_err(|e| Error::io(&paths.plots, e))?;
         let f = e.path();
         let name = e.file_name().to_string_lossy().into_owned();
-        let ours = name.ends_with(".svg")
-            && manifest
-                .tasks
-                .iter()
-                .any(|t| name.starts_with(&format!("{}-", t.name)));
+        let ours =
+            name.ends_with(".svg") && tasks.iter().any(|t| name.starts_with(&format!("{t}-")));
         if ours && !written.contains(&f) {
             std::fs::remove_file(&f).map_err(|e| Error::io(&f, e))?;
         }

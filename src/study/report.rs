@@ -28,6 +28,15 @@ fn pm(x: &[f64]) -> String {
     }
 }
 
+/// A table cell of accuracies over seeds: mean ± 95 % CI (%), the number of seeds in brackets.
+fn acc_cell(x: &[f64]) -> String {
+    if x.len() < 2 {
+        format!("{} ({})", pct(mean(x)), x.len())
+    } else {
+        format!("{} ({})", pm(x), x.len())
+    }
+}
+
 fn p_fmt(p: f64) -> String {
     if p.is_nan() {
         "–".into()
@@ -68,6 +77,12 @@ impl Ctx<'_> {
     }
     fn runs(&self, ti: usize, arm: &str) -> Option<&Vec<&RunResult>> {
         self.arm(arm).and_then(|a| self.groups.get(&(ti, a)))
+    }
+    /// The results of tasks no longer in the manifest (retired).
+    fn retired(&self) -> impl Iterator<Item = &RunResult> {
+        self.all
+            .iter()
+            .filter(|r| !self.manifest.tasks.iter().any(|t| t.name == r.task))
     }
     /// The runs of the manifest's tasks and arms.
     fn study_runs(&self) -> impl Iterator<Item = &RunResult> {
@@ -225,11 +240,7 @@ fn status(md: &mut String, ctx: &Ctx) {
             median(&walls)
         );
     }
-    let retired: Vec<&RunResult> = ctx
-        .all
-        .iter()
-        .filter(|r| !m.tasks.iter().any(|t| t.name == r.task))
-        .collect();
+    let retired: Vec<&RunResult> = ctx.retired().collect();
     if !retired.is_empty() {
         let mut names: Vec<&str> = retired.iter().map(|r| r.task.as_str()).collect();
         names.sort();
@@ -908,14 +919,7 @@ fn accuracy_table(md: &mut String, ctx: &Ctx) {
             } else {
                 match ctx.groups.get(&(ti, ai)) {
                     None => "pending".to_string(),
-                    Some(v) => {
-                        let x: Vec<f64> = v.iter().map(|r| r.test_acc).collect();
-                        if x.len() < 2 {
-                            format!("{} (1)", pct(x[0]))
-                        } else {
-                            format!("{} ({})", pm(&x), x.len())
-                        }
-                    }
+                    Some(v) => acc_cell(&v.iter().map(|r| r.test_acc).collect::<Vec<_>>()),
                 }
             };
             let _ = write!(md, " {cell} |");
@@ -1307,20 +1311,14 @@ fn task_plateau(md: &mut String, ctx: &Ctx, ti: usize) {
 /// arm's test accuracy and how its runs ended, outside the verdicts, tests and step-cap line.
 fn retired_tasks(md: &mut String, ctx: &Ctx) {
     let mut by_task: BTreeMap<&str, BTreeMap<&str, Vec<&RunResult>>> = BTreeMap::new();
-    for r in ctx.all {
-        if !ctx.manifest.tasks.iter().any(|t| t.name == r.task) {
-            let arms = by_task.entry(r.task.as_str()).or_default();
-            arms.entry(r.arm.as_str()).or_default().push(r);
-        }
+    for r in ctx.retired() {
+        let arms = by_task.entry(r.task.as_str()).or_default();
+        arms.entry(r.arm.as_str()).or_default().push(r);
     }
     if by_task.is_empty() {
         return;
     }
-    let _ = writeln!(
-        md,
-        "## Retired tasks
-"
-    );
+    let _ = writeln!(md, "## Retired tasks\n");
     let _ = writeln!(
         md,
         "Results of tasks no longer in the study, kept in `results.jsonl` and shown here only: \
@@ -1346,15 +1344,10 @@ fn retired_tasks(md: &mut String, ctx: &Ctx) {
                 .iter()
                 .filter(|r| late_gain(r).is_some_and(|g| g > RISING))
                 .count();
-            let seeds = if acc.len() < 2 {
-                String::new()
-            } else {
-                format!(" ({})", acc.len())
-            };
             let _ = writeln!(
                 md,
-                "| {task} | {arm} | {}{seeds} | {} of {} | {rising} |",
-                pm(&acc),
+                "| {task} | {arm} | {} | {} of {} | {rising} |",
+                acc_cell(&acc),
                 capped.len(),
                 runs.len()
             );
@@ -1517,7 +1510,7 @@ fn remove_stale_plots(
     written: &[std::path::PathBuf],
 ) -> Result<()> {
     // the manifest's tasks and the retired ones, whose plots no section draws any more
-    let tasks: Vec<&str> = manifest
+    let tasks: std::collections::BTreeSet<&str> = manifest
         .tasks
         .iter()
         .map(|t| t.name.as_str())

@@ -291,9 +291,18 @@ fn acc_outcomes(tests: &[&AccTest]) -> Vec<Outcome> {
         .collect()
 }
 
+/// `n` and the noun, plural unless `n` is 1 ("1 seed", "3 seeds").
+fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn n_text(t: &AccTest) -> String {
     match &t.est {
-        Some(e) if e.paired => format!("{} pairs", e.n.first().copied().unwrap_or(0)),
+        Some(e) if e.paired => counted(e.n.first().copied().unwrap_or(0), "pair"),
         Some(e) => format!(
             "n = {}",
             e.n.iter()
@@ -944,7 +953,10 @@ fn test_row(ctx: &Ctx, t: &AccTest) -> String {
         Some(e) => format!(
             "| {label} | {} | {:+.1}{} | {} | {} | {} |",
             if e.paired {
-                format!("paired, {} seeds", e.n.first().copied().unwrap_or(0))
+                format!(
+                    "paired, {}",
+                    counted(e.n.first().copied().unwrap_or(0), "seed")
+                )
             } else {
                 "Welch".into()
             },
@@ -1659,4 +1671,16 @@ fn memory_section(md: &mut String, written: &mut Vec<PathBuf>, ctx: &Ctx, ti: us
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counted;
+
+    #[test]
+    fn counts_take_the_singular_only_for_one() {
+        assert_eq!(counted(1, "seed"), "1 seed");
+        assert_eq!(counted(0, "pair"), "0 pairs");
+        assert_eq!(counted(3, "seed"), "3 seeds");
+    }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use convluna::study::{
     append_result, backfill_step0, late_gain, read_results, read_step0, report, run_one,
-    step0_point, with_step0, Manifest, ReportPaths, RunKey,
+    step0_point, with_step0, Manifest, ReportPaths, RunKey, RunResult,
 };
 use convluna::Error;
 
@@ -406,14 +406,16 @@ fn late_gain_measures_the_rise_in_the_last_quarter() {
         step0: None,
     };
     rising.best_val_acc = 0.6;
-    let reported = |val_examples: Option<usize>| {
+    rising.stopped_early = false;
+    let report_of = |run: &RunResult, val_examples: Option<usize>| {
         let mut m = m.clone();
         m.tasks[0].val_examples = val_examples;
-        report(&m, std::slice::from_ref(&rising), &paths).unwrap();
+        report(&m, std::slice::from_ref(run), &paths).unwrap();
         std::fs::read_to_string(&paths.markdown).unwrap()
     };
+    let reported = |val_examples| report_of(&rising, val_examples);
     let md = reported(None);
-    assert!(md.contains("listops (1 of 1 runs)"), "{md}");
+    assert!(md.contains("listops (1 of 1 runs, at their cap)"), "{md}");
     assert!(md.contains("Not at a plateau"), "{md}");
     assert!(!md.contains("standard errors"), "{md}");
     // n = 100: 2 SE ≈ 9.8 points, below the 10-point gain
@@ -434,6 +436,17 @@ fn late_gain_measures_the_rise_in_the_last_quarter() {
         "{md}"
     );
     assert!(md.contains("every curve is flat within the noise"), "{md}");
+    // The same curve from a run stopped by its patience: it had flattened (`patience`
+    // evaluations without a new best), whatever its last quarter gained before that best.
+    let mut settled = rising.clone();
+    settled.stopped_early = true;
+    let md = report_of(&settled, Some(100));
+    assert!(!md.contains("Not at a plateau"), "{md}");
+    assert!(!md.contains("**Plateau:**"), "{md}");
+    assert!(
+        md.contains("0 of 1 at the cap, 0 of them still gaining"),
+        "{md}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

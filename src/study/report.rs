@@ -846,7 +846,7 @@ fn plateau_summary(md: &mut String, ctx: &Ctx) {
     let m = ctx.manifest;
     let runs: usize = ctx.plateau.iter().map(|p| p.runs).sum();
     let cap: usize = ctx.plateau.iter().map(|p| p.at_cap).sum();
-    let cap_rising: usize = ctx.plateau.iter().map(|p| p.at_cap_rising).sum();
+    let cap_rising: usize = ctx.plateau.iter().map(|p| p.rising).sum();
     if runs == 0 {
         return;
     }
@@ -857,11 +857,11 @@ fn plateau_summary(md: &mut String, ctx: &Ctx) {
         .filter(|(_, p)| p.rising > 0)
         .map(|(t, p)| match p.above_noise {
             Some(k) => format!(
-                "{} ({} of {} runs; {k} of them by more than two standard errors of their \
-                 validation accuracy)",
+                "{} ({} of {} runs, at their cap; {k} of them by more than two standard errors \
+                 of their validation accuracy)",
                 t.name, p.rising, p.runs
             ),
-            None => format!("{} ({} of {} runs)", t.name, p.rising, p.runs),
+            None => format!("{} ({} of {} runs, at their cap)", t.name, p.rising, p.runs),
         })
         .collect();
     let per_task: Vec<String> = m
@@ -872,7 +872,7 @@ fn plateau_summary(md: &mut String, ctx: &Ctx) {
         .map(|(t, p)| {
             format!(
                 "{} {} of {} at the cap, {} of them still gaining",
-                t.name, p.at_cap, p.runs, p.at_cap_rising
+                t.name, p.at_cap, p.runs, p.rising
             )
         })
         .collect();
@@ -1197,7 +1197,8 @@ fn task_section(md: &mut String, written: &mut Vec<PathBuf>, ctx: &Ctx, ti: usiz
          *Last-quarter gain*, per seed: the best validation accuracy of the evaluations in the \
          last quarter of the steps the run trained, minus the best before them — near zero \
          when the curve had flattened, large when the run was still rising when its steps ran \
-         out.\n"
+         out (a run stopped by its patience had flattened whatever this gain, which can include \
+         the rise before its best when it trained longer than four patience windows).\n"
     );
     task_plateau(md, ctx, ti);
     if !bars.is_empty() {
@@ -1280,7 +1281,7 @@ fn task_plateau(md: &mut String, ctx: &Ctx, ti: usize) {
          {:.0} point in their last quarter.",
         p.at_cap,
         p.runs,
-        p.at_cap_rising,
+        p.rising,
         100.0 * RISING
     );
     if p.rising > 0 {
@@ -1305,13 +1306,11 @@ fn task_plateau(md: &mut String, ctx: &Ctx, ti: usize) {
         };
         let _ = write!(
             s,
-            " **Plateau:** {} of {} runs gained more than {:.0} point of validation accuracy in \
-             the last quarter of their steps (largest {:+.1}).{noise} Where those runs weigh, \
-             this task's comparisons hold at an equal number of steps, not between converged \
-             models.",
+            " **Plateau:** the runs stopped by their patience had flattened; the {} still \
+             gaining at the cap (largest {:+.1}) had not, by the one-point rule.{noise} Where \
+             those runs weigh, this task's comparisons hold at an equal number of steps, not \
+             between converged models.",
             p.rising,
-            p.runs,
-            100.0 * RISING,
             100.0 * p.top
         );
     }
@@ -1409,59 +1408,56 @@ fn every_run(md: &mut String, ctx: &Ctx) {
 /// A run whose [`late_gain`] exceeds this (one point of accuracy) had not flattened.
 const RISING: f64 = 0.01;
 
-/// Of the runs of task `ti`: how many had not flattened ([`RISING`]), how many ended at
-/// their step cap, how many there are, and the largest late gain.
+/// Of the runs of task `ti`: how many ended at their step cap, how many of those had not
+/// flattened ([`RISING`]), how many there are, and the largest late gain at the cap. A run
+/// stopped by its patience went `patience` evaluations without a new best: it had flattened
+/// whatever its late gain (which, when it trained longer than four patience windows, can
+/// include the rise before its best), so it never counts as rising.
 fn still_rising(groups: &Groups, ti: usize, arms: usize, val_examples: Option<usize>) -> Plateau {
     let runs: Vec<&RunResult> = (0..arms)
         .filter_map(|a| groups.get(&(ti, a)))
         .flatten()
         .copied()
         .collect();
-    let gains: Vec<f64> = runs
+    let capped: Vec<(&RunResult, f64)> = runs
         .iter()
-        .map(|r| late_gain(r).unwrap_or(f64::NAN))
+        .filter(|r| !r.stopped_early)
+        .map(|r| (*r, late_gain(r).unwrap_or(f64::NAN)))
         .collect();
-    let rising = gains.iter().filter(|g| **g > RISING).count();
-    let at_cap = runs.iter().filter(|r| !r.stopped_early).count();
-    let at_cap_rising = runs
-        .iter()
-        .zip(&gains)
-        .filter(|(r, g)| !r.stopped_early && **g > RISING)
-        .count();
+    let rising = capped.iter().filter(|(_, g)| *g > RISING).count();
     let ses: Vec<f64> = runs
         .iter()
         .map(|r| val_examples.map_or(f64::NAN, |n| standard_error(r.best_val_acc, n)))
         .collect();
-    let above_noise = val_examples.map(|_| {
-        gains
+    let above_noise = val_examples.map(|n| {
+        capped
             .iter()
-            .zip(&ses)
-            .filter(|(g, se)| **g > RISING && **g > 2.0 * **se)
+            .filter(|(r, g)| *g > RISING && *g > 2.0 * standard_error(r.best_val_acc, n))
             .count()
     });
     let se_range = ses.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &se| {
         (lo.min(se), hi.max(se))
     });
-    let top = gains
+    let top = capped
         .iter()
-        .copied()
+        .map(|(_, g)| *g)
         .filter(|g| g.is_finite())
         .fold(f64::NEG_INFINITY, f64::max);
     Plateau {
         rising,
         above_noise,
         se_range,
-        runs: gains.len(),
-        at_cap,
-        at_cap_rising,
+        runs: runs.len(),
+        at_cap: capped.len(),
         top,
     }
 }
 
-/// How many of a task's runs had not flattened.
+/// How many of a task's runs ended at their step cap, and how many of those had not
+/// flattened.
 #[derive(Clone, Copy, Debug)]
 struct Plateau {
-    /// Runs whose late gain exceeds [`RISING`].
+    /// Runs that ended at their step cap with a late gain above [`RISING`].
     rising: usize,
     /// Of those, the runs whose late gain also exceeds two standard errors of their
     /// validation accuracy (when the task gives its validation size).
@@ -1473,9 +1469,7 @@ struct Plateau {
     runs: usize,
     /// Runs that used all their steps (stopped by the cap, not their patience).
     at_cap: usize,
-    /// Of those, the runs whose late gain exceeds [`RISING`].
-    at_cap_rising: usize,
-    /// The largest late gain.
+    /// The largest late gain of the runs at the cap.
     top: f64,
 }
 

@@ -49,6 +49,27 @@ fn key(task: &str, arm: &str, seed: u64) -> RunKey {
     }
 }
 
+/// One trained run of the tiny manifest (Luna, seed 0), to copy into made-up results.
+fn luna_seed0(m: &Manifest, dir: &Path) -> RunResult {
+    run_one(
+        m,
+        &key("listops", "luna", 0),
+        &dir.join("runs"),
+        &Device::Cpu,
+        &mut |_| {},
+    )
+    .unwrap()
+}
+
+/// The report and its plots in `dir`, without a step-0 file.
+fn report_paths(dir: &Path) -> ReportPaths {
+    ReportPaths {
+        markdown: dir.join("report.md"),
+        plots: dir.join("plots"),
+        step0: None,
+    }
+}
+
 #[test]
 fn runs_are_recorded_skipped_resumed_and_reported() {
     let dir = tmp("run");
@@ -107,11 +128,7 @@ fn runs_are_recorded_skipped_resumed_and_reported() {
 
     // The report comes from the results file alone; plots of an earlier report that this one
     // does not draw are removed, other files are left alone.
-    let paths = ReportPaths {
-        markdown: dir.join("report.md"),
-        plots: dir.join("plots"),
-        step0: None,
-    };
+    let paths = report_paths(&dir);
     std::fs::create_dir_all(&paths.plots).unwrap();
     let stale = paths.plots.join("listops-dropped-arm-pack-rows-first.svg");
     let mine = paths.plots.join("notes.svg");
@@ -371,14 +388,7 @@ fn bad_selections_are_refused_naming_them() {
 fn late_gain_measures_the_rise_in_the_last_quarter() {
     let dir = tmp("gain");
     let m = manifest(&dir);
-    let r = run_one(
-        &m,
-        &key("listops", "luna", 0),
-        &dir.join("runs"),
-        &Device::Cpu,
-        &mut |_| {},
-    )
-    .unwrap();
+    let r = luna_seed0(&m, &dir);
     let mut flat = r.clone();
     flat.steps = 100;
     let p0 = r.curve[0].clone();
@@ -400,11 +410,7 @@ fn late_gain_measures_the_rise_in_the_last_quarter() {
 
     // The report flags the rising run; given the validation size, it also says whether the
     // gain exceeds two standard errors of the measurement (at a = 0.6: 2·√(0.24/n)).
-    let paths = ReportPaths {
-        markdown: dir.join("report.md"),
-        plots: dir.join("plots"),
-        step0: None,
-    };
+    let paths = report_paths(&dir);
     rising.best_val_acc = 0.6;
     rising.stopped_early = false;
     let report_of = |run: &RunResult, val_examples: Option<usize>| {
@@ -473,5 +479,52 @@ fn a_task_may_list_its_own_seeds() {
     let left = m.pending(&done, None, None, (0, 1)).unwrap();
     assert_eq!(left.len(), 6);
     assert!(left.iter().all(|k| k.seed >= 2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn arms_equal_on_every_seed_are_no_difference_not_untestable() {
+    let dir = tmp("equal");
+    let m = manifest(&dir);
+    let r = luna_seed0(&m, &dir);
+    // Both arms at the same accuracy on each seed (e.g. both predicting the majority class):
+    // every paired difference is zero, so the t-test has no standard error.
+    let runs_at = |accs: [(f64, f64); 2]| -> Vec<RunResult> {
+        let mut out = Vec::new();
+        for (seed, (luna, convluna)) in accs.into_iter().enumerate() {
+            for (arm, acc) in [("luna", luna), ("convluna", convluna)] {
+                let mut x = r.clone();
+                x.arm = arm.into();
+                x.seed = seed as u64;
+                x.test_acc = acc;
+                out.push(x);
+            }
+        }
+        out
+    };
+    let paths = report_paths(&dir);
+    report(&m, &runs_at([(0.168, 0.168), (0.163, 0.163)]), &paths).unwrap();
+    let md = std::fs::read_to_string(&paths.markdown).unwrap();
+    assert!(md.contains("listops +0.0 equal on every seed"), "{md}");
+    assert!(
+        md.contains("listops +0.0, equal on every seed (2 pairs)"),
+        "{md}"
+    );
+    assert!(
+        md.contains("no significant difference on any of 1 tasks"),
+        "{md}"
+    );
+    assert!(md.contains("| equal on every seed |"), "{md}");
+    let verdicts = md.split("## Verdicts").nth(1).unwrap();
+    let line = verdicts
+        .lines()
+        .find(|l| l.contains("convluna − luna"))
+        .unwrap();
+    assert!(!line.contains("not testable"), "{line}");
+    // A constant nonzero difference has no spread either, but it is a difference: untestable.
+    report(&m, &runs_at([(0.168, 0.2), (0.163, 0.195)]), &paths).unwrap();
+    let md = std::fs::read_to_string(&paths.markdown).unwrap();
+    assert!(md.contains("not testable yet on listops +3.2"), "{md}");
+    assert!(!md.contains("+3.2, equal on every seed"), "{md}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -39,6 +39,19 @@ pub(super) struct Estimate {
     pub paired: bool,
 }
 
+impl Estimate {
+    /// Whether the two sides were equal on every seed, with at least two seeds a side: paired,
+    /// every per-seed difference zero; Welch, each arm the same value on every seed and the
+    /// contrast zero. The data then show no difference at all, and no t-test applies (its
+    /// standard error is zero) — unlike a constant nonzero difference, which stays untestable.
+    pub fn equal_on_every_seed(&self) -> bool {
+        self.p.is_nan()
+            && self.ci.is_none()
+            && self.n.iter().all(|&n| n >= 2)
+            && self.est.abs() < 1e-9
+    }
+}
+
 /// The linear contrast `Σ c_k · f(arm k)` over seeds: paired by seed (the per-seed contrast
 /// over the seeds every arm has, a one-sample t-test) or Welch's. `None` while an arm has no
 /// value; an estimate with NaN p while an arm has fewer than two.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::analysis::{
     accuracy_tests, best_rank, has_memory, memory, metric, shares_data_per_seed, slots, AccTest,
-    Change, Groups, Kind, Memory, ALPHA, MEMORY_ARMS, METRICS,
+    Change, Estimate, Groups, Kind, Memory, ALPHA, MEMORY_ARMS, METRICS,
 };
 use super::{grouped, read_step0, with_step0, Manifest, ReportPaths, RunResult};
 use crate::error::{Error, Result};
@@ -267,6 +267,8 @@ struct Outcome {
     ci: Option<f64>,
     holm: f64,
     n: String,
+    /// Equal on every seed (see [`Estimate::equal_on_every_seed`]): no test, no difference.
+    equal: bool,
 }
 
 impl Outcome {
@@ -275,6 +277,10 @@ impl Outcome {
     }
     fn tested(&self) -> bool {
         !self.holm.is_nan()
+    }
+    /// Tested, or equal on every seed: the task has an answer.
+    fn decided(&self) -> bool {
+        self.tested() || self.equal
     }
 }
 
@@ -287,6 +293,7 @@ fn acc_outcomes(tests: &[&AccTest]) -> Vec<Outcome> {
             ci: t.est.as_ref().and_then(|e| e.ci).map(|c| 100.0 * c),
             holm: t.holm,
             n: n_text(t),
+            equal: t.est.as_ref().is_some_and(Estimate::equal_on_every_seed),
         })
         .collect()
 }
@@ -316,7 +323,7 @@ fn n_text(t: &AccTest) -> String {
 
 /// How the outcomes of one claim over tasks read: (verdict, numbers).
 fn verdict_of(outs: &[Outcome], digits: usize) -> (String, String) {
-    let tested: Vec<&Outcome> = outs.iter().filter(|o| o.tested()).collect();
+    let tested: Vec<&Outcome> = outs.iter().filter(|o| o.decided()).collect();
     let better: Vec<&&Outcome> = tested
         .iter()
         .filter(|o| o.significant() && o.est.is_some_and(|e| e > 0.0))
@@ -361,6 +368,9 @@ fn verdict_of(outs: &[Outcome], digits: usize) -> (String, String) {
         .iter()
         .map(|o| match o.est {
             None => format!("{} pending", o.task),
+            Some(e) if o.equal => {
+                format!("{} {e:+.digits$}, equal on every seed ({})", o.task, o.n)
+            }
             Some(e) if !o.tested() => {
                 format!("not testable yet on {} {e:+.digits$} ({})", o.task, o.n)
             }
@@ -386,7 +396,7 @@ fn comparison_outcomes(ctx: &Ctx, better: &str, than: &str) -> Vec<Outcome> {
     let mut outs = acc_outcomes(&tests);
     for (o, t) in outs.iter_mut().zip(&tests) {
         o.task = ctx.task(t.task).to_string();
-        if !o.tested() || t.est.as_ref().is_some_and(|e| !e.paired) {
+        if !o.decided() || t.est.as_ref().is_some_and(|e| !e.paired) {
             let n: Vec<String> = t
                 .terms
                 .iter()
@@ -400,12 +410,18 @@ fn comparison_outcomes(ctx: &Ctx, better: &str, than: &str) -> Vec<Outcome> {
 
 /// How `subject` relates to `object` over the tasks, for the bottom line.
 fn relation(outs: &[Outcome], subject: &str, object: &str) -> String {
-    let tested: Vec<&Outcome> = outs.iter().filter(|o| o.tested()).collect();
+    let tested: Vec<&Outcome> = outs.iter().filter(|o| o.decided()).collect();
     let nums = outs
         .iter()
         .filter_map(|o| {
             o.est.map(|e| {
-                let untested = if o.tested() { "" } else { " not testable yet" };
+                let untested = if o.equal {
+                    " equal on every seed"
+                } else if o.tested() {
+                    ""
+                } else {
+                    " not testable yet"
+                };
                 format!("{} {e:+.1}{untested}", o.task)
             })
         })
@@ -438,7 +454,7 @@ fn relation(outs: &[Outcome], subject: &str, object: &str) -> String {
         }
         s
     };
-    format!("{how} ({nums} points)")
+    format!("{how} (in points: {nums})")
 }
 
 /// Verdict 1, within runs: the direction of Luna's memory change from step 0 (else the first
@@ -551,6 +567,7 @@ fn verdict_between(ctx: &Ctx) -> (String, String) {
             ci: t.est.as_ref().and_then(|e| e.ci),
             holm: t.holm,
             n: String::new(),
+            equal: false,
         })
         .collect();
     let (verdict, _) = verdict_of(&outs, 2);
@@ -785,7 +802,9 @@ fn verdicts(md: &mut String, ctx: &Ctx) {
         "Accuracy: test accuracy over seeds, in points; paired t-tests by seed on the tasks whose \
          arms share each seed's data ({}), Welch t-tests elsewhere; the p-values of every \
          comparison and factorial contrast on every task are corrected together with Holm's \
-         method ({} tests), and a result counts at α = {ALPHA} after correction. Memory: \
+         method ({} tests), and a result counts at α = {ALPHA} after correction; two arms equal \
+         on every seed (both at the same accuracy, e.g. the majority class) have no test and \
+         count as no difference. Memory: \
          paired by run over training, paired or Welch between arms as for accuracy, Holm over \
          every memory test and correlation together.\n",
         {
@@ -963,7 +982,11 @@ fn test_row(ctx: &Ctx, t: &AccTest) -> String {
             100.0 * e.est,
             e.ci.map_or(String::new(), |c| format!(" ± {:.1}", 100.0 * c)),
             t.g.map_or("–".into(), |g| format!("{g:+.2}")),
-            p_fmt(e.p),
+            if e.equal_on_every_seed() {
+                "equal on every seed".to_string()
+            } else {
+                p_fmt(e.p)
+            },
             p_fmt(t.holm)
         ),
     }

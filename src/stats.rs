@@ -19,7 +19,7 @@ pub fn std_dev(x: &[f64]) -> f64 {
 /// A spread at most this fraction of the values' magnitude is floating-point rounding, not
 /// data: e.g. 0.353 − 0.280 and 0.365 − 0.292 differ by 6·10⁻¹⁷ in `f64` although both are
 /// 0.073, and a t-test on that "spread" would report p ≈ 0.
-const ROUNDING: f64 = 1e-9;
+pub(crate) const ROUNDING: f64 = 1e-9;
 
 /// The largest |v| of `x` (0 when empty).
 fn magnitude(x: &[f64]) -> f64 {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::{EvalPoint, Manifest, RunResult, TaskSpec};
-use crate::stats::{contrast, hedges_g, holm, mean, one_sample_at, pearson};
+use crate::stats::{contrast, hedges_g, holm, mean, one_sample_at, pearson, ROUNDING};
 
 /// Significance level of the verdicts (after Holm's correction).
 pub(super) const ALPHA: f64 = 0.05;
@@ -44,11 +44,13 @@ impl Estimate {
     /// every per-seed difference zero; Welch, each arm the same value on every seed and the
     /// contrast zero. The data then show no difference at all, and no t-test applies (its
     /// standard error is zero) — unlike a constant nonzero difference, which stays untestable.
+    /// Zero is judged as the tests judge a spread: within [`ROUNDING`] of the scale of
+    /// accuracies (at most 1).
     pub fn equal_on_every_seed(&self) -> bool {
         self.p.is_nan()
             && self.ci.is_none()
             && self.n.iter().all(|&n| n >= 2)
-            && self.est.abs() < 1e-9
+            && self.est.abs() < ROUNDING
     }
 }
 

@@ -521,6 +521,25 @@ fn arms_equal_on_every_seed_are_no_difference_not_untestable() {
         .find(|l| l.contains("convluna − luna"))
         .unwrap();
     assert!(!line.contains("not testable"), "{line}");
+    // The copies share their memory statistics too: the between-arm memory test is equal on
+    // every seed, which answers the task like the accuracy test above.
+    let memory = verdicts
+        .lines()
+        .find(|l| l.contains("less diverse than ConvLuna's"))
+        .unwrap();
+    assert!(
+        memory.contains("**not reproduced**: no significant difference on any of 1 tasks"),
+        "{memory}"
+    );
+    let between = md
+        .split("**Between arms at the best checkpoint.**")
+        .nth(1)
+        .unwrap();
+    let row = between
+        .lines()
+        .find(|l| l.starts_with("| listops | convluna |"))
+        .unwrap();
+    assert!(row.ends_with("| paired | equal on every seed |"), "{row}");
     // A constant nonzero difference has no spread either, but it is a difference: untestable.
     report(&m, &runs_at([(0.168, 0.2), (0.163, 0.195)]), &paths).unwrap();
     let md = std::fs::read_to_string(&paths.markdown).unwrap();

@@ -567,7 +567,7 @@ fn verdict_between(ctx: &Ctx) -> (String, String) {
             ci: t.est.as_ref().and_then(|e| e.ci),
             holm: t.holm,
             n: String::new(),
-            equal: false,
+            equal: t.est.as_ref().is_some_and(Estimate::equal_on_every_seed),
         })
         .collect();
     let (verdict, _) = verdict_of(&outs, 2);
@@ -805,8 +805,9 @@ fn verdicts(md: &mut String, ctx: &Ctx) {
          method ({} tests), and a result counts at α = {ALPHA} after correction; two arms equal \
          on every seed (both at the same accuracy, e.g. the majority class) have no test and \
          count as no difference. Memory: \
-         paired by run over training, paired or Welch between arms as for accuracy, Holm over \
-         every memory test and correlation together.\n",
+         paired by run over training, paired or Welch between arms as for accuracy (arms equal \
+         on every seed count as no difference here too), Holm over every memory test and \
+         correlation together.\n",
         {
             let p: Vec<&str> = ctx
                 .manifest
@@ -1114,7 +1115,11 @@ fn memory_summary(md: &mut String, ctx: &Ctx) {
             } else {
                 "Welch".into()
             }),
-            p_fmt(t.holm)
+            if t.est.as_ref().is_some_and(Estimate::equal_on_every_seed) {
+                "equal on every seed".to_string()
+            } else {
+                p_fmt(t.holm)
+            }
         );
     }
     let (_, n, _) = verdict_correlation(ctx);

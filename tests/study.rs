@@ -61,6 +61,22 @@ fn luna_seed0(m: &Manifest, dir: &Path) -> RunResult {
     .unwrap()
 }
 
+/// Copies of `r` as both arms of the tiny manifest on seeds 0 and 1, each then changed by
+/// `set(copy, seed)`.
+fn copies_on_two_seeds(r: &RunResult, set: impl Fn(&mut RunResult, usize)) -> Vec<RunResult> {
+    let mut out = Vec::new();
+    for seed in 0..2 {
+        for arm in ["luna", "convluna"] {
+            let mut x = r.clone();
+            x.arm = arm.into();
+            x.seed = seed as u64;
+            set(&mut x, seed);
+            out.push(x);
+        }
+    }
+    out
+}
+
 /// The report and its plots in `dir`, without a step-0 file.
 fn report_paths(dir: &Path) -> ReportPaths {
     ReportPaths {
@@ -489,18 +505,11 @@ fn arms_equal_on_every_seed_are_no_difference_not_untestable() {
     let r = luna_seed0(&m, &dir);
     // Both arms at the same accuracy on each seed (e.g. both predicting the majority class):
     // every paired difference is zero, so the t-test has no standard error.
-    let runs_at = |accs: [(f64, f64); 2]| -> Vec<RunResult> {
-        let mut out = Vec::new();
-        for (seed, (luna, convluna)) in accs.into_iter().enumerate() {
-            for (arm, acc) in [("luna", luna), ("convluna", convluna)] {
-                let mut x = r.clone();
-                x.arm = arm.into();
-                x.seed = seed as u64;
-                x.test_acc = acc;
-                out.push(x);
-            }
-        }
-        out
+    let runs_at = |accs: [(f64, f64); 2]| {
+        copies_on_two_seeds(&r, |x, seed| {
+            let (luna, convluna) = accs[seed];
+            x.test_acc = if x.arm == "luna" { luna } else { convluna };
+        })
     };
     let paths = report_paths(&dir);
     report(&m, &runs_at([(0.168, 0.168), (0.163, 0.163)]), &paths).unwrap();
@@ -545,5 +554,32 @@ fn arms_equal_on_every_seed_are_no_difference_not_untestable() {
     let md = std::fs::read_to_string(&paths.markdown).unwrap();
     assert!(md.contains("not testable yet on listops +3.2"), "{md}");
     assert!(!md.contains("+3.2, equal on every seed"), "{md}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_majority_class_is_listed_by_seed_when_each_seed_draws_its_own_data() {
+    let dir = tmp("majority");
+    let m = manifest(&dir);
+    let r = luna_seed0(&m, &dir);
+    let runs_with = |shares: [f64; 2]| copies_on_two_seeds(&r, |x, seed| x.majority = shares[seed]);
+    let paths = report_paths(&dir);
+    // Generated data: each seed its own test split, so its own majority class.
+    report(&m, &runs_with([0.18, 0.16]), &paths).unwrap();
+    let md = std::fs::read_to_string(&paths.markdown).unwrap();
+    assert!(
+        md.contains("by seed (each seed draws its own data): 18.0 % (seed 0), 16.0 % (seed 1); mean 17.0 %."),
+        "{md}"
+    );
+    let svg = std::fs::read_to_string(paths.plots.join("listops-accuracy.svg")).unwrap();
+    assert!(svg.contains("majority class (mean of seeds)"), "{svg}");
+    // One test split for every seed: one number.
+    report(&m, &runs_with([0.5, 0.5]), &paths).unwrap();
+    let md = std::fs::read_to_string(&paths.markdown).unwrap();
+    assert!(
+        md.contains("Majority class of the test split: 50.0 %."),
+        "{md}"
+    );
+    assert!(!md.contains("test split, by seed"), "{md}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

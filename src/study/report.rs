@@ -1162,17 +1162,46 @@ fn ending(r: &RunResult) -> &'static str {
     }
 }
 
+/// The share of the test split's most frequent class, for a task's section: its sentence, and
+/// the reference line of its accuracy plot (value, label). Tasks that draw their data per seed
+/// (generated ListOps) have a test split, and a majority, per seed: those are listed by seed
+/// and the plot's line is their mean.
+fn majority_line(ctx: &Ctx, ti: usize) -> Option<(String, (f64, &'static str))> {
+    let mut by_seed = std::collections::BTreeMap::new();
+    for runs in (0..ctx.manifest.arms.len()).filter_map(|a| ctx.groups.get(&(ti, a))) {
+        for r in runs {
+            by_seed.entry(r.seed).or_insert(r.majority);
+        }
+    }
+    let shares: Vec<f64> = by_seed.values().copied().collect();
+    let first = *shares.first()?;
+    if shares.iter().all(|&x| (x - first).abs() <= 1e-12) {
+        let line = format!("Majority class of the test split: {} %.", pct(first));
+        return Some((line, (first, "majority class")));
+    }
+    let listed: Vec<String> = by_seed
+        .iter()
+        .map(|(seed, &x)| format!("{} % (seed {seed})", pct(x)))
+        .collect();
+    let avg = mean(&shares);
+    let line = format!(
+        "Majority class of the test split, by seed (each seed draws its own data): {}; mean \
+         {} %. A model that predicts one class scores that class's share of the test split, \
+         which can be below its most frequent class's.",
+        listed.join(", "),
+        pct(avg)
+    );
+    Some((line, (avg, "majority class (mean of seeds)")))
+}
+
 fn task_section(md: &mut String, written: &mut Vec<PathBuf>, ctx: &Ctx, ti: usize) -> Result<()> {
     let m = ctx.manifest;
     let task = &m.tasks[ti];
     let paths = ctx.paths;
     let _ = writeln!(md, "## {}\n", task.name);
-    let majority = (0..m.arms.len())
-        .filter_map(|a| ctx.groups.get(&(ti, a)))
-        .flat_map(|v| v.iter().map(|r| r.majority))
-        .next();
-    if let Some(mj) = majority {
-        let _ = writeln!(md, "Majority class of the test split: {} %.\n", pct(mj));
+    let majority = majority_line(ctx, ti);
+    if let Some((line, _)) = &majority {
+        let _ = writeln!(md, "{line}\n");
     }
     let _ = writeln!(
         md,
@@ -1235,7 +1264,7 @@ fn task_section(md: &mut String, written: &mut Vec<PathBuf>, ctx: &Ctx, ti: usiz
             &format!("{}: test accuracy (mean ± 95 % CI over seeds)", task.name),
             "test accuracy",
             &bars,
-            majority.map(|m| (m, "majority class")),
+            majority.as_ref().map(|(_, reference)| *reference),
         )?;
         write_atomic(&f, svg.as_bytes())?;
         let _ = writeln!(

@@ -14,7 +14,7 @@ use super::{grouped, read_step0, with_step0, Manifest, ReportPaths, RunResult};
 use crate::error::{Error, Result};
 use crate::params::write_atomic;
 use crate::plot::{bars_svg, heatmap_unit_svg, write_panels, Panel, Series};
-use crate::stats::{ci95, mean};
+use crate::stats::{ci95, mean, ROUNDING};
 
 fn pct(x: f64) -> String {
     format!("{:.1}", 100.0 * x)
@@ -83,6 +83,13 @@ impl Ctx<'_> {
         self.all
             .iter()
             .filter(|r| !self.manifest.tasks.iter().any(|t| t.name == r.task))
+    }
+    /// The runs of task `ti`, over the manifest's arms.
+    fn task_runs(&self, ti: usize) -> impl Iterator<Item = &RunResult> {
+        (0..self.manifest.arms.len())
+            .filter_map(move |a| self.groups.get(&(ti, a)))
+            .flatten()
+            .copied()
     }
     /// The runs of the manifest's tasks and arms.
     fn study_runs(&self) -> impl Iterator<Item = &RunResult> {
@@ -201,10 +208,7 @@ fn status(md: &mut String, ctx: &Ctx) {
         .map(|(ti, t)| {
             let arms = m.arms.iter().filter(|a| t.has_arm(&a.name)).count();
             let want = arms * t.seeds(&m.seeds).len();
-            let have = (0..m.arms.len())
-                .filter_map(|a| ctx.groups.get(&(ti, a)))
-                .map(Vec::len)
-                .sum::<usize>();
+            let have = ctx.task_runs(ti).count();
             let pending: Vec<&str> = m
                 .arms
                 .iter()
@@ -958,6 +962,16 @@ fn accuracy_table(md: &mut String, ctx: &Ctx) {
     let _ = writeln!(md);
 }
 
+/// A table's p-value cell for a test of `est`: `p`, or "equal on every seed" where the two
+/// sides were (no test; see [`Estimate::equal_on_every_seed`]).
+fn p_cell(est: Option<&Estimate>, p: f64) -> String {
+    if est.is_some_and(Estimate::equal_on_every_seed) {
+        "equal on every seed".into()
+    } else {
+        p_fmt(p)
+    }
+}
+
 fn test_row(ctx: &Ctx, t: &AccTest) -> String {
     let ns: Vec<String> = t
         .terms
@@ -983,11 +997,7 @@ fn test_row(ctx: &Ctx, t: &AccTest) -> String {
             100.0 * e.est,
             e.ci.map_or(String::new(), |c| format!(" ± {:.1}", 100.0 * c)),
             t.g.map_or("–".into(), |g| format!("{g:+.2}")),
-            if e.equal_on_every_seed() {
-                "equal on every seed".to_string()
-            } else {
-                p_fmt(e.p)
-            },
+            p_cell(Some(e), e.p),
             p_fmt(t.holm)
         ),
     }
@@ -1115,11 +1125,7 @@ fn memory_summary(md: &mut String, ctx: &Ctx) {
             } else {
                 "Welch".into()
             }),
-            if t.est.as_ref().is_some_and(Estimate::equal_on_every_seed) {
-                "equal on every seed".to_string()
-            } else {
-                p_fmt(t.holm)
-            }
+            p_cell(t.est.as_ref(), t.holm)
         );
     }
     let (_, n, _) = verdict_correlation(ctx);
@@ -1168,14 +1174,12 @@ fn ending(r: &RunResult) -> &'static str {
 /// and the plot's line is their mean.
 fn majority_line(ctx: &Ctx, ti: usize) -> Option<(String, (f64, &'static str))> {
     let mut by_seed = std::collections::BTreeMap::new();
-    for runs in (0..ctx.manifest.arms.len()).filter_map(|a| ctx.groups.get(&(ti, a))) {
-        for r in runs {
-            by_seed.entry(r.seed).or_insert(r.majority);
-        }
+    for r in ctx.task_runs(ti) {
+        by_seed.entry(r.seed).or_insert(r.majority);
     }
     let shares: Vec<f64> = by_seed.values().copied().collect();
     let first = *shares.first()?;
-    if shares.iter().all(|&x| (x - first).abs() <= 1e-12) {
+    if shares.iter().all(|&x| (x - first).abs() <= ROUNDING) {
         let line = format!("Majority class of the test split: {} %.", pct(first));
         return Some((line, (first, "majority class")));
     }

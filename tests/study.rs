@@ -438,6 +438,10 @@ fn late_gain_measures_the_rise_in_the_last_quarter() {
     let reported = |val_examples| report_of(&rising, val_examples);
     let md = reported(None);
     assert!(md.contains("listops (1 of 1 runs, at their cap)"), "{md}");
+    assert!(
+        md.contains("1 of 1 (100.0 %) ended there while still gaining"),
+        "{md}"
+    );
     assert!(md.contains("Not at a plateau"), "{md}");
     assert!(!md.contains("standard errors"), "{md}");
     // n = 100: 2 SE ≈ 9.8 points, below the 10-point gain

@@ -866,6 +866,12 @@ fn verdicts(md: &mut String, ctx: &Ctx) {
     );
 }
 
+/// `k` of `n` as a percentage with one decimal ("9.8 %"): a share just under a threshold
+/// such as the 10 % of runs allowed at their cap must not print as the threshold itself.
+fn percent(k: usize, n: usize) -> String {
+    format!("{:.1} %", 100.0 * k as f64 / n as f64)
+}
+
 fn plateau_summary(md: &mut String, ctx: &Ctx) {
     let m = ctx.manifest;
     let runs: usize = ctx.plateau.iter().map(|p| p.runs).sum();
@@ -901,11 +907,11 @@ fn plateau_summary(md: &mut String, ctx: &Ctx) {
         })
         .collect();
     let mut s = format!(
-        "**Step cap:** {cap} of {runs} runs ({:.0} %) ended at their step cap rather than on \
-         their patience, and {cap_rising} of {runs} ({:.0} %) ended there while still gaining \
+        "**Step cap:** {cap} of {runs} runs ({}) ended at their step cap rather than on \
+         their patience, and {cap_rising} of {runs} ({}) ended there while still gaining \
          more than {:.0} point of validation accuracy in the last quarter of their steps ({}).",
-        100.0 * cap as f64 / runs as f64,
-        100.0 * cap_rising as f64 / runs as f64,
+        percent(cap, runs),
+        percent(cap_rising, runs),
         100.0 * RISING,
         per_task.join("; ")
     );
@@ -1730,7 +1736,14 @@ fn memory_section(md: &mut String, written: &mut Vec<PathBuf>, ctx: &Ctx, ti: us
 
 #[cfg(test)]
 mod tests {
-    use super::counted;
+    use super::{counted, percent};
+
+    #[test]
+    fn shares_keep_a_decimal_so_none_rounds_up_to_a_threshold() {
+        assert_eq!(percent(15, 153), "9.8 %");
+        assert_eq!(percent(1, 4), "25.0 %");
+        assert_eq!(percent(0, 7), "0.0 %");
+    }
 
     #[test]
     fn counts_take_the_singular_only_for_one() {

@@ -276,6 +276,17 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// From a test's estimate, scaled by `scale` (100 for accuracy in points, 1 for memory).
+    fn of(task: String, est: Option<&Estimate>, scale: f64, holm: f64, n: String) -> Self {
+        Outcome {
+            task,
+            est: est.map(|e| scale * e.est),
+            ci: est.and_then(|e| e.ci).map(|c| scale * c),
+            holm,
+            n,
+            equal: est.is_some_and(Estimate::equal_on_every_seed),
+        }
+    }
     fn significant(&self) -> bool {
         self.holm < ALPHA
     }
@@ -291,14 +302,7 @@ impl Outcome {
 fn acc_outcomes(tests: &[&AccTest]) -> Vec<Outcome> {
     tests
         .iter()
-        .map(|t| Outcome {
-            task: String::new(),
-            est: t.est.as_ref().map(|e| 100.0 * e.est),
-            ci: t.est.as_ref().and_then(|e| e.ci).map(|c| 100.0 * c),
-            holm: t.holm,
-            n: n_text(t),
-            equal: t.est.as_ref().is_some_and(Estimate::equal_on_every_seed),
-        })
+        .map(|t| Outcome::of(String::new(), t.est.as_ref(), 100.0, t.holm, n_text(t)))
         .collect()
 }
 
@@ -565,13 +569,14 @@ fn verdict_between(ctx: &Ctx) -> (String, String) {
         .between
         .iter()
         .filter(|t| t.arm == "convluna")
-        .map(|t| Outcome {
-            task: ctx.task(t.task).to_string(),
-            est: t.est.as_ref().map(|e| e.est),
-            ci: t.est.as_ref().and_then(|e| e.ci),
-            holm: t.holm,
-            n: String::new(),
-            equal: t.est.as_ref().is_some_and(Estimate::equal_on_every_seed),
+        .map(|t| {
+            Outcome::of(
+                ctx.task(t.task).to_string(),
+                t.est.as_ref(),
+                1.0,
+                t.holm,
+                String::new(),
+            )
         })
         .collect();
     let (verdict, _) = verdict_of(&outs, 2);

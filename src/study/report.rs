@@ -871,10 +871,12 @@ fn verdicts(md: &mut String, ctx: &Ctx) {
     );
 }
 
-/// `k` of `n` as a percentage with one decimal ("9.8 %"): a share just under a threshold
-/// such as the 10 % of runs allowed at their cap must not print as the threshold itself.
+/// `k` of `n` as a percentage, rounded down to one decimal ("9.8 %"): a share just under a
+/// threshold such as the 10 % of runs allowed at their cap (24 of 241 is 9.96 %) must not print
+/// as the threshold itself, as rounding to nearest would.
 fn percent(k: usize, n: usize) -> String {
-    format!("{:.1} %", 100.0 * k as f64 / n as f64)
+    let tenths = 1000 * k / n;
+    format!("{}.{} %", tenths / 10, tenths % 10)
 }
 
 fn plateau_summary(md: &mut String, ctx: &Ctx) {
@@ -1746,8 +1748,10 @@ mod tests {
     #[test]
     fn shares_keep_a_decimal_so_none_rounds_up_to_a_threshold() {
         assert_eq!(percent(15, 153), "9.8 %");
+        assert_eq!(percent(24, 241), "9.9 %", "9.96 %, not 10.0 %");
         assert_eq!(percent(1, 4), "25.0 %");
         assert_eq!(percent(0, 7), "0.0 %");
+        assert_eq!(percent(7, 7), "100.0 %");
     }
 
     #[test]

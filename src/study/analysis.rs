@@ -16,6 +16,16 @@ pub(super) const ALPHA: f64 = 0.05;
 /// Runs by (task index, arm index), seeds sorted.
 pub(super) type Groups<'a> = BTreeMap<(usize, usize), Vec<&'a RunResult>>;
 
+/// The runs of task `ti`, arm by arm: the groups are keyed (task, arm), in order.
+pub(super) fn task_runs<'g, 'a>(
+    groups: &'g Groups<'a>,
+    ti: usize,
+) -> impl Iterator<Item = &'a RunResult> + 'g {
+    groups
+        .range((ti, 0)..(ti + 1, 0))
+        .flat_map(|(_, runs)| runs.iter().copied())
+}
+
 /// Whether every arm of task `t` trains on the same data for a seed and different data for
 /// different seeds (a generated training set without `data_dir`): then arms are compared
 /// paired by seed.
@@ -536,9 +546,7 @@ pub(super) fn memory(manifest: &Manifest, groups: &Groups) -> Memory {
                 });
             }
         }
-        let pts: Vec<(f64, f64)> = (0..manifest.arms.len())
-            .filter_map(|a| groups.get(&(ti, a)))
-            .flatten()
+        let pts: Vec<(f64, f64)> = task_runs(groups, ti)
             .filter_map(|r| Some((best_rank(r)?, r.test_acc)))
             .collect();
         if !pts.is_empty() {

@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::analysis::{
-    accuracy_tests, best_rank, has_memory, memory, metric, shares_data_per_seed, slots, AccTest,
-    Change, Estimate, Groups, Kind, Memory, ALPHA, MEMORY_ARMS, METRICS,
+    accuracy_tests, best_rank, has_memory, memory, metric, shares_data_per_seed, slots, task_runs,
+    AccTest, Change, Estimate, Groups, Kind, Memory, ALPHA, MEMORY_ARMS, METRICS,
 };
 use super::{grouped, read_step0, with_step0, Manifest, ReportPaths, RunResult};
 use crate::error::{Error, Result};
@@ -86,10 +86,7 @@ impl Ctx<'_> {
     }
     /// The runs of task `ti`, over the manifest's arms.
     fn task_runs(&self, ti: usize) -> impl Iterator<Item = &RunResult> {
-        (0..self.manifest.arms.len())
-            .filter_map(move |a| self.groups.get(&(ti, a)))
-            .flatten()
-            .copied()
+        task_runs(&self.groups, ti)
     }
     /// The runs of the manifest's tasks and arms.
     fn study_runs(&self) -> impl Iterator<Item = &RunResult> {
@@ -126,14 +123,7 @@ pub fn report(
     let tests = accuracy_tests(manifest, &groups);
     let mem = memory(manifest, &groups);
     let plateau = (0..manifest.tasks.len())
-        .map(|ti| {
-            still_rising(
-                &groups,
-                ti,
-                manifest.arms.len(),
-                manifest.tasks[ti].val_examples,
-            )
-        })
+        .map(|ti| still_rising(&groups, ti, manifest.tasks[ti].val_examples))
         .collect();
     let ctx = Ctx {
         manifest,
@@ -1487,12 +1477,8 @@ const RISING: f64 = 0.01;
 /// stopped by its patience went `patience` evaluations without a new best: it had flattened
 /// whatever its late gain (which, when it trained longer than four patience windows, can
 /// include the rise before its best), so it never counts as rising.
-fn still_rising(groups: &Groups, ti: usize, arms: usize, val_examples: Option<usize>) -> Plateau {
-    let runs: Vec<&RunResult> = (0..arms)
-        .filter_map(|a| groups.get(&(ti, a)))
-        .flatten()
-        .copied()
-        .collect();
+fn still_rising(groups: &Groups, ti: usize, val_examples: Option<usize>) -> Plateau {
+    let runs: Vec<&RunResult> = task_runs(groups, ti).collect();
     let capped: Vec<(&RunResult, f64)> = runs
         .iter()
         .filter(|r| !r.stopped_early)

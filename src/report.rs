@@ -143,3 +143,43 @@ pub fn plot_run(out_dir: &Path, title: &str) -> Result<Vec<PathBuf>> {
     }
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::read_metrics;
+
+    /// The numbers a run wrote are the numbers read back, to the bit: a study's result record
+    /// copies its curves from `metrics.jsonl`, and a rerun is compared with that record. Without
+    /// serde_json's `float_roundtrip`, `1.2217782502993941` (a validation loss of the study)
+    /// reads as `1.221778250299394`, one ulp lower.
+    #[test]
+    fn metrics_are_read_back_to_the_bit() {
+        let dir =
+            std::env::temp_dir().join(format!("convluna-read-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.jsonl");
+        let losses = [
+            "1.2217782502993941",
+            "2.1637152175903323",
+            "0.6695204065181315",
+            "2.2997160516679287",
+        ];
+        let text: String = losses
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("{{\"kind\":\"eval\",\"step\":{i},\"loss\":{l}}}\n"))
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        let rows = read_metrics(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        for (row, l) in rows.iter().zip(losses) {
+            let read = row["loss"].as_f64().unwrap();
+            assert_eq!(
+                read.to_bits(),
+                l.parse::<f64>().unwrap().to_bits(),
+                "{l} read as {read}"
+            );
+            assert_eq!(serde_json::to_string(&read).unwrap(), l);
+        }
+    }
+}

@@ -172,6 +172,7 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let rows = read_metrics(&path).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(rows.len(), losses.len());
         for (row, l) in rows.iter().zip(losses) {
             let read = row["loss"].as_f64().unwrap();
             assert_eq!(
